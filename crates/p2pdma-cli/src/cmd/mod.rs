@@ -1,0 +1,5 @@
+//! One module per subcommand: argument types and the code that runs them.
+
+pub mod copy;
+pub mod lab;
+pub mod topo;

@@ -1,0 +1,23 @@
+//! Linux PCIe peer-to-peer DMA from userspace.
+//!
+//! Since Linux 6.2 a process can `mmap()` `/sys/bus/pci/devices/<BDF>/p2pmem/allocate`
+//! to get a piece of a PCI device's BAR memory (for example an NVMe Controller Memory
+//! Buffer) and hand that buffer to `O_DIRECT` I/O on NVMe devices: the data then moves
+//! device to device without crossing host RAM.
+//!
+//! This crate has three layers:
+//! - [`pci`] and [`topology`]: a model of the PCI tree read from any sysfs root, and the
+//!   kernel's own rules (`calc_map_type_and_dist` in `drivers/pci/p2pdma.c`) for whether a
+//!   provider and a client may do P2P, by which path, and why not.
+//! - [`p2pmem`]: safe ownership of p2pmem buffers, including revocation when the
+//!   provider goes away.
+//! - [`copy`]: an io_uring `O_DIRECT` engine that moves data through those buffers.
+//!
+//! # References
+//! - Linux `drivers/pci/p2pdma.c`, `Documentation/driver-api/pci/p2pdma.rst`
+//! - "Userspace P2PDMA with O_DIRECT NVMe devices" (merged in Linux 6.2)
+#![warn(missing_docs)]
+
+pub mod bdf;
+
+pub use bdf::Bdf;
