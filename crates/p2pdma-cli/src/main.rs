@@ -33,6 +33,9 @@ enum Command {
     Snapshot(cmd::topo::SnapshotArgs),
     /// Copy a range from one NVMe device or file to another through device memory.
     Copy(cmd::copy::CopyArgs),
+    /// Try one small O_DIRECT read from a client into a provider's p2pmem and report
+    /// what the kernel did (the ground truth the topology verdicts are checked against).
+    Probe(cmd::copy::ProbeArgs),
 }
 
 /// Options every subcommand may use.
@@ -51,6 +54,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Topo(a) => cmd::topo::run(a, &globals),
         Command::Snapshot(a) => cmd::topo::snapshot(a, &globals),
         Command::Copy(a) => cmd::copy::run(a, &globals),
+        Command::Probe(a) => cmd::copy::probe(a, &globals),
     }
 }
 

@@ -19,5 +19,14 @@
 #![warn(missing_docs)]
 
 pub mod bdf;
+pub mod blockdev;
+pub mod copy;
+pub mod p2pmem;
+pub mod pci;
+pub mod resolve;
+pub mod revoke;
+pub mod snapshot;
+pub mod sysfs;
+pub mod topology;
 
 pub use bdf::Bdf;

@@ -1,0 +1,1 @@
+//! Block device facts the copy engine checks: size, block size, mounts, holders, read-only.

@@ -1,0 +1,1 @@
+//! p2pmem providers and buffers: safe ownership of mmap()ed device memory.

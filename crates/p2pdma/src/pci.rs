@@ -1,0 +1,1 @@
+//! The PCI model: functions, bridges, capabilities and links, as read from sysfs.

@@ -1,0 +1,1 @@
+//! Resolving what users name (BDF, /dev/nvme*, files) into PCI functions and block devices.
