@@ -36,7 +36,9 @@ fn lab_run(topology: &str, extra: &[&str], command: &str) -> Output {
 
 /// Prints, for every NVMe controller, `nvme SERIAL BDF CHAIN P2PMEM_SIZE PUBLISHED`, where
 /// CHAIN is the comma-separated BDFs from the root bus down to the controller; and for
-/// every bridge `bridge BDF SPEED WIDTH`.
+/// every bridge `bridge BDF MAX_SPEED MAX_WIDTH` (the link capability: QEMU's NVMe
+/// endpoints train at 2.5 GT/s x1 whatever the port offers, so the current link says
+/// nothing about the topology file).
 const DESCRIBE_GUEST: &str = r#"
 for c in /sys/class/nvme/nvme*; do
   serial=$(cat $c/serial | tr -d ' ')
@@ -48,7 +50,7 @@ for c in /sys/class/nvme/nvme*; do
 done
 for d in /sys/bus/pci/devices/*; do
   case $(cat $d/class) in 0x0604*)
-    echo "bridge $(basename $d) $(cat $d/current_link_speed 2>/dev/null | tr ' ' _) $(cat $d/current_link_width 2>/dev/null)";;
+    echo "bridge $(basename $d) $(cat $d/max_link_speed 2>/dev/null | tr ' ' _) $(cat $d/max_link_width 2>/dev/null)";;
   esac
 done
 "#;
