@@ -326,6 +326,57 @@ mod tests {
         assert!(!SLOTS[slot].claimed.load(Ordering::Relaxed));
     }
 
+    const CHILD_ENV: &str = "P2PDMA_REVOKE_TEST_CHILD";
+
+    /// A SIGBUS outside every registered range, with our handler installed, must still
+    /// kill the process with SIGBUS. The test runs itself again as a child process that
+    /// faults (told apart by an environment variable) and checks how the child died.
+    #[test]
+    fn foreign_sigbus_still_kills_the_process() {
+        if std::env::var_os(CHILD_ENV).is_some() {
+            fault_outside_registered_ranges();
+        }
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "revoke::tests::foreign_sigbus_still_kills_the_process",
+                "--include-ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGBUS), "{status:?}");
+    }
+
+    fn fault_outside_registered_ranges() -> ! {
+        use std::io::Write;
+        install().unwrap();
+        let page = rustix::param::page_size();
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&vec![1u8; page]).unwrap();
+        // SAFETY: a fresh kernel-chosen mapping of our own file; nothing aliases it.
+        let raw = unsafe {
+            rustix::mm::mmap(
+                ptr::null_mut(),
+                page,
+                ProtFlags::READ,
+                MapFlags::SHARED,
+                &file,
+                0,
+            )
+        }
+        .unwrap();
+        file.set_len(0).unwrap();
+        // SAFETY: the address is mapped (the read faults, which is the point).
+        let value = unsafe { raw.cast::<u8>().read_volatile() };
+        panic!("survived a SIGBUS outside registered ranges (read {value})");
+    }
+
     #[test]
     fn slot_reads_as_absent_while_a_writer_holds_it() {
         let slot = Slot::new();
