@@ -189,6 +189,7 @@ fn probe_reports_ok_behind_a_switch_and_refusal_across_the_root_bus() {
     let (ok, refused) = (&values[0], &values[1]);
     assert_eq!(ok["result"], "ok", "{ok}");
     assert_eq!(u64_at(ok, "/bytes_read"), u64_at(ok, "/bytes"));
+    assert_eq!(ok["matches_host_read"], true, "{ok}");
     assert_eq!(refused["result"], "p2p-refused", "{refused}");
     assert_eq!(u64_at(refused, "/errno"), 121, "EREMOTEIO on a 6.12 kernel");
     assert!(
