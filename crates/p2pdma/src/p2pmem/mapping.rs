@@ -10,6 +10,7 @@ use std::ffi::c_void;
 use std::os::fd::AsFd;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
+use std::sync::atomic::{compiler_fence, Ordering};
 
 use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
 
@@ -97,6 +98,10 @@ impl Mapping {
 
     /// Fails when the mapping is (or just became) revoked, sealing it.
     fn revoked_check(&self) -> Result<(), Revoked> {
+        // The revoked flag is set by the SIGBUS handler on this same thread, in the middle
+        // of a copy. A signal fence keeps the compiler from moving the flag's load across
+        // the volatile accesses of the copy that may fault.
+        compiler_fence(Ordering::SeqCst);
         if self.is_revoked() {
             self.seal();
             return Err(Revoked);
@@ -136,6 +141,7 @@ impl Mapping {
             // SAFETY: as in `read_into`, `[offset + done, offset + done + n)` is inside
             // our live mapping.
             unsafe { volatile_copy_to(self.start.as_ptr().add(offset + done), &chunk[..n]) };
+            compiler_fence(Ordering::SeqCst);
             if self.registration.is_revoked() {
                 break;
             }
