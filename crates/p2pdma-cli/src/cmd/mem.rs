@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use p2pdma::p2pmem::{self, P2pBuffer, P2pmemError, Provider};
@@ -119,6 +120,9 @@ struct TestReport {
     allocations: Vec<Allocation>,
     /// Bytes written and read back through the CPU.
     pattern_bytes: u64,
+    /// CPU copy throughput into and out of device memory (MiB/s), pattern included.
+    cpu_write_mib_per_s: f64,
+    cpu_read_mib_per_s: f64,
     /// First offset (buffer index, byte offset) where the read-back differed.
     pattern_mismatch: Option<(usize, usize)>,
     exhaustion: Option<Exhaustion>,
@@ -187,9 +191,13 @@ fn test(args: TestArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     let accounting = check_accounting(&report);
     report.failures.extend(accounting);
 
+    let started = Instant::now();
     for (index, buffer) in buffers.iter_mut().enumerate() {
         write_pattern(buffer, index as u64)?;
     }
+    let total: usize = buffers.iter().map(P2pBuffer::len).sum();
+    report.cpu_write_mib_per_s = mib_per_s(total, started.elapsed());
+    let started = Instant::now();
     for (index, buffer) in buffers.iter().enumerate() {
         report.pattern_bytes += buffer.len() as u64;
         if let Some(offset) = first_mismatch(buffer, index as u64)? {
@@ -199,6 +207,8 @@ fn test(args: TestArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
             ));
         }
     }
+
+    report.cpu_read_mib_per_s = mib_per_s(total, started.elapsed());
 
     let mut extra = Vec::new();
     if args.exhaust {
@@ -267,6 +277,10 @@ fn test(args: TestArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn mib_per_s(bytes: usize, elapsed: Duration) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64().max(1e-9)
 }
 
 /// Each mapping must take exactly its length from the pool.
@@ -407,8 +421,10 @@ fn print_test_report(report: &TestReport, json: bool) -> anyhow::Result<()> {
         );
     }
     println!(
-        "  pattern: {} bytes written and read back through the CPU: {}",
+        "  pattern: {} bytes written ({:.1} MiB/s) and read back ({:.1} MiB/s) through the CPU: {}",
         report.pattern_bytes,
+        report.cpu_write_mib_per_s,
+        report.cpu_read_mib_per_s,
         if report.pattern_mismatch.is_some() {
             "MISMATCH"
         } else {
