@@ -179,9 +179,12 @@ impl Drop for Registration {
 /// Registers `[start, start + len)` as a p2pmem mapping to protect, installing the SIGBUS
 /// handler on first use.
 ///
-/// The range should be a whole mapping the caller owns: on revocation the handler maps
-/// anonymous memory over all of it.
-pub fn register(start: *mut u8, len: usize) -> Result<Registration, RevokeError> {
+/// # Safety
+/// `[start, start + len)` must be a whole shared mapping that the caller owns and that no
+/// Rust reference covers, and the caller must drop the [`Registration`] before unmapping
+/// it: on a SIGBUS anywhere in the range the handler maps fresh anonymous memory over all
+/// of it, which would corrupt anything else living there.
+pub unsafe fn register(start: *mut u8, len: usize) -> Result<Registration, RevokeError> {
     let start = start as usize;
     if len == 0 || start.checked_add(len).is_none() {
         return Err(RevokeError::BadRange { start, len });
@@ -313,11 +316,12 @@ mod tests {
 
     #[test]
     fn registration_rejects_empty_ranges_and_frees_its_slot() {
-        assert!(matches!(
-            register(0x1000 as *mut u8, 0),
-            Err(RevokeError::BadRange { .. })
-        ));
-        let mut reg = register(0x7000_0000 as *mut u8, 4096).unwrap();
+        // SAFETY: an empty range is refused before anything is registered.
+        let empty = unsafe { register(0x1000 as *mut u8, 0) };
+        assert!(matches!(empty, Err(RevokeError::BadRange { .. })));
+        // SAFETY: nothing is mapped at this address in the test process, so no SIGBUS can
+        // arise in it while it is registered.
+        let mut reg = unsafe { register(0x7000_0000 as *mut u8, 4096) }.unwrap();
         let slot = reg.slot.unwrap();
         assert_eq!(SLOTS[slot].read(), Some((0x7000_0000, 4096)));
         assert!(!reg.is_revoked());

@@ -59,7 +59,9 @@ impl Mapping {
         }
         .map_err(MapError::Mmap)?;
         let start = NonNull::new(raw.cast::<u8>()).expect("mmap never returns null on success");
-        match revoke::register(start.as_ptr(), len) {
+        // SAFETY: the whole fresh mapping is ours, no reference covers it, and `Drop`
+        // unregisters it before unmapping.
+        match unsafe { revoke::register(start.as_ptr(), len) } {
             Ok(registration) => Ok(Mapping {
                 start,
                 len,
