@@ -35,7 +35,7 @@ enum Command {
     Copy(cmd::copy::CopyArgs),
     /// Try one small O_DIRECT read from a client into a provider's p2pmem and report
     /// what the kernel did (the ground truth the topology verdicts are checked against).
-    Probe(cmd::copy::ProbeArgs),
+    Probe(cmd::probe::ProbeArgs),
 }
 
 /// Options every subcommand may use.
@@ -54,7 +54,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Topo(a) => cmd::topo::run(a, &globals),
         Command::Snapshot(a) => cmd::topo::snapshot(a, &globals),
         Command::Copy(a) => cmd::copy::run(a, &globals),
-        Command::Probe(a) => cmd::copy::probe(a, &globals),
+        Command::Probe(a) => cmd::probe::probe(a, &globals),
     }
 }
 

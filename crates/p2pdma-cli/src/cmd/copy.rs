@@ -11,11 +11,3 @@ pub struct CopyArgs {}
 pub fn run(_args: CopyArgs, _globals: &Globals) -> anyhow::Result<ExitCode> {
     anyhow::bail!("p2pdma copy is not implemented yet")
 }
-
-/// Arguments of `p2pdma probe`.
-#[derive(Debug, clap::Args)]
-pub struct ProbeArgs {}
-
-pub fn probe(_args: ProbeArgs, _globals: &Globals) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("p2pdma probe is not implemented yet")
-}

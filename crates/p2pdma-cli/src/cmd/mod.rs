@@ -2,4 +2,5 @@
 
 pub mod copy;
 pub mod lab;
+pub mod probe;
 pub mod topo;

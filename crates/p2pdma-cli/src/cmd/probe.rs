@@ -1,0 +1,137 @@
+//! `p2pdma probe`: one real P2P read, to learn what the kernel allows between two devices.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use p2pdma::blockdev::BlockDevice;
+use p2pdma::p2pmem::{P2pmemError, Provider};
+use p2pdma::Bdf;
+use serde::Serialize;
+
+use crate::Globals;
+
+/// Arguments of `p2pdma probe`.
+#[derive(Debug, clap::Args)]
+pub struct ProbeArgs {
+    /// The p2pmem provider to allocate the buffer from (PCI address, e.g. 0000:01:00.0).
+    #[arg(long, value_name = "BDF")]
+    provider: Bdf,
+    /// The block device to read from with O_DIRECT (e.g. /dev/nvme1n1). Nothing is written.
+    #[arg(value_name = "CLIENT")]
+    client: PathBuf,
+    /// Print one JSON object instead of a sentence.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What the kernel answered.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum Outcome {
+    /// The read completed: the client DMAed into the provider's memory.
+    Ok,
+    /// The kernel refused P2P between the two devices (EREMOTEIO, or EINVAL on newer kernels).
+    P2pRefused,
+    /// The read failed for another reason.
+    Error,
+}
+
+/// The probe's result, printed as JSON with `--json`.
+#[derive(Debug, Serialize)]
+struct ProbeReport {
+    provider: Bdf,
+    client: PathBuf,
+    /// Bytes asked for (the client's logical block size rounded up to a page).
+    bytes: usize,
+    /// Bytes the read returned (0 unless `result` is `ok`).
+    bytes_read: usize,
+    result: Outcome,
+    errno: Option<i32>,
+    error: Option<String>,
+}
+
+/// Allocates one small buffer from the provider and reads the client's first block into
+/// it with one O_DIRECT `pread`. Exits 0 whenever the read was attempted, whatever the
+/// kernel answered; fails when the probe cannot be set up.
+pub fn probe(args: ProbeArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
+    let provider = Provider::open(&globals.sysfs, args.provider)?;
+    let client = BlockDevice::read_devnode(&globals.sysfs, &args.client)
+        .with_context(|| format!("cannot probe with client {}", args.client.display()))?;
+    // The allocation rounds up to a page, which keeps the read block aligned.
+    let mut buffer = provider.allocate(client.logical_block_size as usize)?;
+    let bytes = buffer.len();
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&args.client)
+        .with_context(|| format!("cannot open {} with O_DIRECT", args.client.display()))?;
+
+    let (result, bytes_read, source) = match buffer.pread(&file, 0, 0, bytes) {
+        Ok(n) => (Outcome::Ok, n, None),
+        Err(e) if e.is_p2p_refusal() => (Outcome::P2pRefused, 0, Some(e)),
+        Err(e) => (Outcome::Error, 0, Some(e)),
+    };
+    let errno = source.as_ref().and_then(errno_of);
+    let report = ProbeReport {
+        provider: args.provider,
+        client: args.client,
+        bytes,
+        bytes_read,
+        result,
+        errno,
+        error: source.as_ref().map(chain_text),
+    };
+    print_report(&report, args.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn errno_of(e: &P2pmemError) -> Option<i32> {
+    match e {
+        P2pmemError::Transfer { source, .. } => source.raw_os_error(),
+        _ => None,
+    }
+}
+
+/// The error and its causes on one line.
+fn chain_text(e: &P2pmemError) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+fn print_report(report: &ProbeReport, json: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, report)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let head = format!("{} <- {}", report.provider, report.client.display());
+    match report.result {
+        Outcome::Ok => writeln!(
+            out,
+            "{head}: ok, read {} of {} bytes into the provider's memory by P2P DMA",
+            report.bytes_read, report.bytes
+        )?,
+        Outcome::P2pRefused => writeln!(
+            out,
+            "{head}: p2p-refused, the kernel will not do P2P DMA between these devices ({})",
+            report.error.as_deref().unwrap_or("no error text")
+        )?,
+        Outcome::Error => writeln!(
+            out,
+            "{head}: error, the read failed for a reason other than P2P ({})",
+            report.error.as_deref().unwrap_or("no error text")
+        )?,
+    }
+    Ok(())
+}
