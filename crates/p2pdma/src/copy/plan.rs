@@ -213,7 +213,7 @@ pub enum StorageId {
 }
 
 /// Facts about one side of a copy, gathered from the system before planning.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EndpointFacts {
     /// The path the user gave.
     pub path: PathBuf,
