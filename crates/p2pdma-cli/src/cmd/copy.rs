@@ -417,17 +417,14 @@ fn allocate_p2p(globals: &Globals, route: &Route, plan: &CopyPlan) -> anyhow::Re
         let buffer = provider.allocate(plan.chunk_size as usize).map_err(|e| {
             let hint = match &e {
                 P2pmemError::PoolExhausted { available, .. } => {
-                    let free = available.unwrap_or(0);
-                    let depth = (free / plan.chunk_size).max(1);
+                    // What the pool could give this copy: what is free now plus the
+                    // buffers this copy already holds.
+                    let usable = available.unwrap_or(0) + u64::from(i) * plan.chunk_size;
+                    let (depth, chunk) = smaller_shape(usable, plan);
                     format!(
-                        "; {} free now: try --queue-depth {} or --chunk-size {}",
-                        HumanBytes(free),
-                        depth.min(u64::from(plan.queue_depth)),
-                        HumanBytes(
-                            (free / u64::from(plan.queue_depth))
-                                .checked_next_power_of_two()
-                                .map_or(plan.block_size, |p| (p / 2).max(plan.block_size))
-                        )
+                        "; the pool has {} for this copy: try --queue-depth {depth} or --chunk-size {}",
+                        HumanBytes(usable),
+                        HumanBytes(chunk)
                     )
                 }
                 _ => String::new(),
@@ -442,6 +439,19 @@ fn allocate_p2p(globals: &Globals, route: &Route, plan: &CopyPlan) -> anyhow::Re
         slots.push(P2pSlot::new(buffer)?);
     }
     Ok(slots)
+}
+
+/// A queue depth that fits `usable` bytes at the current chunk size, and a chunk size
+/// (a power of two, at least one block) that fits it at the current depth.
+fn smaller_shape(usable: u64, plan: &CopyPlan) -> (u64, u64) {
+    let depth = (usable / plan.chunk_size).clamp(1, u64::from(plan.queue_depth));
+    let per_buffer = usable / u64::from(plan.queue_depth.max(1));
+    let chunk = if per_buffer == 0 {
+        plan.block_size
+    } else {
+        (1u64 << (63 - per_buffer.leading_zeros())).max(plan.block_size)
+    };
+    (depth, chunk)
 }
 
 fn describe_route(route: &Route, out: &mut impl Write) -> std::io::Result<()> {

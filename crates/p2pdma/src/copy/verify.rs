@@ -99,10 +99,13 @@ pub fn verify(
         let b = &dst_buf.as_slice()[..len];
         src_hash.update(a);
         dst_hash.update(b);
-        if first_difference.is_none() {
-            if let Some(i) = a.iter().zip(b).position(|(x, y)| x != y) {
-                first_difference = Some(pos + i as u64);
-            }
+        // Slice equality is a memcmp; the byte search only runs on a mismatch.
+        if first_difference.is_none() && a != b {
+            first_difference = a
+                .iter()
+                .zip(b)
+                .position(|(x, y)| x != y)
+                .map(|i| pos + i as u64);
         }
         pos += len as u64;
         progress(pos);
