@@ -263,7 +263,7 @@ fn explain_engine_error(err: EngineError, route: &Route, plan: &CopyPlan) -> any
             }
             FailureKind::ProviderGone => format!(
                 "the p2pmem provider {} was unbound or removed during the copy; pick another with --provider or use --bounce always",
-                provider_name(route)
+                route.provider.map_or_else(|| "?".to_owned(), |b| b.to_string())
             ),
             FailureKind::NoSpace => format!(
                 "{} is full; free space or copy less (--length)",
