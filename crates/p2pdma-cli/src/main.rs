@@ -23,6 +23,7 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process; boxing would buy nothing
 enum Command {
     /// The QEMU lab: a real P2PDMA kernel with emulated NVMe controllers with CMBs.
     #[command(subcommand)]

@@ -1,4 +1,19 @@
 //! The p2pdma lab: a reproducible QEMU test bed with a real `CONFIG_PCI_P2PDMA` kernel
 //! and emulated NVMe controllers with Controller Memory Buffers, in PCIe topologies
 //! declared in TOML.
+//!
+//! - [`spec`]: the topology file and the QEMU devices it becomes (pure).
+//! - [`kernel`]: building the lab kernel once and caching it outside the repository.
+//! - [`initramfs`]: the guest's root file system (busybox + the static p2pdma binary).
+//! - [`vm`]: booting a topology, running a command, deadlines and fault injection.
+//! - [`qmp`]: the QEMU monitor client used for surprise removal.
+//! - [`host`]: what the host needs and installing it on Debian.
 #![warn(missing_docs)]
+
+pub mod host;
+pub mod initramfs;
+pub mod kernel;
+pub mod paths;
+pub mod qmp;
+pub mod spec;
+pub mod vm;

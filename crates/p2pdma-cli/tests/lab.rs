@@ -1,0 +1,381 @@
+//! The lab itself: every shipped topology boots and looks, from inside the guest, the way
+//! its TOML says; failures of the lab are clear and never hang.
+//!
+//! Tests that boot QEMU are `#[ignore]`d with the reason, so a plain `cargo test` never
+//! starts a VM; README's test command runs them with `--include-ignored`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use p2pdma_lab::spec::{BridgeKind, Catalog, Topology};
+
+fn p2pdma() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_p2pdma"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn lab_run(topology: &str, extra: &[&str], command: &str) -> Output {
+    let out = p2pdma()
+        .args(["lab", "run", "--quiet", "--topology", topology])
+        .args(extra)
+        .arg("--")
+        .arg(command)
+        .output()
+        .expect("p2pdma runs");
+    eprintln!(
+        "--- {topology} stdout:\n{}\n--- stderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+/// Prints, for every NVMe controller, `nvme SERIAL BDF CHAIN P2PMEM_SIZE PUBLISHED`, where
+/// CHAIN is the comma-separated BDFs from the root bus down to the controller; and for
+/// every bridge `bridge BDF SPEED WIDTH`.
+const DESCRIBE_GUEST: &str = r#"
+for c in /sys/class/nvme/nvme*; do
+  serial=$(cat $c/serial | tr -d ' ')
+  dev=$(readlink -f $c/device)
+  bdf=$(basename $dev)
+  chain=$(echo $dev | tr '/' '\n' | grep -E '^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$' | paste -sd, -)
+  if [ -d $dev/p2pmem ]; then size=$(cat $dev/p2pmem/size); pub=$(cat $dev/p2pmem/published); else size=none; pub=none; fi
+  echo "nvme $serial $bdf $chain $size $pub"
+done
+for d in /sys/bus/pci/devices/*; do
+  case $(cat $d/class) in 0x0604*)
+    echo "bridge $(basename $d) $(cat $d/current_link_speed 2>/dev/null | tr ' ' _) $(cat $d/current_link_width 2>/dev/null)";;
+  esac
+done
+"#;
+
+#[derive(Debug)]
+struct GuestNvme {
+    chain: Vec<String>,
+    p2pmem_size: Option<u64>,
+    published: Option<bool>,
+}
+
+fn describe(
+    topology: &str,
+) -> (
+    HashMap<String, GuestNvme>,
+    HashMap<String, (String, String)>,
+) {
+    let out = lab_run(topology, &[], DESCRIBE_GUEST);
+    assert!(out.status.success(), "{topology}: guest command failed");
+    let mut nvmes = HashMap::new();
+    let mut bridges = HashMap::new();
+    for line in text(&out.stdout).lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["nvme", serial, _bdf, chain, size, published] => {
+                nvmes.insert(
+                    serial.to_string(),
+                    GuestNvme {
+                        chain: chain.split(',').map(str::to_owned).collect(),
+                        p2pmem_size: size.parse().ok(),
+                        published: (*published != "none").then(|| *published == "1"),
+                    },
+                );
+            }
+            ["bridge", bdf, speed, width] => {
+                bridges.insert(bdf.to_string(), (speed.to_string(), width.to_string()));
+            }
+            _ => {}
+        }
+    }
+    (nvmes, bridges)
+}
+
+/// The chain of bridge ids from the root bus down to `parent`.
+fn bridge_chain<'a>(topology: &'a Topology, mut parent: &'a str) -> Vec<String> {
+    let mut chain = Vec::new();
+    while parent != "pcie.0" {
+        let bridge = topology
+            .spec
+            .bridge
+            .iter()
+            .find(|b| b.id == parent)
+            .expect("validated topology");
+        chain.push(bridge.id.clone());
+        parent = &bridge.parent;
+    }
+    chain.reverse();
+    chain
+}
+
+fn check_topology_in_guest(name: &str) {
+    let catalog = Catalog::load(None, &[]).unwrap();
+    let topology = catalog.get(name).unwrap();
+    let (nvmes, bridges) = describe(name);
+    assert_eq!(
+        nvmes.len(),
+        topology.spec.nvme.len(),
+        "{name}: guest sees {nvmes:?}"
+    );
+    let mut id_to_bdf: HashMap<String, String> = HashMap::new();
+    for nvme in &topology.spec.nvme {
+        let guest = nvmes.get(&nvme.serial).unwrap_or_else(|| {
+            panic!(
+                "{name}: no controller with serial {} in {nvmes:?}",
+                nvme.serial
+            )
+        });
+        let expected = bridge_chain(&topology, &nvme.parent);
+        assert_eq!(
+            guest.chain.len(),
+            expected.len() + 1,
+            "{name}/{}: chain {:?} does not have the {} bridges {expected:?}",
+            nvme.serial,
+            guest.chain,
+            expected.len()
+        );
+        for (id, bdf) in expected.iter().zip(&guest.chain) {
+            let known = id_to_bdf.entry(id.clone()).or_insert_with(|| bdf.clone());
+            assert_eq!(known, bdf, "{name}: bridge {id} appears as two functions");
+        }
+        if nvme.cmb_mib > 0 {
+            assert_eq!(
+                guest.p2pmem_size,
+                Some(u64::from(nvme.cmb_mib) << 20),
+                "{name}/{}: p2pmem size",
+                nvme.serial
+            );
+            assert_eq!(
+                guest.published,
+                Some(true),
+                "{name}/{}: CMB not published",
+                nvme.serial
+            );
+        } else {
+            assert_eq!(
+                guest.p2pmem_size, None,
+                "{name}/{}: has p2pmem without a CMB",
+                nvme.serial
+            );
+        }
+    }
+    let distinct: std::collections::HashSet<_> = id_to_bdf.values().collect();
+    assert_eq!(
+        distinct.len(),
+        id_to_bdf.len(),
+        "{name}: two bridge ids map to one function: {id_to_bdf:?}"
+    );
+    assert_eq!(
+        bridges.len(),
+        topology.spec.bridge.len(),
+        "{name}: guest bridges {bridges:?}"
+    );
+    for bridge in &topology.spec.bridge {
+        let Some(bdf) = id_to_bdf.get(&bridge.id) else {
+            continue;
+        };
+        let (speed, width) = &bridges[bdf];
+        if let Some(s) = bridge.speed {
+            let want = match s {
+                p2pdma_lab::spec::LinkSpeed::Gen1 => "2.5_GT/s_PCIe",
+                p2pdma_lab::spec::LinkSpeed::Gen2 => "5.0_GT/s_PCIe",
+                p2pdma_lab::spec::LinkSpeed::Gen3 => "8.0_GT/s_PCIe",
+                p2pdma_lab::spec::LinkSpeed::Gen4 => "16.0_GT/s_PCIe",
+            };
+            assert_eq!(speed, want, "{name}: {} link speed", bridge.id);
+        }
+        if let Some(w) = bridge.width {
+            assert_eq!(width, &w.to_string(), "{name}: {} link width", bridge.id);
+        }
+        assert!(
+            bridge.kind != BridgeKind::RootPort || bdf.starts_with("0000:00:"),
+            "{name}: root port {} is not on the root bus: {bdf}",
+            bridge.id
+        );
+    }
+}
+
+macro_rules! topology_tests {
+    ($($test:ident => $name:literal),* $(,)?) => {$(
+        #[test]
+        #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+        fn $test() {
+            check_topology_in_guest($name);
+        }
+    )*};
+}
+
+topology_tests! {
+    topology_switch_boots_as_declared => "switch",
+    topology_rootbus_boots_as_declared => "rootbus",
+    topology_rootbus_amd_boots_as_declared => "rootbus-amd",
+    topology_mixed_boots_as_declared => "mixed",
+    topology_cascade_boots_as_declared => "cascade",
+    topology_acs_boots_as_declared => "acs",
+    topology_multifunction_boots_as_declared => "multifunction",
+    topology_slow_link_boots_as_declared => "slow-link",
+    topology_ext4_boots_as_declared => "ext4",
+}
+
+#[test]
+fn every_shipped_topology_has_a_boot_test() {
+    let source = include_str!("lab.rs");
+    for name in Catalog::load(None, &[]).unwrap().names() {
+        assert!(
+            source.contains(&format!("=> \"{name}\"")),
+            "topology {name} has no boot test in tests/lab.rs"
+        );
+    }
+}
+
+#[test]
+fn unknown_topology_is_a_clear_error_without_booting() {
+    let out = lab_run("no-such-topology", &[], "true");
+    assert_eq!(out.status.code(), Some(125));
+    let err = text(&out.stderr);
+    assert!(err.contains("unknown topology 'no-such-topology'"), "{err}");
+    assert!(
+        err.contains("switch"),
+        "the error lists the known topologies: {err}"
+    );
+}
+
+#[test]
+fn missing_kernel_source_is_a_clear_error() {
+    let out = lab_run("switch", &["--source", "/nonexistent/linux.tar.xz"], "true");
+    assert_eq!(out.status.code(), Some(125));
+    let err = text(&out.stderr);
+    assert!(err.contains("/nonexistent/linux.tar.xz not found"), "{err}");
+    assert!(err.contains("p2pdma lab setup"), "{err}");
+}
+
+fn cached_kernel() -> PathBuf {
+    let out = p2pdma()
+        .args(["lab", "kernel", "--print-path"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "lab kernel: {}", text(&out.stderr));
+    PathBuf::from(text(&out.stdout).trim())
+}
+
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn missing_qemu_is_a_clear_error() {
+    let kernel = cached_kernel();
+    let out = p2pdma()
+        .env("PATH", "/nonexistent")
+        .args([
+            "lab", "run", "-q", "-t", "switch", "--accel", "tcg", "--kernel",
+        ])
+        .arg(&kernel)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let err = text(&out.stderr);
+    assert!(err.contains("qemu-system-x86_64 not found"), "{err}");
+}
+
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn guest_command_status_and_output_come_back() {
+    let out = lab_run("switch", &[], "echo to-stdout; echo to-stderr >&2; exit 7");
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(text(&out.stdout), "to-stdout\n");
+    assert_eq!(text(&out.stderr), "to-stderr\n");
+}
+
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn a_hanging_command_is_killed_at_its_deadline() {
+    let started = std::time::Instant::now();
+    let out = lab_run("switch", &["--timeout", "3"], "sleep 1000");
+    assert_eq!(out.status.code(), Some(125));
+    let err = text(&out.stderr);
+    assert!(err.contains("did not finish within 3 s"), "{err}");
+    assert!(started.elapsed().as_secs() < 120, "the lab itself hung");
+}
+
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn a_guest_kernel_panic_is_reported_with_the_panic_line() {
+    let out = lab_run("switch", &[], "echo c > /proc/sysrq-trigger; sleep 30");
+    assert_eq!(out.status.code(), Some(125));
+    let err = text(&out.stderr);
+    assert!(err.contains("the guest kernel panicked"), "{err}");
+    assert!(err.contains("Kernel panic - not syncing"), "{err}");
+}
+
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn files_go_in_and_fetched_files_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.txt");
+    std::fs::write(&input, "from the host\n").unwrap();
+    let run_dir = dir.path().join("run");
+    let out = lab_run(
+        "switch",
+        &[
+            "--file",
+            &format!("{}:/root/in.txt", input.display()),
+            "--fetch",
+            "/tmp/result",
+            "--out",
+            run_dir.to_str().unwrap(),
+        ],
+        "mkdir /tmp/result && tr a-z A-Z < /root/in.txt > /tmp/result/upper.txt",
+    );
+    assert!(out.status.success());
+    let fetched = std::fs::read_to_string(run_dir.join("fetched/tmp/result/upper.txt")).unwrap();
+    assert_eq!(fetched, "FROM THE HOST\n");
+    assert!(
+        run_dir.join("serial.log").is_file(),
+        "the serial log is kept"
+    );
+}
+
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn unbind_and_rebind_inside_the_guest() {
+    let out = lab_run(
+        "switch",
+        &[],
+        "set -e; bdf=$(p2pdma lab guest nvme sw1 | cut -d' ' -f1); p2pdma lab guest unbind sw1; \
+         test ! -e /sys/bus/pci/devices/$bdf/p2pmem && echo gone; p2pdma lab guest bind $bdf; \
+         i=0; while [ ! -e /sys/bus/pci/devices/$bdf/p2pmem ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; \
+         cat /sys/bus/pci/devices/$bdf/p2pmem/size",
+    );
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout), "gone\n16777216\n");
+}
+
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn device_del_on_a_guest_signal_removes_the_controller() {
+    let out = lab_run(
+        "switch",
+        &["--fault", "device_del:nvme-b@signal:remove-now"],
+        "set -e; bdf=$(p2pdma lab guest nvme sw1 | cut -d' ' -f1); p2pdma lab guest signal remove-now; \
+         i=0; while [ -e /sys/bus/pci/devices/$bdf ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
+         test ! -e /sys/bus/pci/devices/$bdf && echo removed; ls /sys/class/nvme | wc -l",
+    );
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout), "removed\n1\n");
+}
+
+#[test]
+fn readme_test_command_is_what_ci_runs() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    let test_command = "cargo run -- lab setup && cargo run -- lab kernel && cargo test --workspace -- --include-ignored";
+    assert!(
+        readme.contains(test_command),
+        "README.md lost the test command"
+    );
+    assert!(
+        ci.lines().any(|l| l.trim() == test_command),
+        ".ci/run does not run README's test command"
+    );
+}

@@ -1,0 +1,547 @@
+//! Building the lab kernel once and caching it outside the repository.
+//!
+//! The kernel is a tinyconfig plus the fragment in `lab/kernel/p2pdma.config` (and, for the
+//! `debug` flavour, `lab/kernel/debug.config`). The cache key is a hash of the source's
+//! identity, the fragments' text and the build recipe's version, so editing a fragment or
+//! switching source builds anew while a second call with the same inputs returns at once.
+
+use std::fmt;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::paths;
+
+/// The options every lab kernel needs (see `kernel-p2pdma.md`).
+pub const BASE_FRAGMENT: &str = include_str!("../../../lab/kernel/p2pdma.config");
+/// Extra options of the `debug` flavour: KASAN, VM and lock debugging.
+pub const DEBUG_FRAGMENT: &str = include_str!("../../../lab/kernel/debug.config");
+/// Where Debian's `linux-source-6.12` package puts its tarball.
+pub const DEBIAN_SOURCE_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
+const DEBIAN_SOURCE_PACKAGE: &str = "linux-source-6.12";
+/// Bumped whenever the build steps change in a way that changes the image.
+const RECIPE_VERSION: &str = "p2pdma-lab-kernel-recipe-1";
+
+/// Errors while finding the source or building the kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// No source where one was expected.
+    #[error("kernel source {path} not found: run `p2pdma lab setup` (it installs {DEBIAN_SOURCE_PACKAGE}) or pass --source DIR|TARBALL")]
+    SourceMissing {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// A path that is neither a directory with a Makefile nor a tarball.
+    #[error("kernel source {path} is neither a kernel tree (a directory with a Makefile) nor a .tar/.tar.xz/.tar.gz tarball")]
+    SourceUnrecognised {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A build step failed.
+    #[error("kernel build step `{step}` failed (exit status {status}); the last lines of {log}:\n{tail}")]
+    StepFailed {
+        /// The command that failed.
+        step: String,
+        /// Its exit status.
+        status: String,
+        /// The full build log.
+        log: PathBuf,
+        /// The last lines of output.
+        tail: String,
+    },
+    /// Options the fragment asks for did not survive `make olddefconfig`.
+    #[error("the kernel config lacks {missing} after olddefconfig (their dependencies are not met in this source tree); build log: {log}")]
+    ConfigIncomplete {
+        /// Missing options, comma separated.
+        missing: String,
+        /// The build log.
+        log: PathBuf,
+    },
+    /// A tool could not be started.
+    #[error("cannot run `{tool}`: install it (`p2pdma lab setup` does)")]
+    ToolMissing {
+        /// The program.
+        tool: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file operation in the cache failed.
+    #[error("kernel cache: {what} {path}")]
+    Cache {
+        /// What was being done.
+        what: &'static str,
+        /// On which file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Which kernel configuration to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavour {
+    /// The small, fast-booting kernel every lab run uses.
+    #[default]
+    Standard,
+    /// With KASAN, DEBUG_VM and lock debugging, for the reliability suite.
+    Debug,
+}
+
+impl fmt::Display for Flavour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Flavour::Standard => "standard",
+            Flavour::Debug => "debug",
+        })
+    }
+}
+
+/// Where the kernel source comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelSource {
+    /// A tarball such as Debian's `/usr/src/linux-source-6.12.tar.xz`.
+    Tarball(PathBuf),
+    /// An unpacked, clean kernel tree (built out of tree with `O=`).
+    Directory(PathBuf),
+}
+
+impl KernelSource {
+    /// Debian's linux-source-6.12 tarball.
+    pub fn debian_default() -> KernelSource {
+        KernelSource::Tarball(PathBuf::from(DEBIAN_SOURCE_TARBALL))
+    }
+
+    /// A user-given path: a directory is a tree, anything else must be a tarball.
+    pub fn from_path(path: &Path) -> Result<KernelSource, KernelError> {
+        if path.is_dir() {
+            if path.join("Makefile").is_file() {
+                return Ok(KernelSource::Directory(path.to_owned()));
+            }
+            return Err(KernelError::SourceUnrecognised {
+                path: path.to_owned(),
+            });
+        }
+        if !path.exists() {
+            return Err(KernelError::SourceMissing {
+                path: path.to_owned(),
+            });
+        }
+        let name = path.to_string_lossy();
+        if [".tar", ".tar.xz", ".tar.gz", ".tgz", ".tar.bz2"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
+        {
+            Ok(KernelSource::Tarball(path.to_owned()))
+        } else {
+            Err(KernelError::SourceUnrecognised {
+                path: path.to_owned(),
+            })
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            KernelSource::Tarball(p) | KernelSource::Directory(p) => p,
+        }
+    }
+
+    /// What identifies this source's content cheaply, for the cache key.
+    ///
+    /// A tarball is named by path, size and modification time (plus the Debian package
+    /// version for the default tarball); a tree by its path, `make kernelversion`, and the
+    /// git commit when it is a git checkout. Hashing 150 MB on every call would defeat the
+    /// cache's purpose of returning at once.
+    fn identity(&self) -> Result<String, KernelError> {
+        let path = self.path();
+        let meta = fs::metadata(path).map_err(|_| KernelError::SourceMissing {
+            path: path.to_owned(),
+        })?;
+        match self {
+            KernelSource::Tarball(p) => {
+                let mtime = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs());
+                let mut id = format!("tarball {} {} {}", p.display(), meta.len(), mtime);
+                if p == Path::new(DEBIAN_SOURCE_TARBALL) {
+                    if let Some(v) = debian_package_version(DEBIAN_SOURCE_PACKAGE) {
+                        id.push_str(&format!(" debian {v}"));
+                    }
+                }
+                Ok(id)
+            }
+            KernelSource::Directory(p) => {
+                let version = command_output(
+                    Command::new("make")
+                        .arg("-s")
+                        .arg("-C")
+                        .arg(p)
+                        .arg("kernelversion"),
+                )
+                .unwrap_or_default();
+                let commit = command_output(
+                    Command::new("git")
+                        .arg("-C")
+                        .arg(p)
+                        .args(["rev-parse", "HEAD"]),
+                )
+                .unwrap_or_default();
+                Ok(format!(
+                    "tree {} {} {}",
+                    p.display(),
+                    version.trim(),
+                    commit.trim()
+                ))
+            }
+        }
+    }
+}
+
+fn command_output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn debian_package_version(package: &str) -> Option<String> {
+    command_output(Command::new("dpkg-query").args(["-W", "-f=${Version}", package]))
+        .filter(|v| !v.is_empty())
+}
+
+/// A built kernel in the cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CachedKernel {
+    /// The bootable image.
+    pub bzimage: PathBuf,
+    /// The cache key (hash of the inputs).
+    pub key: String,
+    /// The inputs' description.
+    pub source: String,
+    /// Which configuration.
+    pub flavour: Flavour,
+    /// How long the build took, in seconds (0 when unknown).
+    pub build_seconds: f64,
+}
+
+/// What the builder reports while it works.
+#[derive(Debug, Clone)]
+pub enum BuildEvent {
+    /// A new stage began.
+    Stage(String),
+    /// A line of build output.
+    Line(String),
+}
+
+/// The cache key of a kernel built from `source` in `flavour`.
+pub fn cache_key(source: &KernelSource, flavour: Flavour) -> Result<(String, String), KernelError> {
+    let identity = source.identity()?;
+    let mut hasher = Sha256::new();
+    hasher.update(RECIPE_VERSION.as_bytes());
+    hasher.update(b"\0");
+    hasher.update(identity.as_bytes());
+    hasher.update(b"\0");
+    for fragment in fragments(flavour) {
+        hasher.update(fragment.as_bytes());
+        hasher.update(b"\0");
+    }
+    let digest = hasher.finalize();
+    let key: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    Ok((format!("{flavour}-{key}"), identity))
+}
+
+fn fragments(flavour: Flavour) -> Vec<&'static str> {
+    match flavour {
+        Flavour::Standard => vec![BASE_FRAGMENT],
+        Flavour::Debug => vec![BASE_FRAGMENT, DEBUG_FRAGMENT],
+    }
+}
+
+/// The cached kernel for these inputs, if it was built before.
+pub fn cached(
+    source: &KernelSource,
+    flavour: Flavour,
+) -> Result<Option<CachedKernel>, KernelError> {
+    let (key, _) = cache_key(source, flavour)?;
+    Ok(read_cached(&paths::kernel_dir(&key)))
+}
+
+fn read_cached(dir: &Path) -> Option<CachedKernel> {
+    let meta = fs::read_to_string(dir.join("kernel.json")).ok()?;
+    let kernel: CachedKernel = serde_json::from_str(&meta).ok()?;
+    kernel.bzimage.is_file().then_some(kernel)
+}
+
+/// Returns the cached kernel for these inputs, building it first if needed.
+///
+/// Concurrent callers (parallel tests) wait on a lock file rather than building twice.
+pub fn ensure(
+    source: &KernelSource,
+    flavour: Flavour,
+    jobs: usize,
+    on_event: &mut dyn FnMut(BuildEvent),
+) -> Result<CachedKernel, KernelError> {
+    let (key, identity) = cache_key(source, flavour)?;
+    let dir = paths::kernel_dir(&key);
+    if let Some(kernel) = read_cached(&dir) {
+        return Ok(kernel);
+    }
+    let cache_err = |what, path: &Path| {
+        let path = path.to_owned();
+        move |source| KernelError::Cache { what, path, source }
+    };
+    fs::create_dir_all(&dir).map_err(cache_err("cannot create", &dir))?;
+    let lock_path = dir.with_extension("lock");
+    let _lock =
+        paths::FileLock::exclusive(&lock_path).map_err(cache_err("cannot lock", &lock_path))?;
+    if let Some(kernel) = read_cached(&dir) {
+        return Ok(kernel);
+    }
+    let started = Instant::now();
+    let work = paths::cache_root().join("build").join(&key);
+    if work.exists() {
+        fs::remove_dir_all(&work).map_err(cache_err("cannot clear", &work))?;
+    }
+    fs::create_dir_all(&work).map_err(cache_err("cannot create", &work))?;
+    let log_path = dir.join("build.log");
+    let mut log = fs::File::create(&log_path).map_err(cache_err("cannot create", &log_path))?;
+    let mut run = |step: &str, cmd: &mut Command, on_event: &mut dyn FnMut(BuildEvent)| {
+        run_step(step, cmd, &mut log, &log_path, on_event)
+    };
+
+    let src = match source {
+        KernelSource::Tarball(tarball) => {
+            on_event(BuildEvent::Stage(format!(
+                "unpacking {}",
+                tarball.display()
+            )));
+            let src = work.join("src");
+            fs::create_dir_all(&src).map_err(cache_err("cannot create", &src))?;
+            run(
+                "tar",
+                Command::new("tar")
+                    .arg("-xf")
+                    .arg(tarball)
+                    .arg("-C")
+                    .arg(&src)
+                    .arg("--strip-components=1"),
+                on_event,
+            )?;
+            src
+        }
+        KernelSource::Directory(dir) => dir.clone(),
+    };
+    let out = work.join("out");
+    fs::create_dir_all(&out).map_err(cache_err("cannot create", &out))?;
+    let make = |args: &[&str]| {
+        let mut cmd = Command::new("make");
+        cmd.arg("-C").arg(&src).arg(format!("O={}", out.display()));
+        cmd.args(args);
+        cmd
+    };
+
+    on_event(BuildEvent::Stage(
+        "configuring (tinyconfig + p2pdma fragment)".into(),
+    ));
+    run("make tinyconfig", &mut make(&["tinyconfig"]), on_event)?;
+    let fragment_path = out.join("p2pdma.fragment");
+    fs::write(&fragment_path, fragments(flavour).join("\n"))
+        .map_err(cache_err("cannot write", &fragment_path))?;
+    run(
+        "merge_config.sh",
+        Command::new(src.join("scripts/kconfig/merge_config.sh"))
+            .arg("-m")
+            .arg("-O")
+            .arg(&out)
+            .arg(out.join(".config"))
+            .arg(&fragment_path)
+            .current_dir(&out),
+        on_event,
+    )?;
+    run("make olddefconfig", &mut make(&["olddefconfig"]), on_event)?;
+    let config_path = out.join(".config");
+    let config =
+        fs::read_to_string(&config_path).map_err(cache_err("cannot read", &config_path))?;
+    let missing = missing_options(&fragments(flavour).join("\n"), &config);
+    if !missing.is_empty() {
+        return Err(KernelError::ConfigIncomplete {
+            missing: missing.join(", "),
+            log: log_path,
+        });
+    }
+
+    on_event(BuildEvent::Stage(format!(
+        "compiling bzImage with {jobs} jobs"
+    )));
+    run(
+        "make bzImage",
+        &mut make(&[&format!("-j{jobs}"), "bzImage"]),
+        on_event,
+    )?;
+
+    let built = out.join("arch/x86/boot/bzImage");
+    let bzimage = dir.join("bzImage");
+    let partial = dir.join("bzImage.partial");
+    fs::copy(&built, &partial).map_err(cache_err("cannot copy", &built))?;
+    fs::rename(&partial, &bzimage).map_err(cache_err("cannot rename", &partial))?;
+    let config_copy = dir.join("config");
+    fs::write(&config_copy, &config).map_err(cache_err("cannot write", &config_copy))?;
+    let kernel = CachedKernel {
+        bzimage,
+        key,
+        source: identity,
+        flavour,
+        build_seconds: started.elapsed().as_secs_f64(),
+    };
+    let meta_path = dir.join("kernel.json");
+    let meta = serde_json::to_string_pretty(&kernel).expect("kernel metadata serialises");
+    fs::write(&meta_path, meta).map_err(cache_err("cannot write", &meta_path))?;
+    on_event(BuildEvent::Stage("removing the build tree".into()));
+    // The tree is a gigabyte or more; the image and config are all that is kept.
+    let _ = fs::remove_dir_all(&work);
+    Ok(kernel)
+}
+
+fn run_step(
+    step: &str,
+    cmd: &mut Command,
+    log: &mut fs::File,
+    log_path: &Path,
+    on_event: &mut dyn FnMut(BuildEvent),
+) -> Result<(), KernelError> {
+    use std::io::Write;
+    let _ = writeln!(log, "$ {cmd:?}");
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    // Both streams go through one pipe so the log keeps their order.
+    let (reader, writer) = std::io::pipe().map_err(|source| KernelError::Cache {
+        what: "cannot create a pipe for",
+        path: log_path.to_owned(),
+        source,
+    })?;
+    let writer2 = writer.try_clone().map_err(|source| KernelError::Cache {
+        what: "cannot create a pipe for",
+        path: log_path.to_owned(),
+        source,
+    })?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(writer2)
+        .spawn()
+        .map_err(|source| KernelError::ToolMissing {
+            tool: program,
+            source,
+        })?;
+    // Drop the builder's copies of the pipe's write end so reading ends with the child.
+    drop(std::mem::replace(cmd, Command::new("true")));
+    let mut tail: Vec<String> = Vec::new();
+    for line in BufReader::new(reader).lines() {
+        let Ok(line) = line else { break };
+        let _ = writeln!(log, "{line}");
+        tail.push(line.clone());
+        if tail.len() > 25 {
+            tail.remove(0);
+        }
+        on_event(BuildEvent::Line(line));
+    }
+    let status = child.wait().map_err(|source| KernelError::Cache {
+        what: "cannot wait for a build step, log",
+        path: log_path.to_owned(),
+        source,
+    })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(KernelError::StepFailed {
+            step: step.to_owned(),
+            status: status.to_string(),
+            log: log_path.to_owned(),
+            tail: tail.join("\n"),
+        })
+    }
+}
+
+/// Options set to `y` in `fragment` that are not `y` in `config`.
+pub fn missing_options(fragment: &str, config: &str) -> Vec<String> {
+    let set: std::collections::HashSet<&str> = config
+        .lines()
+        .filter_map(|l| l.strip_suffix("=y"))
+        .collect();
+    fragment
+        .lines()
+        .filter_map(|l| l.trim().strip_suffix("=y"))
+        .filter(|opt| !set.contains(opt))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Seconds since the epoch, for metadata.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_fragment_has_the_options_p2pdma_cannot_live_without() {
+        for opt in [
+            "CONFIG_PCI_P2PDMA=y",
+            "CONFIG_ZONE_DEVICE=y",
+            "CONFIG_BLK_DEV_NVME=y",
+            "CONFIG_IO_URING=y",
+            "CONFIG_PCI_MMCONFIG=y",
+            "CONFIG_HOTPLUG_PCI_PCIE=y",
+        ] {
+            assert!(BASE_FRAGMENT.lines().any(|l| l == opt), "{opt}");
+        }
+        assert!(DEBUG_FRAGMENT.contains("CONFIG_KASAN=y"));
+    }
+
+    #[test]
+    fn missing_options_names_only_what_olddefconfig_dropped() {
+        let fragment = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=y\n";
+        let config = "CONFIG_A=y\nCONFIG_D=y\n";
+        assert_eq!(missing_options(fragment, config), ["CONFIG_C"]);
+    }
+
+    #[test]
+    fn cache_key_depends_on_flavour_and_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let tarball = dir.path().join("linux.tar.xz");
+        fs::write(&tarball, b"not really").unwrap();
+        let source = KernelSource::from_path(&tarball).unwrap();
+        let (standard, _) = cache_key(&source, Flavour::Standard).unwrap();
+        let (debug, _) = cache_key(&source, Flavour::Debug).unwrap();
+        assert_ne!(standard, debug);
+        assert_eq!(standard, cache_key(&source, Flavour::Standard).unwrap().0);
+        fs::write(&tarball, b"another source, another size").unwrap();
+        assert_ne!(standard, cache_key(&source, Flavour::Standard).unwrap().0);
+    }
+
+    #[test]
+    fn source_paths_are_recognised_or_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = KernelSource::from_path(&dir.path().join("nope.tar.xz")).unwrap_err();
+        assert!(err.to_string().contains("not found"), "{err}");
+        let err = KernelSource::from_path(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("neither a kernel tree"), "{err}");
+        fs::write(dir.path().join("Makefile"), "").unwrap();
+        assert_eq!(
+            KernelSource::from_path(dir.path()).unwrap(),
+            KernelSource::Directory(dir.path().to_owned())
+        );
+    }
+}
