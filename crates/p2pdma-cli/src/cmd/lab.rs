@@ -57,7 +57,7 @@ pub struct KernelChoice {
     #[arg(long, value_enum, default_value_t = FlavourArg::Standard)]
     flavour: FlavourArg,
     /// Boot this bzImage instead of the cached lab kernel.
-    #[arg(long, value_name = "BZIMAGE", conflicts_with_all = ["source", "flavour"])]
+    #[arg(long, value_name = "BZIMAGE", env = "P2PDMA_LAB_KERNEL", conflicts_with_all = ["source", "flavour"])]
     kernel: Option<PathBuf>,
 }
 
@@ -587,7 +587,10 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut figures = Vec::new();
     if !args.json {
         println!("boot-to-command time: QEMU start until the guest has every NVMe namespace and runs the command");
-        println!("{:<14} {:>4} {:>8} {:>8} {:>8} {:>14}", "topology", "runs", "min s", "median s", "max s", "guest uptime s");
+        println!(
+            "{:<14} {:>4} {:>8} {:>8} {:>8} {:>14}",
+            "topology", "runs", "min s", "median s", "max s", "guest uptime s"
+        );
     }
     for name in names {
         let topology = catalog.get(&name)?;
@@ -631,7 +634,12 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         if !args.json {
             println!(
                 "{:<14} {:>4} {:>8.2} {:>8.2} {:>8.2} {:>14.2}",
-                f.topology, f.runs, f.boot_seconds_min, f.boot_seconds_median, f.boot_seconds_max, f.guest_uptime_median
+                f.topology,
+                f.runs,
+                f.boot_seconds_min,
+                f.boot_seconds_median,
+                f.boot_seconds_max,
+                f.guest_uptime_median
             );
         }
         figures.push(f);
