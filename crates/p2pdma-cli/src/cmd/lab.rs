@@ -587,7 +587,10 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut figures = Vec::new();
     if !args.json {
         println!("boot-to-command time: QEMU start until the guest has every NVMe namespace and runs the command");
-        println!("{:<14} {:>4} {:>8} {:>8} {:>8} {:>14}", "topology", "runs", "min s", "median s", "max s", "guest uptime s");
+        println!(
+            "{:<14} {:>4} {:>8} {:>8} {:>8} {:>14}",
+            "topology", "runs", "min s", "median s", "max s", "guest uptime s"
+        );
     }
     for name in names {
         let topology = catalog.get(&name)?;
@@ -631,7 +634,12 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         if !args.json {
             println!(
                 "{:<14} {:>4} {:>8.2} {:>8.2} {:>8.2} {:>14.2}",
-                f.topology, f.runs, f.boot_seconds_min, f.boot_seconds_median, f.boot_seconds_max, f.guest_uptime_median
+                f.topology,
+                f.runs,
+                f.boot_seconds_min,
+                f.boot_seconds_median,
+                f.boot_seconds_max,
+                f.guest_uptime_median
             );
         }
         figures.push(f);
