@@ -10,7 +10,7 @@ use p2pdma::pci::{PciFunction, PciTree};
 use p2pdma::resolve::{resolve, Target};
 use p2pdma::snapshot::{KernelP2pdma, SnapshotOptions};
 use p2pdma::sysfs::SysfsRoot;
-use p2pdma::topology::{Cell, MapType, Topology, Verdict};
+use p2pdma::topology::{Cell, MapType, Reason, Topology, Verdict};
 use p2pdma::Bdf;
 use serde::Serialize;
 
@@ -256,6 +256,8 @@ struct Pair {
     p2p: bool,
     map_type: MapType,
     distance: Option<u32>,
+    /// Functions with ACS redirect on the path (the pci=disable_acs_redir= list).
+    acs_redirect: Vec<Bdf>,
 }
 
 fn pairs(root: &SysfsRoot, tree: &PciTree, topo: &Topology) -> anyhow::Result<Vec<Pair>> {
@@ -276,6 +278,14 @@ fn pairs(root: &SysfsRoot, tree: &PciTree, topo: &Topology) -> anyhow::Result<Ve
                         p2p: v.is_p2p() && target.p2p_queue,
                         map_type: v.map_type,
                         distance: v.distance,
+                        acs_redirect: v
+                            .reasons
+                            .iter()
+                            .find_map(|r| match r {
+                                Reason::AcsRedirect { functions } => Some(functions.clone()),
+                                _ => None,
+                            })
+                            .unwrap_or_default(),
                     });
                 }
             }
