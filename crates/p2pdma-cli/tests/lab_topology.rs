@@ -6,6 +6,10 @@
 //! from the provider's p2pmem. The test prints the table and the count and fails on any
 //! disagreement. The kernel's `pci=disable_acs_redir=` advice, when it logs one, must
 //! equal the ACS list p2pdma predicted for some pair.
+//!
+//! Besides the shipped topologies, `tests/lab_topology_extra.toml` adds ACS cases the
+//! shipped ones do not reach (redirect above the common switch, ACS with an AMD CPU,
+//! redirecting root ports without a common bridge).
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -19,13 +23,16 @@ dmesg | grep -o 'pci=disable_acs_redir=[0-9a-f:.;]*' | sed 's/^/KERNEL-ACS /'
 true
 "#;
 
+const EXTRA_TOPOLOGIES: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab_topology_extra.toml");
+
 fn p2pdma() -> Command {
     Command::new(env!("CARGO_BIN_EXE_p2pdma"))
 }
 
 fn topologies() -> Vec<String> {
     let out = p2pdma()
-        .args(["lab", "topologies"])
+        .args(["lab", "topologies", "--topologies", EXTRA_TOPOLOGIES])
         .output()
         .expect("run p2pdma lab topologies");
     assert!(

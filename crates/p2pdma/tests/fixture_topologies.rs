@@ -138,6 +138,10 @@ fn distances_of_the_lab_topologies() {
         ("rootbus-amd", "root0", "root1", MapType::ThruHostBridge, 2),
         ("mixed", "sw0", "root0", MapType::NotSupported, 5),
         ("slow-link", "sw0", "fast0", MapType::NotSupported, 6),
+        // ACS redirect on the root port above the common switch does not count.
+        ("acs-above-switch", "sw0", "sw1", MapType::BusAddr, 4),
+        ("acs-amd", "mf0", "mf1", MapType::ThruHostBridge, 2),
+        ("acs-two-ports", "rpa", "rpb", MapType::NotSupported, 4),
     ];
     for (topology, a, b, map_type, distance) in cases {
         let (_, tree) = load(topology);
