@@ -10,7 +10,7 @@ use p2pdma::pci::{PciFunction, PciTree};
 use p2pdma::resolve::{resolve, Target};
 use p2pdma::snapshot::{KernelP2pdma, SnapshotOptions};
 use p2pdma::sysfs::SysfsRoot;
-use p2pdma::topology::{Cell, MapType, Topology, Verdict};
+use p2pdma::topology::{Cell, MapType, Reason, Topology, Verdict};
 use p2pdma::Bdf;
 use serde::Serialize;
 
@@ -38,8 +38,9 @@ pub struct TopoArgs {
     #[arg(long, num_args = 1.., value_name = "CLIENT")]
     choose: Option<Vec<String>>,
 
-    /// Every (provider, NVMe namespace) pair with its predicted verdict, one per line
-    /// (the lab's ground-truth check uses this).
+    /// Every (provider, NVMe namespace) pair with its predicted verdict, one per line:
+    /// `PROVIDER DISK CLIENT p2p|refused MAP_TYPE` (with --json: one JSON object per line).
+    /// The lab's ground-truth check runs `p2pdma probe` on each.
     #[arg(long)]
     pairs: bool,
 
@@ -208,7 +209,12 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     if args.pairs {
         let pairs = pairs(&root, &tree, &topo)?;
         if args.json {
-            print_json(&pairs)?;
+            // One object per line, so guest scripts and tests can mix it with other output.
+            let mut out = std::io::stdout().lock();
+            for p in &pairs {
+                serde_json::to_writer(&mut out, p)?;
+                writeln!(out)?;
+            }
         } else {
             for p in &pairs {
                 println!(
@@ -250,6 +256,8 @@ struct Pair {
     p2p: bool,
     map_type: MapType,
     distance: Option<u32>,
+    /// Functions with ACS redirect on the path (the pci=disable_acs_redir= list).
+    acs_redirect: Vec<Bdf>,
 }
 
 fn pairs(root: &SysfsRoot, tree: &PciTree, topo: &Topology) -> anyhow::Result<Vec<Pair>> {
@@ -270,6 +278,14 @@ fn pairs(root: &SysfsRoot, tree: &PciTree, topo: &Topology) -> anyhow::Result<Ve
                         p2p: v.is_p2p() && target.p2p_queue,
                         map_type: v.map_type,
                         distance: v.distance,
+                        acs_redirect: v
+                            .reasons
+                            .iter()
+                            .find_map(|r| match r {
+                                Reason::AcsRedirect { functions } => Some(functions.clone()),
+                                _ => None,
+                            })
+                            .unwrap_or_default(),
                     });
                 }
             }
@@ -431,6 +447,13 @@ fn matrix_text(tree: &PciTree, devices: &[Bdf], cells: &[Vec<Option<Cell>>]) -> 
     out
 }
 
+/// A named PCI function or controller is judged by topology alone; a block device or
+/// file also needs a queue that supports P2PDMA.
+fn client_queue_ok(t: &Target) -> bool {
+    use p2pdma::resolve::TargetKind;
+    matches!(t.kind, TargetKind::PciFunction | TargetKind::NvmeController) || t.p2p_queue
+}
+
 fn explain_text(tree: &PciTree, pt: &Target, ct: &Target, v: &Verdict) -> String {
     let mut out = String::new();
     let describe = |t: &Target, b: Bdf| {
@@ -442,7 +465,7 @@ fn explain_text(tree: &PciTree, pt: &Target, ct: &Target, v: &Verdict) -> String
     };
     let _ = writeln!(out, "provider: {}", describe(pt, v.provider));
     let _ = writeln!(out, "client:   {}", describe(ct, v.client));
-    let client_ok = ct.kind == p2pdma::resolve::TargetKind::PciFunction || ct.p2p_queue;
+    let client_ok = client_queue_ok(ct);
     let verdict = if v.is_p2p() && client_ok {
         "P2P works"
     } else {
@@ -461,7 +484,9 @@ fn explain_text(tree: &PciTree, pt: &Target, ct: &Target, v: &Verdict) -> String
         .path
         .iter()
         .map(|b| {
-            if Some(*b) == v.common_upstream {
+            if v.provider == v.client {
+                format!("{b} (same function)")
+            } else if Some(*b) == v.common_upstream {
                 format!("{b} (common upstream bridge)")
             } else {
                 b.to_string()
@@ -496,7 +521,7 @@ fn explain_text(tree: &PciTree, pt: &Target, ct: &Target, v: &Verdict) -> String
             b.link.speed_gts, b.link.width, b.below, b.bandwidth_gbps
         );
     }
-    if !ct.p2p_queue && ct.kind != p2pdma::resolve::TargetKind::PciFunction {
+    if !client_queue_ok(ct) {
         if let Some(why) = &ct.not_p2p_because {
             let _ = writeln!(out, "client queue: {} is {why}", ct.name);
         }
