@@ -9,10 +9,11 @@ use std::process::Command;
 use serde_json::Value;
 
 /// Shell functions for the guest: the PCI address and the namespace node of the NVMe
-/// controller with a given serial (kernel names change with enumeration order).
+/// controller with a given serial (kernel names change with enumeration order), from
+/// `p2pdma lab guest nvme SERIAL`, which prints "BDF /dev/nvmeX /dev/nvmeXn1".
 const FIND_BY_SERIAL: &str = r#"
-bdf_of() { for c in /sys/class/nvme/nvme*; do s=$(cat $c/serial); [ "${s%% *}" = "$1" ] && basename $(readlink $c/device); done; }
-dev_of() { for c in /sys/class/nvme/nvme*; do s=$(cat $c/serial); [ "${s%% *}" = "$1" ] && echo /dev/$(basename $c)n1; done; }
+bdf_of() { set -- $(p2pdma lab guest nvme "$1"); echo "$1"; }
+dev_of() { set -- $(p2pdma lab guest nvme "$1"); echo "$3"; }
 "#;
 
 struct GuestRun {
