@@ -1,1 +1,31 @@
 //! The io_uring O_DIRECT copy engine.
+//!
+//! A copy is planned first ([`plan`]: sizes, alignment, bounds, overlap and destination
+//! safety, all decided before any write; [`route`]: which p2pmem provider, the topology
+//! verdicts, bounce or not), then run by [`engine`], which pipelines O_DIRECT reads and
+//! writes through a few buffers: p2pmem buffers ([`p2p_buffer::P2pSlot`]) for a P2P copy,
+//! so the data goes device to device, or [`host_buffer::HostBuffer`]s for a bounce copy
+//! through host RAM. [`verify`] re-reads both ranges through host memory afterwards.
+//!
+//! # References
+//! - io_uring_enter(2) (`IORING_OP_READ`, `IORING_OP_WRITE`), open(2) (`O_DIRECT`)
+//! - statx(2) (`STATX_DIOALIGN`)
+
+pub mod endpoint;
+pub mod engine;
+pub mod host_buffer;
+pub mod p2p_buffer;
+pub mod plan;
+pub mod route;
+pub mod verify;
+
+pub use engine::{
+    Endpoint, EngineError, EngineReport, FailureKind, IoFailure, IoRegion, Op, Written,
+};
+pub use host_buffer::HostBuffer;
+pub use p2p_buffer::P2pSlot;
+pub use plan::{
+    parse_size, CopyPlan, CopyRequest, EndpointFacts, EndpointKind, PlanError, StorageId,
+};
+pub use route::{Bounce, Mode, Route, RouteError, Side};
+pub use verify::{verify, Verification, VerifyError};

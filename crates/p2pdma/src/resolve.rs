@@ -1,1 +1,490 @@
 //! Resolving what users name (BDF, /dev/nvme*, files) into PCI functions and block devices.
+//!
+//! Accepted names: a PCI address (`0000:01:00.0`), an NVMe controller (`/dev/nvme0` or
+//! `nvme0`), a block device or partition (`/dev/nvme0n1`, `nvme0n1p2`, `sda`), or a regular
+//! file (through the block device holding it: `st_dev` -> `<root>/dev/block/MAJ:MIN`).
+//! Paths under `/dev` that do not exist on this machine (reading a snapshot) are looked
+//! up by their kernel name in `<root>/class/{block,nvme}`.
+//!
+//! Only nvme-pci namespace queues advertise P2PDMA (`BLK_FEAT_PCI_P2PDMA`); dm, md, loop,
+//! the NVMe multipath head disk and non-NVMe disks do not, and [`Target::p2p_queue`] says so.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::sysfs::{SysfsError, SysfsRoot};
+use crate::Bdf;
+
+/// What a name turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    /// A PCI address.
+    PciFunction,
+    /// An NVMe controller character device (`/dev/nvme0`).
+    NvmeController,
+    /// A whole disk (`nvme0n1`, `sda`, `dm-0`).
+    Disk,
+    /// A partition (`nvme0n1p1`).
+    Partition,
+    /// A regular file or directory, through the block device its filesystem is on.
+    File,
+}
+
+/// A resolved name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Target {
+    /// The name as given.
+    pub name: String,
+    /// What it is.
+    pub kind: TargetKind,
+    /// The PCI function doing the DMA, if any.
+    pub bdf: Option<Bdf>,
+    /// Kernel name of the block device (`nvme0n1p1`), if any.
+    pub block_device: Option<String>,
+    /// Kernel name of the whole disk (`nvme0n1`), if any.
+    pub disk: Option<String>,
+    /// NVMe controller (`nvme0`), if any.
+    pub controller: Option<String>,
+    /// Whether O_DIRECT I/O on it can target p2pmem (its queue supports P2PDMA).
+    pub p2p_queue: bool,
+    /// Why not, when `p2p_queue` is false.
+    pub not_p2p_because: Option<String>,
+}
+
+/// Why a name could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// Nothing by that name.
+    #[error("'{name}' is not a PCI address, an NVMe device, a block device or an existing file: name a BDF (0000:01:00.0), /dev/nvme0n1, or a file on an NVMe filesystem")]
+    NotFound {
+        /// The name.
+        name: String,
+    },
+    /// A PCI address with no function there.
+    #[error("no PCI function {bdf} in {}: list them with `p2pdma topo`", path.display())]
+    NoSuchFunction {
+        /// The address.
+        bdf: Bdf,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// `stat` failed.
+    #[error("cannot stat '{}'", path.display())]
+    Stat {
+        /// The path.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// A file whose `st_dev` is no block device (tmpfs, overlayfs, btrfs subvolume, NFS).
+    #[error("'{}' is on a filesystem with no block device of its own (st_dev {major}:{minor}, no {}): P2P needs a file on an NVMe filesystem", name.display(), sysfs_path.display())]
+    NoBlockDevice {
+        /// The file.
+        name: PathBuf,
+        /// Device major.
+        major: u32,
+        /// Device minor.
+        minor: u32,
+        /// The sysfs entry that is missing.
+        sysfs_path: PathBuf,
+    },
+    /// A device file that is neither a block device nor an NVMe controller.
+    #[error("'{}' is a device file but neither a block device nor an NVMe controller ({what})", path.display())]
+    UnsupportedDevice {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        what: String,
+    },
+    /// Reading sysfs failed.
+    #[error(transparent)]
+    Sysfs(#[from] SysfsError),
+}
+
+/// Resolves `name` (see the module docs) against the sysfs `root`.
+pub fn resolve(root: &SysfsRoot, name: &str) -> Result<Target, ResolveError> {
+    if let Ok(bdf) = name.parse::<Bdf>() {
+        let path = root.pci_device(bdf);
+        if std::fs::symlink_metadata(&path).is_err() {
+            return Err(ResolveError::NoSuchFunction { bdf, path });
+        }
+        return Ok(Target {
+            name: name.to_owned(),
+            kind: TargetKind::PciFunction,
+            bdf: Some(bdf),
+            block_device: None,
+            disk: None,
+            controller: None,
+            p2p_queue: false,
+            not_p2p_because: Some("a PCI function, not a block device".to_owned()),
+        });
+    }
+    let path = Path::new(name);
+    // A live path wins (files, and /dev nodes of this machine) when reading the live /sys.
+    let on_this_machine = root.is_live() || !name.starts_with("/dev/");
+    if on_this_machine {
+        match std::fs::metadata(path) {
+            Ok(meta) => return resolve_metadata(root, name, &meta),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(ResolveError::Stat {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+    let kernel_name = name.strip_prefix("/dev/").unwrap_or(name);
+    if !kernel_name.is_empty() && !kernel_name.contains('/') {
+        if exists(&root.class_block(kernel_name)) {
+            return resolve_block(root, name, kernel_name, false);
+        }
+        if exists(&root.class_nvme(kernel_name)) {
+            return resolve_controller(root, name, &root.class_nvme(kernel_name));
+        }
+    }
+    Err(ResolveError::NotFound {
+        name: name.to_owned(),
+    })
+}
+
+fn exists(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}
+
+fn resolve_metadata(
+    root: &SysfsRoot,
+    name: &str,
+    meta: &std::fs::Metadata,
+) -> Result<Target, ResolveError> {
+    let ft = meta.file_type();
+    if ft.is_block_device() {
+        let (major, minor) = split_dev(meta.rdev());
+        let dir = canonical(&root.dev_block(major, minor))?;
+        let kname = file_name(&dir);
+        return resolve_block(root, name, &kname, false);
+    }
+    if ft.is_char_device() {
+        let (major, minor) = split_dev(meta.rdev());
+        let link = root.dev_char(major, minor);
+        let dir = canonical(&link).map_err(|_| ResolveError::UnsupportedDevice {
+            path: name.into(),
+            what: format!("character device {major}:{minor}"),
+        })?;
+        let class = dir
+            .parent()
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned());
+        if class.as_deref() == Some("nvme") {
+            return resolve_controller(root, name, &dir);
+        }
+        return Err(ResolveError::UnsupportedDevice {
+            path: name.into(),
+            what: format!("character device {major}:{minor}, {}", dir.display()),
+        });
+    }
+    if ft.is_file() || ft.is_dir() {
+        let (major, minor) = split_dev(meta.dev());
+        let sysfs_path = root.dev_block(major, minor);
+        if !exists(&sysfs_path) {
+            return Err(ResolveError::NoBlockDevice {
+                name: name.into(),
+                major,
+                minor,
+                sysfs_path,
+            });
+        }
+        let dir = canonical(&sysfs_path)?;
+        let kname = file_name(&dir);
+        return resolve_block(root, name, &kname, true);
+    }
+    Err(ResolveError::UnsupportedDevice {
+        path: name.into(),
+        what: "not a file, block device or character device".to_owned(),
+    })
+}
+
+fn split_dev(dev: u64) -> (u32, u32) {
+    (rustix::fs::major(dev), rustix::fs::minor(dev))
+}
+
+fn canonical(path: &Path) -> Result<PathBuf, ResolveError> {
+    std::fs::canonicalize(path).map_err(|source| {
+        ResolveError::Sysfs(SysfsError::Read {
+            path: path.to_owned(),
+            source,
+        })
+    })
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The last path component that is a PCI address: the function a sysfs device hangs off.
+pub fn bdf_in_path(path: &Path) -> Option<Bdf> {
+    path.components()
+        .rev()
+        .find_map(|c| c.as_os_str().to_str()?.parse::<Bdf>().ok())
+}
+
+fn resolve_controller(root: &SysfsRoot, name: &str, link: &Path) -> Result<Target, ResolveError> {
+    let dir = canonical(link)?;
+    let ctrl = file_name(&dir);
+    let bdf = bdf_in_path(&dir);
+    let _ = root;
+    Ok(Target {
+        name: name.to_owned(),
+        kind: TargetKind::NvmeController,
+        bdf,
+        block_device: None,
+        disk: None,
+        controller: Some(ctrl),
+        p2p_queue: false,
+        not_p2p_because: Some(
+            "an NVMe controller has no block queue: name one of its namespaces (nvme0n1)"
+                .to_owned(),
+        ),
+    })
+}
+
+fn resolve_block(
+    root: &SysfsRoot,
+    name: &str,
+    kname: &str,
+    is_file: bool,
+) -> Result<Target, ResolveError> {
+    let dir = canonical(&root.class_block(kname))?;
+    let is_partition = dir.join("partition").exists();
+    let disk_dir = if is_partition {
+        dir.parent().map(Path::to_owned).unwrap_or(dir.clone())
+    } else {
+        dir.clone()
+    };
+    let disk = file_name(&disk_dir);
+    let kind = if is_file {
+        TargetKind::File
+    } else if is_partition {
+        TargetKind::Partition
+    } else {
+        TargetKind::Disk
+    };
+    let mut target = Target {
+        name: name.to_owned(),
+        kind,
+        bdf: bdf_in_path(&disk_dir),
+        block_device: Some(kname.to_owned()),
+        disk: Some(disk.clone()),
+        controller: None,
+        p2p_queue: false,
+        not_p2p_because: None,
+    };
+    let parent_name = disk_dir
+        .parent()
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned());
+    let why = if disk.starts_with("dm-") {
+        Some("a device-mapper disk: its queue does not support P2PDMA; use the NVMe namespace underneath".to_owned())
+    } else if disk.starts_with("md") {
+        Some(
+            "an md RAID disk: its queue does not support P2PDMA; use an NVMe namespace directly"
+                .to_owned(),
+        )
+    } else if disk.starts_with("loop") {
+        Some("a loop device: its queue does not support P2PDMA".to_owned())
+    } else if disk_dir
+        .components()
+        .any(|c| c.as_os_str() == "nvme-subsystem")
+    {
+        // The native-multipath head (nvmeXnY under the subsystem) has no P2PDMA queue
+        // feature; its hidden per-path disks (nvmeXcYnZ) do but cannot be opened.
+        target.bdf = multipath_controller_bdf(&disk_dir);
+        Some("the NVMe multipath head disk: its queue does not support P2PDMA; boot with nvme_core.multipath=N to get per-controller disks".to_owned())
+    } else if parent_name
+        .as_deref()
+        .is_some_and(|p| p.starts_with("nvme"))
+        && target.bdf.is_some()
+    {
+        target.controller = parent_name.clone();
+        None
+    } else {
+        Some(format!(
+            "{disk} is not an NVMe PCIe namespace: only nvme-pci queues support P2PDMA"
+        ))
+    };
+    target.p2p_queue = why.is_none();
+    target.not_p2p_because = why;
+    Ok(target)
+}
+
+/// For a multipath head disk, the PCI function of the first controller of its subsystem.
+fn multipath_controller_bdf(disk_dir: &Path) -> Option<Bdf> {
+    let subsys = disk_dir.parent()?;
+    let mut ctrls: Vec<PathBuf> = std::fs::read_dir(subsys)
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with("nvme") && n[4..].chars().all(|c| c.is_ascii_digit()) && n.len() > 4
+        })
+        .map(|e| e.path())
+        .collect();
+    ctrls.sort();
+    ctrls
+        .iter()
+        .find_map(|c| std::fs::canonicalize(c).ok().and_then(|p| bdf_in_path(&p)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sysfs::builder::{FunctionSpec as F, SysfsBuilder};
+
+    /// An NVMe with a partition, a multipath head, dm/loop devices and a SATA disk.
+    fn tree() -> (tempfile::TempDir, SysfsBuilder) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = SysfsBuilder::new(dir.path()).unwrap();
+        b.add(None, "0000:00:00.0", F::host_bridge(0x8086, 0x29c0))
+            .unwrap();
+        let rp = b.add(None, "0000:00:01.0", F::root_port()).unwrap();
+        let nvme = b
+            .add(
+                Some(rp),
+                "0000:01:00.0",
+                F::nvme().nvme_controller("nvme0", "SER0", &["nvme0n1"]),
+            )
+            .unwrap();
+        let ns = b.function_dir(nvme).unwrap().join("nvme/nvme0/nvme0n1");
+        b.block_device_at(&ns.join("nvme0n1p1"), Some(1)).unwrap();
+        let rp2 = b.add(None, "0000:00:02.0", F::root_port()).unwrap();
+        let mp = b
+            .add(
+                Some(rp2),
+                "0000:02:00.0",
+                F::nvme().nvme_controller("nvme1", "SER1", &["nvme1c1n1"]),
+            )
+            .unwrap();
+        let subsys = Path::new("devices/virtual/nvme-subsystem/nvme-subsys1");
+        b.block_device_at(&subsys.join("nvme1n1"), None).unwrap();
+        let ctrl = b.function_dir(mp).unwrap().join("nvme/nvme1");
+        std::os::unix::fs::symlink(
+            Path::new("../../../..").join(ctrl),
+            b.root().join(subsys).join("nvme1"),
+        )
+        .unwrap();
+        b.block_device_at(Path::new("devices/virtual/block/dm-0"), None)
+            .unwrap();
+        b.block_device_at(Path::new("devices/virtual/block/loop0"), None)
+            .unwrap();
+        b.block_device_at(Path::new("devices/virtual/block/md0"), None)
+            .unwrap();
+        let sata = b
+            .add(
+                Some(rp2),
+                "0000:02:00.1",
+                F::endpoint(0x8086, 0x2922, 0x010601),
+            )
+            .unwrap();
+        let sda = b
+            .function_dir(sata)
+            .unwrap()
+            .join("ata1/host0/target0:0:0/0:0:0:0/block/sda");
+        b.block_device_at(&sda, None).unwrap();
+        (dir, b)
+    }
+
+    fn root(b: &SysfsBuilder) -> SysfsRoot {
+        SysfsRoot::new(b.root())
+    }
+
+    #[test]
+    fn bdf_controller_namespace_and_partition() {
+        let (_d, b) = tree();
+        let r = root(&b);
+        let t = resolve(&r, "0000:01:00.0").unwrap();
+        assert_eq!(t.kind, TargetKind::PciFunction);
+        assert_eq!(t.bdf, Some("01:00.0".parse().unwrap()));
+        let t = resolve(&r, "/dev/nvme0").unwrap();
+        assert_eq!(
+            (t.kind, t.controller.as_deref()),
+            (TargetKind::NvmeController, Some("nvme0"))
+        );
+        assert_eq!(t.bdf, Some("01:00.0".parse().unwrap()));
+        let t = resolve(&r, "/dev/nvme0n1").unwrap();
+        assert_eq!(t.kind, TargetKind::Disk);
+        assert!(t.p2p_queue, "{t:?}");
+        assert_eq!(t.controller.as_deref(), Some("nvme0"));
+        let t = resolve(&r, "nvme0n1p1").unwrap();
+        assert_eq!(t.kind, TargetKind::Partition);
+        assert_eq!(
+            (t.block_device.as_deref(), t.disk.as_deref()),
+            (Some("nvme0n1p1"), Some("nvme0n1"))
+        );
+        assert!(t.p2p_queue);
+        assert_eq!(t.bdf, Some("01:00.0".parse().unwrap()));
+    }
+
+    #[test]
+    fn queues_without_p2pdma_are_named() {
+        let (_d, b) = tree();
+        let r = root(&b);
+        for (name, words) in [
+            ("/dev/dm-0", "device-mapper"),
+            ("/dev/md0", "md RAID"),
+            ("/dev/loop0", "loop device"),
+            ("/dev/nvme1n1", "multipath head"),
+            ("/dev/sda", "not an NVMe PCIe namespace"),
+        ] {
+            let t = resolve(&r, name).unwrap();
+            assert!(!t.p2p_queue, "{name}");
+            let why = t.not_p2p_because.unwrap();
+            assert!(why.contains(words), "{name}: {why}");
+        }
+        // The head disk still leads to the controller's function.
+        let t = resolve(&r, "nvme1n1").unwrap();
+        assert_eq!(t.bdf, Some("02:00.0".parse().unwrap()));
+        let t = resolve(&r, "sda").unwrap();
+        assert_eq!(t.bdf, Some("02:00.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_regular_file_resolves_through_its_st_dev() {
+        let (_d, b) = tree();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let dev = std::fs::metadata(file.path()).unwrap().dev();
+        let (major, minor) = split_dev(dev);
+        let r = root(&b);
+        let name = file.path().to_str().unwrap();
+        // Not (yet) a block device in this root: a clear error naming the numbers.
+        let e = resolve(&r, name).unwrap_err();
+        assert!(e.to_string().contains(&format!("{major}:{minor}")), "{e}");
+        // Make the file's st_dev the NVMe partition in the fake root.
+        let target = std::fs::read_link(r.dev_block(259, 2)).unwrap();
+        std::os::unix::fs::symlink(target, r.dev_block(major, minor)).unwrap();
+        let t = resolve(&r, name).unwrap();
+        assert_eq!(t.kind, TargetKind::File);
+        assert_eq!(t.block_device.as_deref(), Some("nvme0n1p1"));
+        assert!(t.p2p_queue);
+    }
+
+    #[test]
+    fn unknown_names_and_missing_functions_are_clear_errors() {
+        let (_d, b) = tree();
+        let r = root(&b);
+        let e = resolve(&r, "0000:09:00.0").unwrap_err();
+        assert!(
+            e.to_string().contains("no PCI function 0000:09:00.0"),
+            "{e}"
+        );
+        let e = resolve(&r, "/dev/nvme7n1").unwrap_err();
+        assert!(e.to_string().contains("'/dev/nvme7n1' is not"), "{e}");
+    }
+}

@@ -1,13 +1,652 @@
-//! `p2pdma copy` (issue 4: being written).
+//! `p2pdma copy`: move a range between NVMe devices (or files on them) through device
+//! memory.
 
+use std::fs::File;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use p2pdma::copy::endpoint::{self, Inspected, Role};
+use p2pdma::copy::plan::{self, HumanBytes, DEFAULT_CHUNK_SIZE, DEFAULT_QUEUE_DEPTH};
+use p2pdma::copy::route::{self, Mode, Route, Side};
+use p2pdma::copy::EndpointKind;
+use p2pdma::copy::{
+    engine, verify, CopyPlan, CopyRequest, Endpoint, EngineError, EngineReport, FailureKind,
+    HostBuffer, P2pSlot, Verification,
+};
+use p2pdma::p2pmem::{P2pmemError, Provider};
+use p2pdma::pci::PciTree;
+use p2pdma::resolve::resolve;
+use p2pdma::snapshot::HostFacts;
+use p2pdma::sysfs::SysfsRoot;
+use p2pdma::Bdf;
+use serde::Serialize;
 
 use crate::Globals;
 
+/// When to copy through host memory instead of device memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Bounce {
+    /// Only P2P: if the topology says the kernel will refuse, the copy is still tried
+    /// (nothing is written when it refuses) and fails with the verdict and the fix.
+    Never,
+    /// P2P when the topology allows it, else through host memory (saying why).
+    Auto,
+    /// Always through host memory (the baseline P2P is measured against).
+    Always,
+}
+
+impl From<Bounce> for route::Bounce {
+    fn from(b: Bounce) -> Self {
+        match b {
+            Bounce::Never => route::Bounce::Never,
+            Bounce::Auto => route::Bounce::Auto,
+            Bounce::Always => route::Bounce::Always,
+        }
+    }
+}
+
 /// Arguments of `p2pdma copy`.
 #[derive(Debug, clap::Args)]
-pub struct CopyArgs {}
+#[command(
+    after_help = "SIZE values take k, M, G, T suffixes (binary: 1M = 1048576).\n\
+Nothing is written until every check has passed: alignment to both devices' logical \
+block size, bounds, overlap, and a destination that is not mounted, held or read-only."
+)]
+pub struct CopyArgs {
+    /// Source: an NVMe block device (/dev/nvme0n1) or a regular file on one.
+    pub src: PathBuf,
+    /// Destination: an NVMe block device or a regular file on one.
+    pub dst: PathBuf,
+    /// First byte to read from the source.
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = size)]
+    pub src_offset: u64,
+    /// First byte to write in the destination.
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = size)]
+    pub dst_offset: u64,
+    /// Bytes to copy [default: from --src-offset to the end of the source].
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    pub length: Option<u64>,
+    /// Bytes per chunk: one device-memory buffer, one read, one write.
+    #[arg(long, value_name = "SIZE", default_value_t = DEFAULT_CHUNK_SIZE, value_parser = size)]
+    pub chunk_size: u64,
+    /// Chunks in flight (buffers allocated); reads of the next chunks overlap writes.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_QUEUE_DEPTH)]
+    pub queue_depth: u32,
+    /// Re-read both ranges through host memory and compare xxh3-128 digests.
+    #[arg(long)]
+    pub verify: bool,
+    /// Print a JSON summary (or, with --dry-run, the plan) on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Allow growing (or creating) a destination file. Never writes past the end of a
+    /// block device, and never into a mounted, held or read-only one.
+    #[arg(long)]
+    pub force: bool,
+    /// Copy through host memory: never, only when P2P is impossible (auto), or always.
+    #[arg(long, value_enum, default_value_t = Bounce::Never)]
+    pub bounce: Bounce,
+    /// The p2pmem provider to allocate buffers from [default: the destination's or the
+    /// source's own CMB, else the published provider closest to both].
+    #[arg(long, value_name = "BDF")]
+    pub provider: Option<Bdf>,
+    /// Print the plan (provider, path, verdicts, bottleneck, chunking) and touch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
 
-pub fn run(_args: CopyArgs, _globals: &Globals) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("p2pdma copy is not implemented yet")
+fn size(text: &str) -> Result<u64, String> {
+    plan::parse_size(text).map_err(|e| e.to_string())
+}
+
+/// What `--json` prints after a copy.
+#[derive(Debug, Serialize)]
+struct Summary<'a> {
+    src: &'a PathBuf,
+    dst: &'a PathBuf,
+    src_offset: u64,
+    dst_offset: u64,
+    bytes: u64,
+    seconds: f64,
+    throughput_bytes_per_sec: f64,
+    mode: Mode,
+    provider: Option<Bdf>,
+    path: Vec<String>,
+    bounce_reason: Option<String>,
+    chunk_size: u64,
+    queue_depth: u32,
+    short_transfers: u64,
+    verified: Option<bool>,
+    verification: Option<Verification>,
+}
+
+/// What `--dry-run` prints.
+#[derive(Debug, Serialize)]
+struct DryRun<'a> {
+    src: &'a Inspected,
+    dst: &'a Inspected,
+    plan: CopyPlan,
+    chunks: u64,
+    buffer_bytes: u64,
+    route: &'a Route,
+}
+
+pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
+    let src = endpoint::inspect(&globals.sysfs, &args.src, Role::Source)?;
+    let dst = endpoint::inspect(&globals.sysfs, &args.dst, Role::Destination)?;
+    let request = CopyRequest {
+        src_offset: args.src_offset,
+        dst_offset: args.dst_offset,
+        length: args.length,
+        chunk_size: args.chunk_size,
+        queue_depth: args.queue_depth,
+        force: args.force,
+    };
+    let plan = plan::validate(&src.facts, &dst.facts, &request)?;
+    let (route, sides) = decide_route(globals, &args, &src, &dst)?;
+
+    if args.dry_run {
+        print_dry_run(&args, &src, &dst, &plan, &route, &sides)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(note) = &route.bounce_reason {
+        if !args.json {
+            eprintln!("p2pdma: copying through host memory: {note}");
+        }
+    }
+
+    let src_file = endpoint::open(&src.facts, Role::Source)?;
+    let dst_file = endpoint::open(&dst.facts, Role::Destination)?;
+    let src_end = Endpoint {
+        file: &src_file,
+        path: &args.src,
+    };
+    let dst_end = Endpoint {
+        file: &dst_file,
+        path: &args.dst,
+    };
+
+    let bar = progress_bar(plan.length, "copy");
+    let result = match route.mode {
+        Mode::P2p => {
+            let buffers = allocate_p2p(globals, &route, &plan)?;
+            engine::run(src_end, dst_end, &plan, buffers, &mut |n| {
+                bar.set_position(n)
+            })
+        }
+        Mode::Bounce => {
+            let buffers = (0..plan.queue_depth)
+                .map(|_| HostBuffer::new(plan.chunk_size as usize))
+                .collect::<Result<Vec<_>, _>>()
+                .context("allocating the host bounce buffers")?;
+            engine::run(src_end, dst_end, &plan, buffers, &mut |n| {
+                bar.set_position(n)
+            })
+        }
+    };
+    bar.finish_and_clear();
+    let report = result.map_err(|e| explain_engine_error(e, &route, &plan))?;
+    if route.mode == Mode::P2p && route.p2p_expected == Some(false) {
+        eprintln!(
+            "p2pdma: note: the topology verdict predicted that the kernel would refuse P2P ({}), but it allowed it; please report this with `p2pdma snapshot`",
+            route.why_not.as_deref().unwrap_or("no reason recorded")
+        );
+    }
+    sync_if_file(&dst_file, &dst)?;
+
+    let verification = if args.verify {
+        let bar = progress_bar(plan.length, "verify");
+        let v = verify(src_end, dst_end, &plan, &mut |n| bar.set_position(n))?;
+        bar.finish_and_clear();
+        Some(v)
+    } else {
+        None
+    };
+
+    print_summary(&args, &plan, &route, &report, verification.as_ref())?;
+    match verification {
+        Some(v) if !v.matched() => {
+            let at = v.first_difference.unwrap_or(0);
+            anyhow::bail!(
+                "verification failed: {} offset {} differs from {} offset {} (xxh3-128 {:032x} vs {:032x})",
+                args.dst.display(),
+                plan.dst_offset + at,
+                args.src.display(),
+                plan.src_offset + at,
+                v.dst_digest,
+                v.src_digest
+            )
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// O_DIRECT writes to a file may leave metadata (a grown size, allocated extents) only in
+/// memory; a block device written with O_DIRECT has nothing cached to flush but its
+/// volatile write cache, which fdatasync also flushes.
+fn sync_if_file(file: &File, dst: &Inspected) -> anyhow::Result<()> {
+    file.sync_data()
+        .with_context(|| format!("flushing {} after the copy", dst.facts.path.display()))?;
+    Ok(())
+}
+
+fn progress_bar(len: u64, what: &'static str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template(
+        "{prefix} {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_prefix(what);
+    bar
+}
+
+/// Adds the meaning of the first failed request, in terms of this copy, to the engine's
+/// report of what reached the destination.
+fn explain_engine_error(err: EngineError, route: &Route, plan: &CopyPlan) -> anyhow::Error {
+    let advice = match &err {
+        EngineError::Stopped { failure, .. } => match failure.kind {
+            FailureKind::P2pRefused => refusal_advice(route),
+            FailureKind::OutOfMemory => format!(
+                "the transfer ran out of memory{}; try --chunk-size {} or --queue-depth {}",
+                pool_note(route),
+                HumanBytes((plan.chunk_size / 2).max(plan.block_size)),
+                (plan.queue_depth / 2).max(1)
+            ),
+            FailureKind::PermissionDenied => {
+                "permission denied by the kernel; run as root (opening block devices and p2pmem needs it)".into()
+            }
+            FailureKind::ProviderGone => format!(
+                "the p2pmem provider {} was unbound or removed during the copy; pick another with --provider or use --bounce always",
+                route.provider.map_or_else(|| "?".to_owned(), |b| b.to_string())
+            ),
+            FailureKind::NoSpace => format!(
+                "{} is full; free space or copy less (--length)",
+                failure.path.display()
+            ),
+            FailureKind::DeviceError => format!(
+                "{} reported an I/O error; check dmesg for the device's error log",
+                failure.path.display()
+            ),
+            FailureKind::Truncated => format!(
+                "{} is shorter than planned (did it shrink during the copy?)",
+                failure.path.display()
+            ),
+            FailureKind::Other => "see the kernel's error below".into(),
+        },
+        EngineError::Ring { .. } => {
+            "io_uring is unavailable (Linux >= 5.6 with io_uring enabled; check /proc/sys/kernel/io_uring_disabled)".into()
+        }
+        EngineError::BadBuffers { .. } | EngineError::RingFailed { .. } => String::new(),
+    };
+    let err = anyhow::Error::new(err);
+    if advice.is_empty() {
+        err
+    } else {
+        err.context(advice)
+    }
+}
+
+fn refusal_advice(route: &Route) -> String {
+    let why = route
+        .why_not
+        .clone()
+        .or_else(|| {
+            let reasons: Vec<String> = route
+                .verdicts
+                .iter()
+                .flat_map(|v| v.reasons.iter().map(ToString::to_string))
+                .collect();
+            (!reasons.is_empty()).then(|| {
+                format!(
+                    "the topology verdict expected P2P to work ({}); the kernel's log (dmesg) says why it did not",
+                    reasons.join("; ")
+                )
+            })
+        })
+        .unwrap_or_else(|| {
+            "the topology verdict expected P2P to work; the kernel's log (dmesg) says why it did not".to_owned()
+        });
+    format!(
+        "the kernel refused P2P DMA through {}: {why}; nothing else to try but --bounce auto (or always) to copy through host memory, or --provider with another provider",
+        provider_name(route)
+    )
+}
+
+fn pool_note(route: &Route) -> String {
+    match (route.provider, route.pool) {
+        (Some(bdf), Some(pool)) => format!(
+            " (the pool of {bdf} had {} of {} free when the copy was planned)",
+            HumanBytes(pool.available),
+            HumanBytes(pool.size)
+        ),
+        _ => String::new(),
+    }
+}
+
+fn provider_name(route: &Route) -> String {
+    match route.provider {
+        Some(bdf) => format!("{bdf}'s p2pmem"),
+        None => "host memory".to_owned(),
+    }
+}
+
+/// The PCI side of each endpoint: its controller, or why it cannot do P2P. A destination
+/// that does not exist yet is looked up through its directory.
+fn pci_side(root: &SysfsRoot, role: &'static str, inspected: &Inspected) -> Side {
+    let path = &inspected.facts.path;
+    let lookup = if inspected.facts.kind == EndpointKind::MissingFile {
+        match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        }
+    } else {
+        path.clone()
+    };
+    match resolve(root, &lookup.to_string_lossy()) {
+        Ok(target) => Side {
+            role,
+            path: path.clone(),
+            controller: target.bdf,
+            not_p2p_because: if target.p2p_queue {
+                None
+            } else {
+                Some(
+                    target
+                        .not_p2p_because
+                        .unwrap_or_else(|| "its block queue does not support P2PDMA".to_owned()),
+                )
+            },
+        },
+        Err(e) => Side {
+            role,
+            path: path.clone(),
+            controller: None,
+            not_p2p_because: Some(e.to_string()),
+        },
+    }
+}
+
+fn decide_route(
+    globals: &Globals,
+    args: &CopyArgs,
+    src: &Inspected,
+    dst: &Inspected,
+) -> anyhow::Result<(Route, [Side; 2])> {
+    let root = SysfsRoot::new(&globals.sysfs);
+    let sides = [
+        pci_side(&root, "source", src),
+        pci_side(&root, "destination", dst),
+    ];
+    let tree = match PciTree::read(&root) {
+        Ok(tree) => tree,
+        // A bounce copy does not need the PCI tree.
+        Err(_) if args.bounce == Bounce::Always => {
+            PciTree::from_parts([], HostFacts::unknown("no PCI tree"))
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "reading the PCI tree under {} to choose a p2pmem provider (--bounce always needs none)",
+                globals.sysfs.display()
+            )))
+        }
+    };
+    let route = route::decide(
+        &tree,
+        &sides[0],
+        &sides[1],
+        args.bounce.into(),
+        args.provider,
+    )?;
+    Ok((route, sides))
+}
+
+/// One p2pmem buffer per chunk in flight.
+fn allocate_p2p(globals: &Globals, route: &Route, plan: &CopyPlan) -> anyhow::Result<Vec<P2pSlot>> {
+    let bdf = route
+        .provider
+        .context("internal error: a P2P route without a provider")?;
+    let provider = Provider::open(&globals.sysfs, bdf)?;
+    let mut slots = Vec::with_capacity(plan.queue_depth as usize);
+    for i in 0..plan.queue_depth {
+        let buffer = provider.allocate(plan.chunk_size as usize).map_err(|e| {
+            let hint = match &e {
+                P2pmemError::PoolExhausted { available, .. } => {
+                    // What the pool could give this copy: what is free now plus the
+                    // buffers this copy already holds.
+                    let usable = available.unwrap_or(0) + u64::from(i) * plan.chunk_size;
+                    let (depth, chunk) = smaller_shape(usable, plan);
+                    format!(
+                        "; the pool has {} for this copy: try --queue-depth {depth} or --chunk-size {}",
+                        HumanBytes(usable),
+                        HumanBytes(chunk)
+                    )
+                }
+                _ => String::new(),
+            };
+            anyhow::Error::new(e).context(format!(
+                "allocating p2pmem buffer {} of {} ({} each) from {bdf}{hint}",
+                i + 1,
+                plan.queue_depth,
+                HumanBytes(plan.chunk_size)
+            ))
+        })?;
+        slots.push(P2pSlot::new(buffer)?);
+    }
+    Ok(slots)
+}
+
+/// A queue depth that fits `usable` bytes at the current chunk size, and a chunk size
+/// (a power of two, at least one block) that fits it at the current depth.
+fn smaller_shape(usable: u64, plan: &CopyPlan) -> (u64, u64) {
+    let depth = (usable / plan.chunk_size).clamp(1, u64::from(plan.queue_depth));
+    let per_buffer = usable / u64::from(plan.queue_depth.max(1));
+    let chunk = if per_buffer == 0 {
+        plan.block_size
+    } else {
+        (1u64 << (63 - per_buffer.leading_zeros())).max(plan.block_size)
+    };
+    (depth, chunk)
+}
+
+fn describe_route(route: &Route, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(out, "  mode         {}", route.mode)?;
+    if let Some(reason) = &route.bounce_reason {
+        writeln!(out, "  why bounce   {reason}")?;
+    }
+    if let Some(bdf) = route.provider {
+        writeln!(
+            out,
+            "  provider     {bdf}: {}",
+            route.provider_reason.as_deref().unwrap_or("")
+        )?;
+        if let Some(pool) = route.pool {
+            writeln!(
+                out,
+                "  pool         {} total, {} available, {}",
+                HumanBytes(pool.size),
+                HumanBytes(pool.available),
+                if pool.published {
+                    "published"
+                } else {
+                    "not published"
+                }
+            )?;
+        }
+    } else if let Some(note) = &route.provider_reason {
+        writeln!(out, "  provider     {note}")?;
+    }
+    for v in &route.verdicts {
+        writeln!(
+            out,
+            "  verdict      {} <-> {}: {}{}",
+            v.provider,
+            v.client,
+            v.map_type,
+            v.distance
+                .map(|d| format!(", distance {d}"))
+                .unwrap_or_default()
+        )?;
+        for r in &v.reasons {
+            writeln!(out, "               - {r}")?;
+        }
+    }
+    if let Some(why) = &route.why_not {
+        if route.mode == Mode::P2p {
+            writeln!(
+                out,
+                "  warning      the kernel is expected to refuse: {why}; the copy will fail (nothing written) unless run with --bounce auto"
+            )?;
+        }
+    }
+    writeln!(out, "  path         {}", route.path.join(" -> "))?;
+    let bottleneck = match (&route.mode, &route.bottleneck) {
+        (Mode::Bounce, _) => {
+            "the slower device, plus both transfers crossing host memory".to_owned()
+        }
+        (Mode::P2p, Some(b)) => format!(
+            "the slower of the two devices, at most {} (the link above {})",
+            b.link, b.below
+        ),
+        (Mode::P2p, None) => "the slower of the two devices (link speeds unknown)".to_owned(),
+    };
+    writeln!(out, "  bottleneck   {bottleneck}")?;
+    Ok(())
+}
+
+fn print_dry_run(
+    args: &CopyArgs,
+    src: &Inspected,
+    dst: &Inspected,
+    plan: &CopyPlan,
+    route: &Route,
+    sides: &[Side; 2],
+) -> anyhow::Result<()> {
+    let buffer_bytes = plan.chunk_size * u64::from(plan.queue_depth);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let dry = DryRun {
+            src,
+            dst,
+            plan: *plan,
+            chunks: plan.chunk_count(),
+            buffer_bytes,
+            route,
+        };
+        serde_json::to_writer_pretty(&mut out, &dry)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "plan: copy {} ({} bytes) from {} [{}..{}) to {} [{}..{})",
+        HumanBytes(plan.length),
+        plan.length,
+        args.src.display(),
+        plan.src_offset,
+        plan.src_offset + plan.length,
+        args.dst.display(),
+        plan.dst_offset,
+        plan.dst_offset + plan.length
+    )?;
+    for ((label, side), pci) in [("source", src), ("destination", dst)].iter().zip(sides) {
+        writeln!(
+            out,
+            "  {label:<12} {} ({:?}, {} bytes, O_DIRECT block {}; {})",
+            side.facts.path.display(),
+            side.facts.kind,
+            side.facts.size,
+            side.facts.block_size,
+            match (pci.controller, &pci.not_p2p_because) {
+                (Some(bdf), None) => format!("NVMe controller {bdf}"),
+                (Some(bdf), Some(why)) => format!("on {bdf}, but no P2P: {why}"),
+                (None, Some(why)) => format!("no P2P: {why}"),
+                (None, None) => "not on a PCI device".to_owned(),
+            }
+        )?;
+    }
+    describe_route(route, &mut out)?;
+    writeln!(
+        out,
+        "  chunking     {} chunk(s) of {}, {} in flight: {} of {} memory",
+        plan.chunk_count(),
+        HumanBytes(plan.chunk_size),
+        plan.queue_depth,
+        HumanBytes(buffer_bytes),
+        match route.mode {
+            Mode::P2p => "device",
+            Mode::Bounce => "host",
+        }
+    )?;
+    if plan.grows_destination {
+        writeln!(out, "  note         the destination file grows (--force)")?;
+    }
+    writeln!(out, "dry run: nothing was read or written")?;
+    Ok(())
+}
+
+fn print_summary(
+    args: &CopyArgs,
+    plan: &CopyPlan,
+    route: &Route,
+    report: &EngineReport,
+    verification: Option<&Verification>,
+) -> anyhow::Result<()> {
+    let seconds = report.elapsed.as_secs_f64();
+    let throughput = if seconds > 0.0 {
+        report.bytes as f64 / seconds
+    } else {
+        0.0
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let summary = Summary {
+            src: &args.src,
+            dst: &args.dst,
+            src_offset: plan.src_offset,
+            dst_offset: plan.dst_offset,
+            bytes: report.bytes,
+            seconds,
+            throughput_bytes_per_sec: throughput,
+            mode: route.mode,
+            provider: route.provider,
+            path: route.path.clone(),
+            bounce_reason: route.bounce_reason.clone(),
+            chunk_size: plan.chunk_size,
+            queue_depth: plan.queue_depth,
+            short_transfers: report.short_transfers,
+            verified: verification.map(|v| v.matched()),
+            verification: verification.copied(),
+        };
+        serde_json::to_writer(&mut out, &summary)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "copied {} from {} to {} in {seconds:.3} s ({}/s), {}",
+        HumanBytes(report.bytes),
+        args.src.display(),
+        args.dst.display(),
+        HumanBytes(throughput as u64),
+        match route.mode {
+            Mode::P2p => format!("P2P through {}", provider_name(route)),
+            Mode::Bounce => "through host memory".to_owned(),
+        }
+    )?;
+    if let Some(v) = verification {
+        if v.matched() {
+            writeln!(
+                out,
+                "verified: xxh3-128 {:032x} on both sides",
+                v.src_digest
+            )?;
+        }
+    }
+    Ok(())
 }

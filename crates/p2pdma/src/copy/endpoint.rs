@@ -1,0 +1,340 @@
+//! Gathering [`EndpointFacts`] about a source or destination, and opening it for O_DIRECT.
+//!
+//! Block devices are described by [`crate::blockdev`] (size, logical block size, read-only,
+//! holders, mounts); regular files by `statx(2)`, with `STATX_DIOALIGN` giving the
+//! filesystem's O_DIRECT offset alignment, and the block device under the filesystem
+//! giving the logical block size.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, StatxFlags, CWD};
+
+use super::plan::{EndpointFacts, EndpointKind, StorageId};
+use crate::blockdev::{BlockDevice, BlockdevError, DevNumber};
+
+/// Why an endpoint could not be inspected or opened.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// `stat` failed (other than "does not exist" for a destination).
+    #[error("cannot stat {}", path.display())]
+    Stat {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The source does not exist.
+    #[error("the source {} does not exist; give an NVMe block device or a regular file on one", path.display())]
+    MissingSource {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Neither a block device nor a regular file.
+    #[error("{} is a {what}; give a block device (e.g. /dev/nvme0n1) or a regular file", path.display())]
+    Unsupported {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead.
+        what: &'static str,
+    },
+    /// Reading the block device's facts from sysfs failed.
+    #[error("cannot read the block device facts of {}", path.display())]
+    Blockdev {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: BlockdevError,
+    },
+    /// Opening with O_DIRECT failed.
+    #[error("cannot open {} for O_DIRECT {how}{hint}", path.display())]
+    Open {
+        /// The path.
+        path: PathBuf,
+        /// "reading" or "reading and writing".
+        how: &'static str,
+        /// What to do, if the errno says something specific.
+        hint: &'static str,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Which side of the copy an endpoint is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Read from.
+    Source,
+    /// Written to.
+    Destination,
+}
+
+/// Everything known about one endpoint: the facts the plan checks, plus the block device
+/// the bytes live on (for finding the NVMe controller).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Inspected {
+    /// What the plan checks.
+    pub facts: EndpointFacts,
+    /// The block device itself, or the one holding the file's filesystem (`None` when the
+    /// filesystem is not on a block device, e.g. tmpfs).
+    pub block_device: Option<BlockDevice>,
+}
+
+/// Inspects `path` (a block device node or a regular file) under the sysfs root `sysfs`.
+/// A destination that does not exist is described as [`EndpointKind::MissingFile`] using
+/// its parent directory's filesystem.
+pub fn inspect(sysfs: &Path, path: &Path, role: Role) -> Result<Inspected, EndpointError> {
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && role == Role::Source => {
+            return Err(EndpointError::MissingSource {
+                path: path.to_owned(),
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return inspect_missing(sysfs, path),
+        Err(source) => {
+            return Err(EndpointError::Stat {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    let kind = meta.file_type();
+    if kind.is_block_device() {
+        inspect_block_device(sysfs, path)
+    } else if kind.is_file() {
+        let device = filesystem_device(sysfs, meta.dev());
+        let block_size = dio_alignment(path, device.as_ref());
+        Ok(Inspected {
+            facts: EndpointFacts {
+                path: path.to_owned(),
+                kind: EndpointKind::RegularFile,
+                storage: StorageId::File {
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                },
+                base: 0,
+                size: meta.len(),
+                block_size,
+                read_only: role == Role::Destination && !writable(path),
+                mounted: None,
+                holders: Vec::new(),
+            },
+            block_device: device,
+        })
+    } else {
+        Err(EndpointError::Unsupported {
+            path: path.to_owned(),
+            what: if kind.is_dir() {
+                "directory"
+            } else if kind.is_char_device() {
+                "character device"
+            } else {
+                "special file"
+            },
+        })
+    }
+}
+
+fn inspect_block_device(sysfs: &Path, path: &Path) -> Result<Inspected, EndpointError> {
+    let blockdev_err = |source| EndpointError::Blockdev {
+        path: path.to_owned(),
+        source,
+    };
+    let device = BlockDevice::read_devnode(sysfs, path).map_err(blockdev_err)?;
+    let mounted = device
+        .mounts()
+        .map_err(blockdev_err)?
+        .into_iter()
+        .next()
+        .map(|m| (m.source, m.mount_point.display().to_string()));
+    let holders = device
+        .all_holders()
+        .into_iter()
+        .map(|(dev, holder)| {
+            if dev == device.name {
+                holder
+            } else {
+                format!("{holder} (on {dev})")
+            }
+        })
+        .collect();
+    // A partition's bytes are its disk's bytes from partition_start on.
+    let disk = match device.partition_start_bytes {
+        Some(_) => whole_disk(sysfs, &device.name).unwrap_or(device.dev),
+        None => device.dev,
+    };
+    let block_size = u64::from(device.logical_block_size)
+        .max(statx_dio_offset_align(path).unwrap_or(0))
+        .max(1);
+    Ok(Inspected {
+        facts: EndpointFacts {
+            path: path.to_owned(),
+            kind: EndpointKind::BlockDevice,
+            storage: StorageId::Disk {
+                major: disk.major,
+                minor: disk.minor,
+            },
+            base: device.partition_start_bytes.unwrap_or(0),
+            size: device.size_bytes,
+            block_size,
+            read_only: device.read_only,
+            mounted,
+            holders,
+        },
+        block_device: Some(device),
+    })
+}
+
+fn inspect_missing(sysfs: &Path, path: &Path) -> Result<Inspected, EndpointError> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let meta = std::fs::metadata(&parent).map_err(|source| EndpointError::Stat {
+        path: parent.clone(),
+        source,
+    })?;
+    let device = filesystem_device(sysfs, meta.dev());
+    let block_size = dio_alignment(&parent, device.as_ref());
+    Ok(Inspected {
+        facts: EndpointFacts {
+            path: path.to_owned(),
+            kind: EndpointKind::MissingFile,
+            storage: StorageId::Unique,
+            base: 0,
+            size: 0,
+            block_size,
+            read_only: !writable(&parent),
+            mounted: None,
+            holders: Vec::new(),
+        },
+        block_device: device,
+    })
+}
+
+/// The block device holding a filesystem, by its `st_dev`.
+fn filesystem_device(sysfs: &Path, st_dev: u64) -> Option<BlockDevice> {
+    let dev = DevNumber {
+        major: rustix::fs::major(st_dev),
+        minor: rustix::fs::minor(st_dev),
+    };
+    let link = sysfs.join("dev/block").join(dev.to_string());
+    let name = std::fs::read_link(link).ok()?;
+    BlockDevice::read(sysfs, name.file_name()?.to_str()?).ok()
+}
+
+/// The whole disk a partition belongs to: `<sysfs>/class/block/<part>/../dev`.
+fn whole_disk(sysfs: &Path, partition: &str) -> Option<DevNumber> {
+    let text =
+        std::fs::read_to_string(sysfs.join("class/block").join(partition).join("../dev")).ok()?;
+    DevNumber::parse(&text)
+}
+
+/// O_DIRECT offset alignment for a file: the filesystem's `STATX_DIOALIGN` answer if it
+/// gives one, and never less than the logical block size of the device underneath.
+fn dio_alignment(path: &Path, device: Option<&BlockDevice>) -> u64 {
+    let from_device = device.map_or(512, |d| u64::from(d.logical_block_size));
+    statx_dio_offset_align(path)
+        .unwrap_or(0)
+        .max(from_device)
+        .max(1)
+}
+
+/// `stx_dio_offset_align` (Linux >= 6.1), `None` if the kernel or filesystem does not say.
+fn statx_dio_offset_align(path: &Path) -> Option<u64> {
+    let stx = rustix::fs::statx(CWD, path, AtFlags::empty(), StatxFlags::DIOALIGN).ok()?;
+    (stx.stx_mask & StatxFlags::DIOALIGN.bits() != 0 && stx.stx_dio_offset_align > 0)
+        .then_some(u64::from(stx.stx_dio_offset_align))
+}
+
+fn writable(path: &Path) -> bool {
+    rustix::fs::access(path, rustix::fs::Access::WRITE_OK).is_ok()
+}
+
+/// Opens an inspected endpoint for O_DIRECT: the source read-only; the destination
+/// read-write (`--verify` reads it back), created if missing, and for a block device with
+/// `O_EXCL`, so the kernel refuses if it is mounted or claimed meanwhile.
+pub fn open(facts: &EndpointFacts, role: Role) -> Result<File, EndpointError> {
+    let mut options = OpenOptions::new();
+    options.read(true);
+    let mut flags = libc::O_DIRECT;
+    let how = match role {
+        Role::Source => "reading",
+        Role::Destination => {
+            options.write(true);
+            match facts.kind {
+                EndpointKind::BlockDevice => flags |= libc::O_EXCL,
+                EndpointKind::MissingFile => {
+                    options.create_new(true).mode(0o644);
+                }
+                EndpointKind::RegularFile => {}
+            }
+            "reading and writing"
+        }
+    };
+    options
+        .custom_flags(flags)
+        .open(&facts.path)
+        .map_err(|source| EndpointError::Open {
+            path: facts.path.clone(),
+            how,
+            hint: match source.raw_os_error() {
+                Some(libc::EBUSY) => {
+                    ": it is in use (mounted or opened exclusively by another program)"
+                }
+                Some(libc::EACCES | libc::EPERM) => ": permission denied; run as root",
+                Some(libc::EINVAL) => ": the filesystem does not support O_DIRECT",
+                Some(libc::EEXIST) => ": it appeared after it was checked; run again",
+                _ => "",
+            },
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_described_with_their_dio_alignment_and_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a");
+        std::fs::write(&p, vec![0u8; 12288]).unwrap();
+        let a = inspect(Path::new("/sys"), &p, Role::Source).unwrap();
+        assert_eq!(a.facts.kind, EndpointKind::RegularFile);
+        assert_eq!(a.facts.size, 12288);
+        assert!(a.facts.block_size >= 512 && a.facts.block_size.is_power_of_two());
+        assert!(matches!(a.facts.storage, StorageId::File { .. }));
+        let again = inspect(Path::new("/sys"), &p, Role::Destination).unwrap();
+        assert_eq!(
+            again.facts.storage, a.facts.storage,
+            "same file, same identity"
+        );
+    }
+
+    #[test]
+    fn a_missing_destination_is_described_and_created_only_by_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("new");
+        let e = inspect(Path::new("/sys"), &p, Role::Source).unwrap_err();
+        assert!(matches!(e, EndpointError::MissingSource { .. }), "{e:?}");
+        let d = inspect(Path::new("/sys"), &p, Role::Destination).unwrap();
+        assert_eq!(d.facts.kind, EndpointKind::MissingFile);
+        assert!(!p.exists(), "inspecting must not create it");
+        open(&d.facts, Role::Destination).unwrap();
+        assert!(p.exists());
+    }
+
+    #[test]
+    fn directories_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = inspect(Path::new("/sys"), dir.path(), Role::Source).unwrap_err();
+        assert!(e.to_string().contains("is a directory"), "{e}");
+    }
+}
