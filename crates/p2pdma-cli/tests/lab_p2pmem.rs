@@ -273,3 +273,18 @@ fn probe_cannot_run_without_p2pmem_and_says_why() {
         "{all}"
     );
 }
+
+/// On the root bus with an AMD family 0x17 CPU the kernel allows P2P through the host
+/// bridge (the same pair is refused under the q35's Intel host bridge).
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn probe_reports_ok_through_an_amd_host_bridge() {
+    let run = lab_run(
+        "rootbus-amd",
+        "p2pdma probe --json --provider $(bdf_of root0) $(dev_of root1)",
+    );
+    let values = json_lines(&run);
+    assert!(run.success, "guest failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(values[0]["result"], "ok", "{}", values[0]);
+    assert_eq!(values[0]["matches_host_read"], true, "{}", values[0]);
+}
