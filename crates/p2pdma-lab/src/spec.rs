@@ -431,10 +431,12 @@ fn validate(name: &str, spec: &TopologySpec) -> Result<(), SpecError> {
             ParentKind::RootBus
             | ParentKind::Bridge(BridgeKind::RootPort)
             | ParentKind::Bridge(BridgeKind::SwitchDownstream) => {}
-            ParentKind::Bridge(BridgeKind::SwitchUpstream) => return Err(invalid(format!(
+            ParentKind::Bridge(BridgeKind::SwitchUpstream) => {
+                return Err(invalid(format!(
                 "nvme '{}' cannot sit on switch upstream port '{}': put it on a downstream port",
                 nvme.id, nvme.parent
-            ))),
+            )))
+            }
             ParentKind::Unknown => {
                 return Err(invalid(format!(
                     "nvme '{}' names parent '{}', which is neither pcie.0 nor a declared bridge",
