@@ -319,7 +319,7 @@ DST=$B
 check src-offset   $A $B --src-offset 100 --length 1M
 check dst-offset   $A $B --dst-offset 1000 --length 1M
 check length       $A $B --length 1000
-check chunk-size   $A $B --length 1M --chunk-size 1536
+check chunk-size   $A $B --length 1M --chunk-size 1000
 check past-end     $A $B --dst-offset 60M --length 8M
 check past-end-force $A $B --dst-offset 60M --length 8M --force
 check src-past-end $A $B --src-offset 60M --length 8M
@@ -364,7 +364,7 @@ echo "CASE missing-file $rc $(ls /mnt/b/missing.bin 2>/dev/null | wc -l) 0 $(wc 
     );
     expect("dst-offset", &["--dst-offset 1000", "multiple of 512"]);
     expect("length", &["--length 1000", "multiple of 512"]);
-    expect("chunk-size", &["--chunk-size 1536", "multiple of"]);
+    expect("chunk-size", &["--chunk-size 1000", "multiple of 512"]);
     expect("past-end", &["only 67108864 bytes", "smaller --length"]);
     expect(
         "past-end-force",

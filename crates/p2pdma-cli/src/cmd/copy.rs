@@ -447,8 +447,12 @@ fn decide_route(
     ];
     let tree = match PciTree::read(&root) {
         Ok(tree) => tree,
-        // A bounce copy does not need the PCI tree.
-        Err(_) if args.bounce == Bounce::Always => {
+        // A bounce copy does not need the PCI tree, nor does explaining that a side
+        // cannot do P2P at all.
+        Err(_)
+            if args.bounce == Bounce::Always
+                || sides.iter().any(|s| s.not_p2p_because.is_some()) =>
+        {
             PciTree::from_parts([], HostFacts::unknown("no PCI tree"))
         }
         Err(e) => {
