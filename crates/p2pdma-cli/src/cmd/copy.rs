@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -193,7 +193,7 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
             if args.json {
                 print_failure_json(&e, &route)?;
             }
-            return Err(explain_engine_error(e, &route, &plan));
+            return Err(explain_engine_error(e, &route, &plan, dst.facts.kind));
         }
     };
     if route.mode == Mode::P2p && route.p2p_expected == Some(false) {
@@ -256,7 +256,12 @@ fn progress_bar(len: u64, what: &'static str) -> ProgressBar {
 
 /// Adds the meaning of the first failed request, in terms of this copy, to the engine's
 /// report of what reached the destination.
-fn explain_engine_error(err: EngineError, route: &Route, plan: &CopyPlan) -> anyhow::Error {
+fn explain_engine_error(
+    err: EngineError,
+    route: &Route,
+    plan: &CopyPlan,
+    dst_kind: EndpointKind,
+) -> anyhow::Error {
     let advice = match &err {
         EngineError::Stopped { failure, .. } => match failure.kind {
             FailureKind::P2pRefused => refusal_advice(route),
@@ -273,10 +278,7 @@ fn explain_engine_error(err: EngineError, route: &Route, plan: &CopyPlan) -> any
                 "the p2pmem provider {} was unbound or removed during the copy; pick another with --provider or use --bounce always",
                 route.provider.map_or_else(|| "?".to_owned(), |b| b.to_string())
             ),
-            FailureKind::NoSpace => format!(
-                "{} is full; free space or copy less (--length)",
-                failure.path.display()
-            ),
+            FailureKind::NoSpace => no_space_advice(&failure.path, dst_kind),
             FailureKind::DeviceError => format!(
                 "{} reported an I/O error; check dmesg for the device's error log",
                 failure.path.display()
@@ -297,6 +299,23 @@ fn explain_engine_error(err: EngineError, route: &Route, plan: &CopyPlan) -> any
         err
     } else {
         err.context(advice)
+    }
+}
+
+/// ENOSPC from a write. The plan kept every write inside the destination, so on a block
+/// device it means the device shrank under the copy: the kernel zeroes the capacity of a
+/// namespace that is being removed, and writes past the end fail with ENOSPC.
+fn no_space_advice(path: &Path, dst_kind: EndpointKind) -> String {
+    if dst_kind == EndpointKind::BlockDevice {
+        format!(
+            "{} refused a write inside the planned range: the device shrank or was removed during the copy (check dmesg)",
+            path.display()
+        )
+    } else {
+        format!(
+            "{} is full; free space or copy less (--length)",
+            path.display()
+        )
     }
 }
 
@@ -715,4 +734,18 @@ fn print_summary(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_space_on_a_block_device_means_it_went_away_not_that_it_is_full() {
+        let advice = no_space_advice(Path::new("/dev/nvme1n1"), EndpointKind::BlockDevice);
+        assert!(advice.contains("shrank or was removed"), "{advice}");
+        assert!(!advice.contains("is full"), "{advice}");
+        let advice = no_space_advice(Path::new("/mnt/b/out.bin"), EndpointKind::RegularFile);
+        assert!(advice.contains("/mnt/b/out.bin is full"), "{advice}");
+    }
 }
