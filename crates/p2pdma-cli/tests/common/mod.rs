@@ -1,0 +1,232 @@
+//! Helpers for lab test binaries: boot a topology with a guest script, keep the run
+//! directory (kernel serial log, disk images), and read what the script printed.
+//!
+//! Guest scripts print one `KEY field...` line per fact; the assertions are made on the
+//! host. `tests/lab_copy.rs` predates this module and keeps its own copies of `lines` and
+//! `json_after`; new lab test files should use these.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Environment variable choosing the guest kernel flavour of the tests that use
+/// [`Lab`]: `standard` (the default) or `debug` (KASAN, lockdep, DEBUG_VM; built by
+/// `p2pdma lab kernel --flavour debug`).
+pub const FLAVOUR_ENV: &str = "P2PDMA_LAB_FLAVOUR";
+
+/// The `lab run` options selecting the kernel flavour named by [`FLAVOUR_ENV`].
+pub fn flavour_args() -> Vec<String> {
+    match std::env::var(FLAVOUR_ENV).as_deref() {
+        Err(_) | Ok("") | Ok("standard") => Vec::new(),
+        Ok("debug") => vec!["--flavour".into(), "debug".into()],
+        Ok(other) => panic!("{FLAVOUR_ENV}={other:?}: expected 'standard' or 'debug'"),
+    }
+}
+
+/// The flavour the tests run on, for messages.
+pub fn flavour_name() -> String {
+    std::env::var(FLAVOUR_ENV)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "standard".into())
+}
+
+/// One `p2pdma lab run` to be made.
+pub struct Lab {
+    topology: String,
+    topologies_toml: Option<String>,
+    lab_args: Vec<String>,
+    guest_files: Vec<(String, String)>,
+}
+
+/// What a finished run left behind. The run directory lives as long as this value.
+pub struct LabRun {
+    /// The exit status of `p2pdma lab run` (the guest script's, or 125 for a lab failure).
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// A run of `topology` on the kernel flavour chosen by [`FLAVOUR_ENV`].
+    pub fn new(topology: &str) -> Lab {
+        Lab {
+            topology: topology.into(),
+            topologies_toml: None,
+            lab_args: flavour_args(),
+            guest_files: Vec::new(),
+        }
+    }
+
+    /// Also read topologies from this TOML text.
+    pub fn topologies(mut self, toml: &str) -> Lab {
+        self.topologies_toml = Some(toml.into());
+        self
+    }
+
+    /// Extra `lab run` options (`--fault ...`, `--keep-disks`, `--timeout N`).
+    pub fn args(mut self, args: &[&str]) -> Lab {
+        self.lab_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// A file the guest gets at `guest_path`, with this content.
+    pub fn file(mut self, guest_path: &str, content: &str) -> Lab {
+        self.guest_files.push((guest_path.into(), content.into()));
+        self
+    }
+
+    /// Boots the topology and runs `script` (a busybox sh script) in the guest.
+    pub fn run(self, script: &str) -> LabRun {
+        let dir = tempfile::Builder::new()
+            .prefix("p2pdma-lab-test-")
+            .tempdir()
+            .expect("temp dir");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_p2pdma"));
+        cmd.args(["lab", "run", "--quiet", "--topology", &self.topology]);
+        if let Some(toml) = &self.topologies_toml {
+            let path = dir.path().join("topologies.toml");
+            std::fs::write(&path, toml).unwrap();
+            cmd.arg("--topologies").arg(path);
+        }
+        let mut files = self.guest_files;
+        files.push(("/root/test.sh".into(), script.into()));
+        for (i, (guest, content)) in files.iter().enumerate() {
+            let host = dir.path().join(format!("guest-file-{i}"));
+            std::fs::write(&host, content).unwrap();
+            cmd.arg("--file").arg(format!("{}:{guest}", host.display()));
+        }
+        let out = cmd
+            .args(&self.lab_args)
+            .arg("--out")
+            .arg(dir.path().join("run"))
+            .args(["--", "sh /root/test.sh"])
+            .output()
+            .expect("p2pdma lab run starts");
+        let run = LabRun {
+            status: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            dir,
+        };
+        eprintln!(
+            "--- {} ({} kernel) exit {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.topology,
+            flavour_name(),
+            run.status,
+            run.stdout,
+            run.stderr
+        );
+        assert_ne!(
+            run.status,
+            Some(125),
+            "the lab itself failed (no boot, timeout, guest kernel panic): see stderr above"
+        );
+        run
+    }
+}
+
+impl LabRun {
+    /// The run directory (`serial.log`, `disks/` with `--keep-disks`, `fetched/`).
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    /// The guest kernel's console output.
+    pub fn serial_log(&self) -> String {
+        let path = self.dir().join("serial.log");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+    }
+
+    /// A disk image kept by `--keep-disks`, by NVMe id.
+    pub fn disk(&self, nvme_id: &str) -> PathBuf {
+        self.dir().join("disks").join(format!("{nvme_id}.img"))
+    }
+
+    /// The stdout lines starting with `key`, split into fields after the key.
+    pub fn lines(&self, key: &str) -> Vec<Vec<&str>> {
+        lines(&self.stdout, key)
+    }
+
+    /// The fields of the one line starting with `key`.
+    pub fn line(&self, key: &str) -> Vec<&str> {
+        let found = self.lines(key);
+        assert_eq!(
+            found.len(),
+            1,
+            "expected one {key} line in the guest's output:\n{}",
+            self.stdout
+        );
+        found.into_iter().next().unwrap()
+    }
+
+    /// Asserts the guest kernel logged no sign of a kernel bug during the run.
+    pub fn assert_kernel_log_clean(&self) {
+        let log = self.serial_log();
+        let problems = kernel_log_problems(&log);
+        assert!(
+            problems.is_empty(),
+            "the guest kernel ({} flavour) reported problems:\n{}",
+            flavour_name(),
+            problems.join("\n")
+        );
+    }
+}
+
+/// The lines of `out` starting with `key` and a space, split into fields after the key.
+pub fn lines<'a>(out: &'a str, key: &str) -> Vec<Vec<&'a str>> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        .map(|rest| rest.split_whitespace().collect())
+        .collect()
+}
+
+/// The JSON object starting at the first `{` of `line`.
+pub fn json_after(line: &str) -> serde_json::Value {
+    let start = line
+        .find('{')
+        .unwrap_or_else(|| panic!("no JSON in {line:?}"));
+    serde_json::from_str(&line[start..]).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+/// Markers of a kernel bug report: BUG/WARNING splats, KASAN reports, oopses, the
+/// hung-task detector, lockdep reports, soft lockups and RCU stalls.
+const KERNEL_PROBLEM_MARKERS: &[&str] = &[
+    "BUG:",
+    "WARNING:",
+    "KASAN",
+    "Oops",
+    "hung_task",
+    "blocked for more than",
+    "lockdep",
+    "possible circular locking",
+    "possible recursive locking",
+    "inconsistent lock state",
+    "soft lockup",
+    "rcu_preempt detected stalls",
+    "rcu_sched detected stalls",
+    "Kernel panic",
+    "general protection fault",
+    "Call Trace:",
+];
+
+/// The lines of a kernel log that report a kernel bug (see [`KERNEL_PROBLEM_MARKERS`]).
+pub fn kernel_log_problems(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| KERNEL_PROBLEM_MARKERS.iter().any(|m| l.contains(m)))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Reads `len` bytes at `offset` of a disk image.
+pub fn read_range(image: &Path, offset: u64, len: u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(image)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", image.display()));
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    let mut buf = vec![0; usize::try_from(len).unwrap()];
+    f.read_exact(&mut buf)
+        .unwrap_or_else(|e| panic!("cannot read {len} bytes of {}: {e}", image.display()));
+    buf
+}

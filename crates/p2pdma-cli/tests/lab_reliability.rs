@@ -1,0 +1,505 @@
+//! The seed thread's teardown races, exercised in the lab: the p2pmem provider unbound or
+//! hot-removed while buffers are mapped and while O_DIRECT I/O through them is in flight,
+//! the destination removed mid-copy, a process killed with I/O in flight, and repeated
+//! map/unbind/rebind cycles. Nothing may crash, hang or be lost:
+//!
+//! - every unbind and removal returns within a deadline (timed in the guest);
+//! - a copy that stops reports exactly which destination bytes it wrote, those bytes are
+//!   the source's (checked in the guest and again on the host in the kept disk images),
+//!   and no other destination byte changed;
+//! - the provider's pool `available` comes back to its value at boot;
+//! - the guest kernel logs no BUG, WARNING, KASAN, oops, hung task or lockdep report.
+//!
+//! `P2PDMA_LAB_FLAVOUR=debug` runs the same tests on the debug kernel (KASAN, lockdep,
+//! DEBUG_VM, hung tasks panic); see RELIABILITY.md.
+
+mod common;
+
+use common::{json_after, read_range, Lab, LabRun};
+
+/// A switch with three controllers: the copy's source and destination, and a third one
+/// whose CMB carries the data, so the provider can go away while both disks stay (and
+/// the other way round).
+const TOPOLOGY: &str = r#"
+[reliability]
+description = "source, destination and a third controller whose CMB carries the copy, behind one switch"
+bridge = [
+  { id = "rp1", kind = "root-port", parent = "pcie.0", addr = "1", speed = "8", width = 4 },
+  { id = "up1", kind = "switch-upstream", parent = "rp1" },
+  { id = "dn1", kind = "switch-downstream", parent = "up1" },
+  { id = "dn2", kind = "switch-downstream", parent = "up1" },
+  { id = "dn3", kind = "switch-downstream", parent = "up1" },
+]
+nvme = [
+  { id = "nvme-src", serial = "rel-src", parent = "dn1", cmb_mib = 16, disk_mib = 256 },
+  { id = "nvme-dst", serial = "rel-dst", parent = "dn2", cmb_mib = 16, disk_mib = 256 },
+  { id = "nvme-prov", serial = "rel-prov", parent = "dn3", cmb_mib = 16 },
+]
+"#;
+
+/// Guest shell helpers, installed as /root/lib.sh and sourced by every script (and by
+/// commands that `p2pdma mem test --while-mapped` runs).
+///
+/// Every wait has a deadline; a step that misses it prints `KEY hung` instead of its
+/// time, so a hang is reported, not waited out. The hung-task detector is set to 20 s,
+/// below those deadlines, so a task stuck in the kernel is also reported by the kernel
+/// (and panics the debug kernel).
+const GUEST_LIB: &str = r#"
+ns() { p2pdma lab guest nvme "$1" | awk '{print $3}'; }
+bdf() { p2pdma lab guest nvme "$1" | awk '{print $1}'; }
+now() { cut -d' ' -f1 /proc/uptime; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+md5() { dd if="$1" bs=4096 skip=$(($2 / 4096)) count=$(($3 / 4096)) 2>/dev/null | md5sum | cut -d' ' -f1; }
+fill() { dd if=/dev/urandom of="$1" bs=1M count=$(($2 / 1048576)) oflag=direct 2>/dev/null; }
+field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^,\"}]*\).*/\1/p" "$2" | head -1; }
+one_line() { tr '\n' ' ' < "$1"; }
+available() { cat /sys/bus/pci/devices/$1/p2pmem/available 2>/dev/null || echo none; }
+sectors_written() { awk '{print $7}' /sys/block/${1#/dev/}/stat; }
+inflight() { awk '{print $1 "r/" $2 "w"}' /sys/block/${1#/dev/}/inflight; }
+# wait_progress DEV BASE: until DEV has written 4 MiB more than BASE sectors (30 s).
+wait_progress() {
+  i=0
+  while [ $(( $(sectors_written $1) - $2 )) -lt 8192 ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done
+}
+# timed_unbind KEY BDF: unbinds BDF from its driver in the background and prints
+# "KEY STATUS SECONDS", or "KEY hung" when the unbind has not returned after 60 s.
+timed_unbind() {
+  rm -f /tmp/unbind.done /tmp/unbind.tmp
+  ( t0=$(now); echo "$2" > /sys/bus/pci/devices/$2/driver/unbind; rc=$?
+    echo "$rc $(since $t0)" > /tmp/unbind.tmp; mv /tmp/unbind.tmp /tmp/unbind.done ) &
+  i=0
+  while [ ! -e /tmp/unbind.done ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
+  if [ -e /tmp/unbind.done ]; then echo "$1 $(cat /tmp/unbind.done)"; else echo "$1 hung"; fi
+}
+# wait_gone KEY BDF: until the PCI function is gone: "KEY SECONDS" or "KEY hung" (60 s).
+wait_gone() {
+  t0=$(now); i=0
+  while [ -e /sys/bus/pci/devices/$2 ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+  if [ -e /sys/bus/pci/devices/$2 ]; then echo "$1 hung"; else echo "$1 $(since $t0)"; fi
+}
+# rebind SERIAL BDF: binds BDF to nvme again and waits until its namespace is back, so
+# the driver has finished placing its queues (which may take CMB) (30 s).
+rebind() {
+  echo "$2" > /sys/bus/pci/drivers/nvme/bind
+  i=0
+  while [ -z "$(p2pdma lab guest nvme $1 2>/dev/null | awk '{print $3}')" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+}
+[ -w /proc/sys/kernel/hung_task_timeout_secs ] && echo 20 > /proc/sys/kernel/hung_task_timeout_secs
+"#;
+
+fn lab() -> Lab {
+    Lab::new("reliability")
+        .topologies(TOPOLOGY)
+        .file("/root/lib.sh", GUEST_LIB)
+}
+
+/// A guest script: the helpers, then `body`.
+fn script(body: &str) -> String {
+    format!(". /root/lib.sh\n{body}")
+}
+
+/// Seconds from a `KEY STATUS SECONDS` line of `timed_unbind`; fails on `hung` or a
+/// failed write.
+fn unbind_seconds(run: &LabRun, key: &str) -> f64 {
+    let f = run.line(key);
+    assert_ne!(f[0], "hung", "{key}: the unbind did not return within 60 s");
+    assert_eq!(f[0], "0", "{key}: writing to the driver's unbind failed");
+    f[1].parse().unwrap()
+}
+
+/// Seconds from a `KEY SECONDS` line of `wait_gone`; fails on `hung`.
+fn removal_seconds(run: &LabRun, key: &str) -> f64 {
+    let f = run.line(key);
+    assert_ne!(
+        f[0], "hung",
+        "{key}: the device was still there 60 s after the removal began"
+    );
+    f[0].parse().unwrap()
+}
+
+fn number(line: &[&str], what: &str) -> u64 {
+    line.first()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: not a number: {line:?}"))
+}
+
+/// What a copy that stopped part-way said on stdout (`--json`) and stderr.
+struct StoppedCopy {
+    summary: serde_json::Value,
+    stderr: String,
+    written: Vec<(u64, u64)>,
+}
+
+/// Reads the `COPY_RC`, `COPY_JSON` and `COPY_ERR` lines and checks the copy failed
+/// with a failure summary.
+fn stopped_copy(run: &LabRun, length: u64) -> StoppedCopy {
+    let rc = run.line("COPY_RC");
+    assert_ne!(
+        rc[0], "0",
+        "the copy succeeded: the fault came too late to test anything"
+    );
+    let summary = json_after(&run.line("COPY_JSON").join(" "));
+    let stderr = run.line("COPY_ERR").join(" ");
+    let written: Vec<(u64, u64)> = summary["written"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no written ranges in {summary}"))
+        .iter()
+        .map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap()))
+        .collect();
+    let total: u64 = written.iter().map(|(a, b)| b - a).sum();
+    assert_eq!(
+        summary["bytes_written"].as_u64(),
+        Some(total),
+        "bytes_written is not the sum of the ranges: {summary}"
+    );
+    assert!(
+        total > 0 && total < length,
+        "the fault must land mid-copy: {total} of {length} bytes written"
+    );
+    assert!(
+        stderr.contains(&format!("contiguous from offset 0 to {}", written[0].1))
+            || written[0].0 != 0,
+        "stderr does not name the written range: {stderr}"
+    );
+    StoppedCopy {
+        summary,
+        stderr,
+        written,
+    }
+}
+
+/// Compares the kept disk images: every range the copy reported is the source's bytes,
+/// and every other chunk of the destination range is untouched (still zero: the
+/// images start empty) — except that up to `unacknowledged` chunks the copy did not
+/// report may hold the source's bytes (writes the device took but never completed to
+/// the host). Returns how many such chunks there were.
+fn check_destination_image(
+    run: &LabRun,
+    written: &[(u64, u64)],
+    length: u64,
+    chunk: u64,
+    unacknowledged: usize,
+) -> usize {
+    let src = read_range(&run.disk("nvme-src"), 0, length);
+    let dst = read_range(&run.disk("nvme-dst"), 0, length);
+    for &(start, end) in written {
+        let (a, b) = (start as usize, end as usize);
+        if let Some(i) = (a..b).find(|&i| src[i] != dst[i]) {
+            panic!("reported as written [{start}, {end}), but destination byte {i} differs from the source");
+        }
+    }
+    let reported = |offset: u64| written.iter().any(|&(a, b)| offset >= a && offset < b);
+    let mut landed = 0;
+    for offset in (0..length).step_by(chunk as usize) {
+        if reported(offset) {
+            continue;
+        }
+        let range = offset as usize..(offset + chunk).min(length) as usize;
+        if dst[range.clone()].iter().all(|&b| b == 0) {
+            continue;
+        }
+        assert_eq!(
+            dst[range.clone()],
+            src[range],
+            "destination chunk at {offset} was changed, not reported, and is not the source's"
+        );
+        landed += 1;
+    }
+    assert!(
+        landed <= unacknowledged,
+        "{landed} unreported chunks changed (at most {unacknowledged} may be in flight)"
+    );
+    landed
+}
+
+/// Starts `p2pdma copy` of LEN bytes from rel-src to rel-dst through rel-prov's CMB in the
+/// background and waits until 4 MiB have reached the destination.
+fn copy_in_background(chunk: &str, queue_depth: u32) -> String {
+    format!(
+        r#"S=$(ns rel-src); D=$(ns rel-dst); P=$(bdf rel-prov); DB=$(bdf rel-dst)
+echo "POOL_START $(available $P)"
+fill $S $LEN
+w0=$(sectors_written $D)
+p2pdma copy $S $D --provider $P --length $LEN --chunk-size {chunk} --queue-depth {queue_depth} --json > /tmp/copy.json 2>/tmp/copy.err &
+pid=$!
+wait_progress $D $w0
+echo "INFLIGHT $(inflight $S) $(inflight $D)"
+"#
+    )
+}
+
+const COPY_RESULT: &str = r#"
+wait $pid; echo "COPY_RC $?"
+echo "COPY_JSON $(one_line /tmp/copy.json)"
+echo "COPY_ERR $(one_line /tmp/copy.err)"
+"#;
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn unbinding_the_provider_while_a_copy_is_in_flight_returns_and_loses_nothing() {
+    let length = 128 * MIB;
+    let body = format!(
+        "LEN={length}\n{}timed_unbind UNBIND $P\n{COPY_RESULT}{}",
+        copy_in_background("1M", 4),
+        r#"END=$(field contiguous_end /tmp/copy.json)
+echo "PREFIX $(md5 $S 0 $END) $(md5 $D 0 $END)"
+rebind rel-prov $P
+echo "POOL_REBOUND $(available $P)"
+timed_unbind UNBIND_IDLE $P
+rebind rel-prov $P
+echo "POOL_END $(available $P)"
+"#
+    );
+    let run = lab().args(&["--keep-disks"]).run(&script(&body));
+
+    let with_io = unbind_seconds(&run, "UNBIND");
+    let idle = unbind_seconds(&run, "UNBIND_IDLE");
+    let copy = stopped_copy(&run, length);
+    assert_eq!(copy.summary["kind"], "provider_gone", "{}", copy.summary);
+    assert!(
+        copy.stderr.contains("unbound or removed"),
+        "{}",
+        copy.stderr
+    );
+    let prefix = run.line("PREFIX");
+    assert_eq!(
+        prefix[0], prefix[1],
+        "guest md5: the reported prefix is not the source's"
+    );
+    // The unbind waited for the in-flight requests: they completed and were reported.
+    let landed = check_destination_image(&run, &copy.written, length, MIB, 0);
+    let start = number(&run.line("POOL_START"), "POOL_START");
+    assert_eq!(number(&run.line("POOL_REBOUND"), "POOL_REBOUND"), start);
+    assert_eq!(number(&run.line("POOL_END"), "POOL_END"), start);
+    run.assert_kernel_log_clean();
+    eprintln!(
+        "FIGURE unbind-provider-mid-copy flavour={} unbind_with_io_s={with_io} unbind_idle_s={idle} \
+         written={} inflight_at_unbind={:?} unreported_landed={landed}",
+        common::flavour_name(),
+        copy.summary["bytes_written"],
+        run.line("INFLIGHT"),
+    );
+}
+
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn hot_removing_the_provider_while_a_copy_is_in_flight_loses_nothing() {
+    // 4 KiB chunks make the copy outlast pciehp's 5 s attention-button delay.
+    let length = 256 * MIB;
+    let body = format!(
+        "LEN={length}\n{}p2pdma lab guest signal remove\nwait_gone GONE $P\n{COPY_RESULT}{}",
+        copy_in_background("4k", 4),
+        r#"END=$(field contiguous_end /tmp/copy.json)
+echo "PREFIX $(md5 $S 0 $END) $(md5 $D 0 $END)"
+"#
+    );
+    let run = lab()
+        .args(&[
+            "--keep-disks",
+            "--fault",
+            "device_del:nvme-prov@signal:remove",
+        ])
+        .run(&script(&body));
+
+    let gone = removal_seconds(&run, "GONE");
+    let copy = stopped_copy(&run, length);
+    assert_eq!(copy.summary["kind"], "provider_gone", "{}", copy.summary);
+    let prefix = run.line("PREFIX");
+    assert_eq!(
+        prefix[0], prefix[1],
+        "guest md5: the reported prefix is not the source's"
+    );
+    let landed = check_destination_image(&run, &copy.written, length, 4096, 0);
+    run.assert_kernel_log_clean();
+    eprintln!(
+        "FIGURE hot-remove-provider-mid-copy flavour={} removal_s={gone} written={} inflight={:?} unreported_landed={landed}",
+        common::flavour_name(),
+        copy.summary["bytes_written"],
+        run.line("INFLIGHT"),
+    );
+}
+
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn hot_removing_the_destination_while_a_copy_is_in_flight_loses_nothing() {
+    let length = 256 * MIB;
+    let queue_depth = 4;
+    let body = format!(
+        "LEN={length}\n{}p2pdma lab guest signal remove\nwait_gone GONE $DB\n{COPY_RESULT}{}",
+        copy_in_background("4k", queue_depth),
+        r#"echo "POOL_AFTER $(available $P)"
+"#
+    );
+    let run = lab()
+        .args(&[
+            "--keep-disks",
+            "--fault",
+            "device_del:nvme-dst@signal:remove",
+        ])
+        .run(&script(&body));
+
+    let gone = removal_seconds(&run, "GONE");
+    let copy = stopped_copy(&run, length);
+    let message = copy.summary["error"].as_str().unwrap();
+    assert!(
+        message.contains("write of") && message.contains("/dev/nvme"),
+        "the failure must be the destination's write: {message}"
+    );
+    assert!(
+        copy.stderr.contains("removed") && !copy.stderr.contains("is full"),
+        "a destination that went away must be reported as gone, not full: {}",
+        copy.stderr
+    );
+    // The destination is gone from the guest: its bytes are checked in the disk image.
+    let landed = check_destination_image(&run, &copy.written, length, 4096, queue_depth as usize);
+    let start = number(&run.line("POOL_START"), "POOL_START");
+    assert_eq!(
+        number(&run.line("POOL_AFTER"), "POOL_AFTER"),
+        start,
+        "the provider's pool did not get its buffers back"
+    );
+    run.assert_kernel_log_clean();
+    eprintln!(
+        "FIGURE hot-remove-destination-mid-copy flavour={} removal_s={gone} written={} kind={} unreported_landed={landed}",
+        common::flavour_name(),
+        copy.summary["bytes_written"],
+        copy.summary["kind"],
+    );
+}
+
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn killing_a_process_with_io_in_flight_then_unbinding_returns_every_byte_to_the_pool() {
+    let length = 128 * MIB;
+    let body = format!(
+        "LEN={length}\n{}{}",
+        copy_in_background("1M", 4),
+        r#"kill -9 $pid
+timed_unbind UNBIND $P
+wait $pid; echo "KILLED_RC $?"
+rebind rel-prov $P
+echo "POOL_REBOUND $(available $P)"
+p2pdma mem test $P --buffers 4 --size 1048576 --while-mapped 'kill -9 $PPID' > /dev/null 2>&1
+echo "MAPKILL_RC $?"
+echo "POOL_AFTER_MAPKILL $(available $P)"
+timed_unbind UNBIND_AFTER_MAPKILL $P
+rebind rel-prov $P
+echo "POOL_END $(available $P)"
+"#
+    );
+    let run = lab().run(&script(&body));
+
+    let with_io = unbind_seconds(&run, "UNBIND");
+    assert_eq!(
+        run.line("KILLED_RC"),
+        ["137"],
+        "the copy was not killed by SIGKILL"
+    );
+    assert_eq!(
+        run.line("MAPKILL_RC"),
+        ["137"],
+        "mem test was not killed while mapped"
+    );
+    let after_mapkill = unbind_seconds(&run, "UNBIND_AFTER_MAPKILL");
+    let start = number(&run.line("POOL_START"), "POOL_START");
+    assert_eq!(number(&run.line("POOL_REBOUND"), "POOL_REBOUND"), start);
+    assert_eq!(
+        number(&run.line("POOL_AFTER_MAPKILL"), "POOL_AFTER_MAPKILL"),
+        start,
+        "a killed process's mappings did not return to the pool"
+    );
+    assert_eq!(number(&run.line("POOL_END"), "POOL_END"), start);
+    run.assert_kernel_log_clean();
+    eprintln!(
+        "FIGURE kill-9-then-unbind flavour={} unbind_after_kill_with_io_s={with_io} unbind_after_mapped_kill_s={after_mapkill} inflight_at_kill={:?}",
+        common::flavour_name(),
+        run.line("INFLIGHT"),
+    );
+}
+
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn twenty_map_unbind_rebind_cycles_leak_nothing() {
+    let cycles = 20;
+    let body = format!(
+        r#"P=$(bdf rel-prov)
+echo "POOL_START $(available $P)"
+i=1
+while [ $i -le {cycles} ]; do
+  p2pdma mem test $P --buffers 2 --size 1048576 --json --while-mapped ". /root/lib.sh; timed_unbind UNBIND $P" > /tmp/mt.out 2>/tmp/mt.err
+  rc=$?
+  echo "CYCLE $i $rc $(grep '^UNBIND ' /tmp/mt.out | cut -d' ' -f2-)"
+  echo "CYCLEJSON $i $(grep '^{{' /tmp/mt.out)"
+  rebind rel-prov $P
+  echo "CYCLEPOOL $i $(available $P)"
+  i=$((i+1))
+done
+p2pdma mem test $P --buffers 2 --size 1048576 --json > /tmp/final.json; echo "FINAL_RC $?"
+echo "FINAL $(one_line /tmp/final.json)"
+"#
+    );
+    let run = lab().args(&["--timeout", "1200"]).run(&script(&body));
+
+    let start = number(&run.line("POOL_START"), "POOL_START");
+    let cycle_lines = run.lines("CYCLE");
+    let pools = run.lines("CYCLEPOOL");
+    let jsons = run.lines("CYCLEJSON");
+    assert_eq!(cycle_lines.len(), cycles, "not every cycle ran");
+    assert_eq!(pools.len(), cycles);
+    let mut unbind_times = Vec::new();
+    for (i, ((c, pool), json)) in cycle_lines.iter().zip(&pools).zip(&jsons).enumerate() {
+        let n = i + 1;
+        assert_eq!(c[1], "0", "cycle {n}: mem test failed: {c:?}");
+        assert_eq!(
+            c.get(2),
+            Some(&"0"),
+            "cycle {n}: the unbind failed or hung: {c:?}"
+        );
+        unbind_times.push(c[3].parse::<f64>().unwrap());
+        let report = json_after(&json[1..].join(" "));
+        assert_eq!(
+            report["while_mapped"]["read_results"],
+            serde_json::json!(["revoked", "revoked"]),
+            "cycle {n}: {report}"
+        );
+        assert_eq!(
+            number(&pool[1..], "CYCLEPOOL"),
+            start,
+            "cycle {n}: the pool did not come back whole"
+        );
+    }
+    assert_eq!(run.line("FINAL_RC"), ["0"]);
+    let last = json_after(&run.line("FINAL").join(" "));
+    assert_eq!(last["available_before"].as_u64(), Some(start), "{last}");
+    assert_eq!(last["available_after"].as_u64(), Some(start), "{last}");
+    run.assert_kernel_log_clean();
+    unbind_times.sort_by(f64::total_cmp);
+    eprintln!(
+        "FIGURE map-unbind-rebind-cycles flavour={} cycles={cycles} unbind_while_mapped_s min={} median={} max={}",
+        common::flavour_name(),
+        unbind_times[0],
+        unbind_times[cycles / 2],
+        unbind_times[cycles - 1],
+    );
+}
+
+#[test]
+fn kernel_log_check_catches_bug_reports_and_passes_a_clean_boot() {
+    let clean = "[    1.129200] nvme 0000:06:00.0: added peer-to-peer DMA memory 0xfb000000-0xfbffffff\n\
+                 [    0.000000] Command line: console=ttyS0 panic=-1 oops=panic loglevel=7\n\
+                 [   12.416261] pcieport 0000:02:01.0: pciehp: Slot(3): Button press: will power off in 5 sec\n";
+    assert_eq!(common::kernel_log_problems(clean), Vec::<String>::new());
+    for bad in [
+        "[   3.1] BUG: KASAN: slab-use-after-free in p2pdma_page_free+0x1c/0x40",
+        "[   3.1] WARNING: CPU: 1 PID: 77 at mm/memremap.c:499 free_zone_device_folio+0x8/0x10",
+        "[   3.1] WARNING: possible circular locking dependency detected",
+        "[ 123.4] INFO: task sh:88 blocked for more than 20 seconds.",
+        "[   3.1] Oops: general protection fault, probably for non-canonical address",
+        "[   3.1] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [sh:80]",
+    ] {
+        let log = format!("{clean}{bad}\n");
+        assert_eq!(common::kernel_log_problems(&log), vec![bad.to_owned()]);
+    }
+}
