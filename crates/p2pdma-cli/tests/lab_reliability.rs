@@ -40,6 +40,7 @@ nvme = [
 /// Guest shell helpers, installed as /root/lib.sh and sourced by every script (and by
 /// commands that `p2pdma mem test --while-mapped` runs).
 ///
+/// Helpers keep their counters `local`: a caller's loop variable survives them.
 /// Every wait has a deadline; a step that misses it prints `KEY hung` instead of its
 /// time, so a hang is reported, not waited out. The hung-task detector is set to 20 s,
 /// below those deadlines, so a task stuck in the kernel is also reported by the kernel
@@ -58,8 +59,8 @@ sectors_written() { awk '{print $7}' /sys/block/${1#/dev/}/stat; }
 inflight() { awk '{print $1 "r/" $2 "w"}' /sys/block/${1#/dev/}/inflight; }
 # wait_progress DEV BASE: until DEV has written 4 MiB more than BASE sectors (30 s).
 wait_progress() {
-  i=0
-  while [ $(( $(sectors_written $1) - $2 )) -lt 8192 ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done
+  local n=0
+  while [ $(( $(sectors_written $1) - $2 )) -lt 8192 ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done
 }
 # timed_unbind KEY BDF: unbinds BDF from its driver in the background and prints
 # "KEY STATUS SECONDS", or "KEY hung" when the unbind has not returned after 60 s.
@@ -67,22 +68,22 @@ timed_unbind() {
   rm -f /tmp/unbind.done /tmp/unbind.tmp
   ( t0=$(now); echo "$2" > /sys/bus/pci/devices/$2/driver/unbind; rc=$?
     echo "$rc $(since $t0)" > /tmp/unbind.tmp; mv /tmp/unbind.tmp /tmp/unbind.done ) &
-  i=0
-  while [ ! -e /tmp/unbind.done ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
+  local n=0
+  while [ ! -e /tmp/unbind.done ] && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done
   if [ -e /tmp/unbind.done ]; then echo "$1 $(cat /tmp/unbind.done)"; else echo "$1 hung"; fi
 }
 # wait_gone KEY BDF: until the PCI function is gone: "KEY SECONDS" or "KEY hung" (60 s).
 wait_gone() {
-  t0=$(now); i=0
-  while [ -e /sys/bus/pci/devices/$2 ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+  local t0=$(now) n=0
+  while [ -e /sys/bus/pci/devices/$2 ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done
   if [ -e /sys/bus/pci/devices/$2 ]; then echo "$1 hung"; else echo "$1 $(since $t0)"; fi
 }
 # rebind SERIAL BDF: binds BDF to nvme again and waits until its namespace is back, so
 # the driver has finished placing its queues (which may take CMB) (30 s).
 rebind() {
   echo "$2" > /sys/bus/pci/drivers/nvme/bind
-  i=0
-  while [ -z "$(p2pdma lab guest nvme $1 2>/dev/null | awk '{print $3}')" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+  local n=0
+  while [ -z "$(p2pdma lab guest nvme $1 2>/dev/null | awk '{print $3}')" ] && [ $n -lt 300 ]; do sleep 0.1; n=$((n+1)); done
 }
 [ -w /proc/sys/kernel/hung_task_timeout_secs ] && echo 20 > /proc/sys/kernel/hung_task_timeout_secs
 "#;
