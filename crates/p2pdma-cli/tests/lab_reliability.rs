@@ -490,6 +490,7 @@ echo "FINAL $(one_line /tmp/final.json)"
 fn kernel_log_check_catches_bug_reports_and_passes_a_clean_boot() {
     let clean = "[    1.129200] nvme 0000:06:00.0: added peer-to-peer DMA memory 0xfb000000-0xfbffffff\n\
                  [    0.000000] Command line: console=ttyS0 panic=-1 oops=panic loglevel=7\n\
+                 [    1.006015] rcu: \tRCU lockdep checking is enabled.\n\
                  [   12.416261] pcieport 0000:02:01.0: pciehp: Slot(3): Button press: will power off in 5 sec\n";
     assert_eq!(common::kernel_log_problems(clean), Vec::<String>::new());
     for bad in [
@@ -503,4 +504,41 @@ fn kernel_log_check_catches_bug_reports_and_passes_a_clean_boot() {
         let log = format!("{clean}{bad}\n");
         assert_eq!(common::kernel_log_problems(&log), vec![bad.to_owned()]);
     }
+}
+
+/// The pciehp lock-order report lockdep prints on hot removal (RELIABILITY.md), shortened.
+const PCIEHP_LOCKDEP_REPORT: &str = "\
+[   38.034751] ======================================================
+[   38.034892] WARNING: possible circular locking dependency detected
+[   38.035352] irq/27-pciehp/37 is trying to acquire lock:
+[   38.035452] ffff88800343fb00 (&ctrl->reset_lock/1){.+.+}-{3:3}, at: pciehp_unconfigure_device+0x185/0x213
+[   38.040229] ffffffff8227c948 (pci_rescan_remove_lock){+.+.}-{3:3}, at: pciehp_unconfigure_device+0xd7/0x213
+[   38.042505]        pciehp_ist+0x261/0x2e5
+[   38.048037] Call Trace:
+[   38.050253]  pciehp_unconfigure_device+0x185/0x213
+[   38.050564]  </TASK>
+";
+
+#[test]
+fn kernel_log_check_sets_aside_only_the_known_pciehp_report() {
+    let after =
+        "[   41.9] WARNING: CPU: 0 PID: 1 at drivers/pci/p2pdma.c:200 p2pdma_page_free+0x10/0x20\n";
+    let log = format!("{PCIEHP_LOCKDEP_REPORT}{after}");
+    assert_eq!(
+        common::kernel_log_problems(&log),
+        vec![after.trim_end().to_owned()],
+        "the known report is set aside, what follows it is not"
+    );
+    let other_locks = PCIEHP_LOCKDEP_REPORT.replace("pci_rescan_remove_lock", "p2pdma_lock");
+    assert!(
+        common::kernel_log_problems(&other_locks)
+            .iter()
+            .any(|l| l.contains("possible circular locking")),
+        "a circular-locking report about other locks must count"
+    );
+    let truncated = PCIEHP_LOCKDEP_REPORT.replace("</TASK>", "");
+    assert!(
+        !common::kernel_log_problems(&truncated).is_empty(),
+        "a report cut short (the guest died mid-report) must count"
+    );
 }
