@@ -60,6 +60,8 @@ fn predicted_verdicts_equal_what_the_kernel_does_for_every_pair_of_every_topolog
                 "lab",
                 "run",
                 "-q",
+                "--topologies",
+                EXTRA_TOPOLOGIES,
                 "--topology",
                 topology,
                 "--timeout",
