@@ -168,6 +168,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &format!("{} candidates, picked {}", providers.len(), choice.provider),
     );
 
+    let (samples, facts) = time(20, || {
+        HostFacts::live(std::path::Path::new("/"), &Default::default())
+    });
+    stats(
+        "host facts from /proc (part of reading /sys)",
+        samples,
+        &format!("CONFIG_PCI_P2PDMA from {}", facts.p2pdma_config_source),
+    );
+
     let live = SysfsRoot::default();
     match PciTree::read(&live) {
         Ok(tree) => {

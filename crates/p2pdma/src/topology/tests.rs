@@ -606,3 +606,19 @@ fn matrix_labels_follow_the_legend() {
     assert_eq!(labels[0], ["X", "ACS4", "HB6", "HB6"]);
     assert_eq!(labels[1], ["HB6", "HB6", "HB4", "BUS2"]);
 }
+
+#[test]
+fn the_matrix_walk_agrees_with_the_full_verdict_on_every_pair() {
+    let (_d, tree) = standard(Opts {
+        acs: vec![("02:00.0", ACS_RR), ("00:02.0", ACS_EC)],
+        ..Opts::default()
+    });
+    let t = Topology::new(&tree);
+    let all: Vec<Bdf> = tree.functions.keys().copied().collect();
+    for a in &all {
+        for b in &all {
+            let (fast, _) = t.pair_map(t.index[a], t.index[b]);
+            assert_eq!(fast, t.pair_map_fast(t.index[a], t.index[b]), "{a} {b}");
+        }
+    }
+}
