@@ -91,7 +91,8 @@ fn resolve_pci(root: &SysfsRoot, tree: &PciTree, name: &str) -> anyhow::Result<(
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
+    // As io::Error, so a closed pipe (`| head`) is recognised as such by main.
+    serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::from)?;
     writeln!(out)?;
     Ok(())
 }
@@ -212,7 +213,7 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
             // One object per line, so guest scripts and tests can mix it with other output.
             let mut out = std::io::stdout().lock();
             for p in &pairs {
-                serde_json::to_writer(&mut out, p)?;
+                serde_json::to_writer(&mut out, p).map_err(std::io::Error::from)?;
                 writeln!(out)?;
             }
         } else {
