@@ -9,10 +9,11 @@ use std::process::Command;
 use serde_json::Value;
 
 /// Shell functions for the guest: the PCI address and the namespace node of the NVMe
-/// controller with a given serial (kernel names change with enumeration order).
+/// controller with a given serial (kernel names change with enumeration order), from
+/// `p2pdma lab guest nvme SERIAL`, which prints "BDF /dev/nvmeX /dev/nvmeXn1".
 const FIND_BY_SERIAL: &str = r#"
-bdf_of() { for c in /sys/class/nvme/nvme*; do s=$(cat $c/serial); [ "${s%% *}" = "$1" ] && basename $(readlink $c/device); done; }
-dev_of() { for c in /sys/class/nvme/nvme*; do s=$(cat $c/serial); [ "${s%% *}" = "$1" ] && echo /dev/$(basename $c)n1; done; }
+bdf_of() { set -- $(p2pdma lab guest nvme "$1"); echo "$1"; }
+dev_of() { set -- $(p2pdma lab guest nvme "$1"); echo "$3"; }
 "#;
 
 struct GuestRun {
@@ -22,16 +23,15 @@ struct GuestRun {
 }
 
 fn lab_run(topology: &str, script: &str) -> GuestRun {
+    lab_run_with(topology, &[], script)
+}
+
+/// `p2pdma lab run` with extra lab options (e.g. `--fault ...`) before the command.
+fn lab_run_with(topology: &str, lab_args: &[&str], script: &str) -> GuestRun {
     let output = Command::new(env!("CARGO_BIN_EXE_p2pdma"))
-        .args([
-            "lab",
-            "run",
-            "--topology",
-            topology,
-            "--timeout",
-            "300",
-            "--",
-        ])
+        .args(["lab", "run", "--topology", topology, "--timeout", "300"])
+        .args(lab_args)
+        .arg("--")
         .arg(format!("{FIND_BY_SERIAL}\n{script}"))
         .output()
         .expect("run p2pdma lab run");
@@ -174,6 +174,59 @@ fn unbinding_the_provider_revokes_mapped_buffers_and_the_process_survives() {
     assert_eq!(unbind["is_live_after_rebind"], false);
 }
 
+/// Issue 4, the hot-unplug path: QEMU deletes the provider (the guest's pciehp powers the
+/// slot off and removes the device) while two buffers are mapped.
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn hot_removing_the_provider_revokes_mapped_buffers_and_the_process_survives() {
+    let run = lab_run_with(
+        "switch",
+        &["--fault", "device_del:nvme-a@signal:mapped"],
+        r#"B=$(bdf_of sw0)
+        p2pdma mem test $B --buffers 2 --size 65536 --json --while-mapped \
+          "p2pdma lab guest signal mapped; i=0; while [ -e /sys/bus/pci/devices/$B ] && [ \$i -lt 60 ]; do sleep 1; i=\$((i+1)); done"
+        echo exit=$?
+        [ -e /sys/bus/pci/devices/$B ] && echo provider-still-present"#,
+    );
+    let values = json_lines(&run);
+    assert!(
+        run.stdout.contains("exit=0") && !run.stdout.contains("provider-still-present"),
+        "the provider must be gone and p2pdma alive:\n{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    let report = &values[0];
+    let after = &report["while_mapped"];
+    assert_eq!(after["exit_code"], 0, "{report}");
+    assert_eq!(after["is_live_after"], false, "{report}");
+    assert_eq!(
+        after["read_results"],
+        serde_json::json!(["revoked", "revoked"])
+    );
+    assert!(u64_at(after, "/sigbus_revocations") >= 2, "{report}");
+    assert!(report["available_after"].is_null(), "{report}");
+    assert_eq!(report["passed"], true, "{report}");
+}
+
+/// The same check with nothing happening to the provider: the buffers keep their data.
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn buffers_keep_their_data_while_a_harmless_command_runs() {
+    let run = lab_run(
+        "switch",
+        "p2pdma mem test $(bdf_of sw1) --buffers 2 --size 65536 --json --while-mapped 'sleep 1'",
+    );
+    let values = json_lines(&run);
+    assert!(run.success, "guest failed:\n{}\n{}", run.stdout, run.stderr);
+    let after = &values[0]["while_mapped"];
+    assert_eq!(after["is_live_after"], true);
+    assert_eq!(
+        after["read_results"],
+        serde_json::json!(["intact", "intact"])
+    );
+    assert_eq!(u64_at(after, "/sigbus_revocations"), 0);
+}
+
 #[test]
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn probe_reports_ok_behind_a_switch_and_refusal_across_the_root_bus() {
@@ -219,4 +272,19 @@ fn probe_cannot_run_without_p2pmem_and_says_why() {
         all.contains("has no p2pmem") && all.contains("no Controller Memory Buffer"),
         "{all}"
     );
+}
+
+/// On the root bus with an AMD family 0x17 CPU the kernel allows P2P through the host
+/// bridge (the same pair is refused under the q35's Intel host bridge).
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn probe_reports_ok_through_an_amd_host_bridge() {
+    let run = lab_run(
+        "rootbus-amd",
+        "p2pdma probe --json --provider $(bdf_of root0) $(dev_of root1)",
+    );
+    let values = json_lines(&run);
+    assert!(run.success, "guest failed:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(values[0]["result"], "ok", "{}", values[0]);
+    assert_eq!(values[0]["matches_host_read"], true, "{}", values[0]);
 }

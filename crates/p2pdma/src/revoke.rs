@@ -29,8 +29,8 @@
 //!   Skipping is always correct, because the slot of the *faulting* range cannot be
 //!   changing: the range belongs to a buffer that the faulting thread is using, and a
 //!   buffer is only unregistered when it is dropped, which needs exclusive ownership.
-//! - it makes raw `mmap` / `rt_sigaction` system calls (both on the POSIX list of
-//!   async-signal-safe functions; rustix issues them without touching `errno`);
+//! - it makes `mmap` / `sigaction` system calls (both on the POSIX list of
+//!   async-signal-safe functions), and saves and restores `errno` around its work;
 //! - it calls the previous handler, which the previous owner of SIGBUS promised to be
 //!   callable from a signal handler;
 //! - the saved previous action lives in a `OnceLock` that is filled *before* the handler
@@ -249,6 +249,17 @@ fn last_errno() -> i32 {
 
 /// The SIGBUS handler. Async-signal-safe: see the module documentation.
 extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
+    // The interrupted code may be between a failing call and its errno check.
+    // SAFETY: `__errno_location` returns this thread's errno slot, valid for its lifetime.
+    let errno = unsafe { libc::__errno_location() };
+    // SAFETY: as above.
+    let saved_errno = unsafe { *errno };
+    handle_sigbus(signal, info, context);
+    // SAFETY: as above.
+    unsafe { *errno = saved_errno };
+}
+
+fn handle_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
     // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t; for SIGBUS `si_addr`
     // is the faulting address.
     let fault = unsafe { (*info).si_addr() } as usize;

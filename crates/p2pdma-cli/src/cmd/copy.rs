@@ -187,7 +187,15 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         }
     };
     bar.finish_and_clear();
-    let report = result.map_err(|e| explain_engine_error(e, &route, &plan))?;
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            if args.json {
+                print_failure_json(&e, &route)?;
+            }
+            return Err(explain_engine_error(e, &route, &plan));
+        }
+    };
     if route.mode == Mode::P2p && route.p2p_expected == Some(false) {
         eprintln!(
             "p2pdma: note: the topology verdict predicted that the kernel would refuse P2P ({}), but it allowed it; please report this with `p2pdma snapshot`",
@@ -292,6 +300,60 @@ fn explain_engine_error(err: EngineError, route: &Route, plan: &CopyPlan) -> any
     }
 }
 
+/// What `--json` prints when the copy stops part-way: enough for a script to know
+/// exactly which destination bytes changed.
+#[derive(Debug, Serialize)]
+struct FailureSummary {
+    error: String,
+    kind: Option<FailureKind>,
+    mode: Mode,
+    provider: Option<Bdf>,
+    /// Destination byte ranges whose writes completed, as [start, end) pairs.
+    written: Vec<[u64; 2]>,
+    bytes_written: u64,
+    /// Everything from the copy's first destination byte up to here was written.
+    contiguous_end: Option<u64>,
+}
+
+/// The error and its causes on one line, as `main` prints them.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+fn print_failure_json(err: &EngineError, route: &Route) -> anyhow::Result<()> {
+    let written = match err {
+        EngineError::Stopped { written, .. } | EngineError::RingFailed { written, .. } => {
+            Some(written)
+        }
+        _ => None,
+    };
+    let summary = FailureSummary {
+        error: error_chain(err),
+        kind: match err {
+            EngineError::Stopped { failure, .. } => Some(failure.kind),
+            _ => None,
+        },
+        mode: route.mode,
+        provider: route.provider,
+        written: written
+            .map(|w| w.ranges.ranges().iter().map(|r| [r.start, r.end]).collect())
+            .unwrap_or_default(),
+        bytes_written: written.map_or(0, |w| w.ranges.total()),
+        contiguous_end: written.map(|w| w.contiguous_end()),
+    };
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, &summary)?;
+    writeln!(out)?;
+    Ok(())
+}
+
 fn refusal_advice(route: &Route) -> String {
     let why = route
         .why_not
@@ -385,8 +447,12 @@ fn decide_route(
     ];
     let tree = match PciTree::read(&root) {
         Ok(tree) => tree,
-        // A bounce copy does not need the PCI tree.
-        Err(_) if args.bounce == Bounce::Always => {
+        // A bounce copy does not need the PCI tree, nor does explaining that a side
+        // cannot do P2P at all.
+        Err(_)
+            if args.bounce == Bounce::Always
+                || sides.iter().any(|s| s.not_p2p_because.is_some()) =>
+        {
             PciTree::from_parts([], HostFacts::unknown("no PCI tree"))
         }
         Err(e) => {

@@ -50,8 +50,13 @@ pub struct TestArgs {
     /// Then unbind the provider from its driver while the buffers are mapped, check that
     /// access reports the revocation instead of killing the process, and bind it again.
     /// Disruptive: the device disappears for a moment (its block devices too).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "while_mapped")]
     unbind_after_map: bool,
+    /// Then run this shell command while the buffers are mapped (e.g. one that removes
+    /// the device), and report whether each buffer still holds its pattern or was
+    /// revoked. A buffer that reads back anything else fails the test.
+    #[arg(long, value_name = "COMMAND")]
+    while_mapped: Option<String>,
     /// Print JSON instead of sentences.
     #[arg(long)]
     json: bool,
@@ -127,8 +132,9 @@ struct TestReport {
     pattern_mismatch: Option<(usize, usize)>,
     exhaustion: Option<Exhaustion>,
     unbind: Option<UnbindReport>,
-    /// `available` after every buffer was dropped.
-    available_after: u64,
+    while_mapped: Option<WhileMappedReport>,
+    /// `available` after every buffer was dropped (None: the provider is gone).
+    available_after: Option<u64>,
     /// Whether every check passed.
     passed: bool,
     /// What failed, one line each.
@@ -150,6 +156,18 @@ struct Exhaustion {
     error: String,
     /// Free bytes the error reported.
     available_reported: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct WhileMappedReport {
+    command: String,
+    /// The command's exit code (None: killed by a signal).
+    exit_code: Option<i32>,
+    is_live_after: bool,
+    /// Per buffer: `intact` (pattern still there), `revoked`, `corrupted`, or an error.
+    read_results: Vec<String>,
+    /// SIGBUS faults turned into revocations during those reads.
+    sigbus_revocations: usize,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -260,13 +278,56 @@ fn test(args: TestArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         report.unbind = Some(unbind);
     }
 
+    if let Some(command) = &args.while_mapped {
+        let status = std::process::Command::new("sh")
+            .args(["-c", command])
+            .status()
+            .with_context(|| format!("cannot run sh -c {command:?}"))?;
+        let is_live_after = buffers.iter().all(P2pBuffer::is_live);
+        let before = p2pdma::revoke::revocation_count();
+        let mut read_results = Vec::new();
+        for (index, buffer) in buffers.iter().enumerate() {
+            read_results.push(match first_mismatch(buffer, index as u64) {
+                Ok(None) => "intact".to_owned(),
+                Ok(Some(offset)) => {
+                    report.failures.push(format!(
+                        "buffer {index} differs at byte {offset} after the command ran"
+                    ));
+                    "corrupted".to_owned()
+                }
+                Err(e) if is_revoked(&e) => "revoked".to_owned(),
+                Err(e) => {
+                    report.failures.push(format!("buffer {index}: {e:#}"));
+                    format!("{e:#}")
+                }
+            });
+        }
+        report.while_mapped = Some(WhileMappedReport {
+            command: command.clone(),
+            exit_code: status.code(),
+            is_live_after,
+            read_results,
+            sigbus_revocations: p2pdma::revoke::revocation_count() - before,
+        });
+    }
+
     drop(extra);
     drop(buffers);
-    // After a rebind the pool is a new one: only compare when the provider stayed bound.
-    report.available_after = Provider::open(&globals.sysfs, args.provider)?.available()?;
-    if !args.unbind_after_map && report.available_after != report.available_before {
+    // After a rebind or a removal the pool is a new one or gone: only compare when the
+    // provider stayed.
+    let still_there = !args.unbind_after_map
+        && report
+            .while_mapped
+            .as_ref()
+            .is_none_or(|w| w.read_results.iter().all(|r| r == "intact"));
+    report.available_after = match Provider::open(&globals.sysfs, args.provider) {
+        Ok(provider) => Some(provider.available()?),
+        Err(_) if !still_there => None,
+        Err(e) => return Err(e.into()),
+    };
+    if still_there && report.available_after != Some(report.available_before) {
         report.failures.push(format!(
-            "available is {} after dropping every buffer, was {} before",
+            "available is {:?} after dropping every buffer, was {} before",
             report.available_after, report.available_before
         ));
     }
@@ -346,6 +407,14 @@ fn first_mismatch(buffer: &P2pBuffer, seed: u64) -> anyhow::Result<Option<usize>
         offset += n;
     }
     Ok(None)
+}
+
+/// Whether an error from the copy helpers is the buffer's revocation.
+fn is_revoked(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<P2pmemError>(),
+        Some(P2pmemError::Revoked { .. })
+    )
 }
 
 fn unbind_and_check(
@@ -449,10 +518,16 @@ fn print_test_report(report: &TestReport, json: bool) -> anyhow::Result<()> {
             u.is_live_after_rebind
         );
     }
-    println!(
-        "  {} free after dropping every buffer",
-        report.available_after
-    );
+    if let Some(w) = &report.while_mapped {
+        println!(
+            "  while mapped, `{}` exited {:?}: live after {}, buffers {:?}, {} SIGBUS revocations",
+            w.command, w.exit_code, w.is_live_after, w.read_results, w.sigbus_revocations
+        );
+    }
+    match report.available_after {
+        Some(free) => println!("  {free} free after dropping every buffer"),
+        None => println!("  the provider is gone after the test"),
+    }
     for f in &report.failures {
         println!("  FAILED: {f}");
     }

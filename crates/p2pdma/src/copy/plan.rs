@@ -351,7 +351,7 @@ pub fn validate(
         ("--length", length),
     ] {
         for side in [src, dst] {
-            if value % side.block_size != 0 {
+            if !value.is_multiple_of(side.block_size) {
                 return Err(PlanError::Unaligned {
                     option,
                     value,
@@ -469,7 +469,7 @@ fn check_chunk_size(
         )));
     }
     for side in [src, dst] {
-        if chunk_size % side.block_size != 0 {
+        if !chunk_size.is_multiple_of(side.block_size) {
             return Err(bad(format!(
                 "it is not a multiple of {}, the O_DIRECT block size of {}",
                 side.block_size,

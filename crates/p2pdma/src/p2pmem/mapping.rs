@@ -370,6 +370,19 @@ mod tests {
     }
 
     #[test]
+    fn a_mapping_moved_to_another_thread_is_revoked_there() {
+        let (file, m) = file_mapping(2);
+        file.as_file().set_len(0).unwrap();
+        let outcome = std::thread::spawn(move || {
+            let mut buf = [0u8; 4];
+            m.read_into(page(), &mut buf)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(outcome, Err(Revoked));
+    }
+
+    #[test]
     fn sigbus_during_a_write_becomes_revoked() {
         let (file, mut m) = file_mapping(2);
         file.as_file().set_len(0).unwrap();

@@ -1,0 +1,442 @@
+//! `p2pdma copy` in the lab: real NVMe emulation, a real P2PDMA kernel, real io_uring.
+//!
+//! Every check is made twice: by the tool (`--verify`, its JSON) and independently inside
+//! the guest (busybox `dd | md5sum` over the same byte ranges). Refusals are proven
+//! harmless by checksumming the destination before and after.
+//!
+//! Each test boots one guest and runs a shell script there; the script prints one
+//! `KEY field...` line per fact, and the assertions are made here on the host.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::{Command, Output};
+
+/// Shell helpers every guest script starts with.
+///
+/// - `ns SERIAL`: the namespace block device of the controller with that serial
+/// - `bdf SERIAL`: its PCI address
+/// - `md5 DEV OFFSET LEN`: md5 of a byte range (OFFSET and LEN multiples of 4096)
+/// - `fill DEV OFFSET LEN`: random bytes over a range
+/// - `zeros LEN`: md5 of LEN zero bytes
+/// - `field NAME FILE`: a number or string field of a one-line JSON object
+const PRELUDE: &str = r#"
+ns() { p2pdma lab guest nvme "$1" | awk '{print $3}'; }
+bdf() { p2pdma lab guest nvme "$1" | awk '{print $1}'; }
+md5() { dd if="$1" bs=4096 skip=$(($2 / 4096)) count=$(($3 / 4096)) 2>/dev/null | md5sum | cut -d' ' -f1; }
+fill() { dd if=/dev/urandom of="$1" bs=4096 seek=$(($2 / 4096)) count=$(($3 / 4096)) conv=notrunc 2>/dev/null; }
+zeros() { dd if=/dev/zero bs=4096 count=$(($1 / 4096)) 2>/dev/null | md5sum | cut -d' ' -f1; }
+field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^,\"}]*\).*/\1/p" "$2" | head -1; }
+one_line() { tr '\n' ' ' < "$1"; }
+"#;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Boots `topology` (from `topologies_toml` if given) and runs `script` after the prelude.
+fn lab(topology: &str, topologies_toml: Option<&str>, script: &str) -> Output {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script_path = dir.path().join("copy-test.sh");
+    let mut f = std::fs::File::create(&script_path).unwrap();
+    writeln!(f, "{PRELUDE}\n{script}").unwrap();
+    drop(f);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_p2pdma"));
+    cmd.args(["lab", "run", "--quiet", "--topology", topology]);
+    if let Some(toml) = topologies_toml {
+        let toml_path = dir.path().join("topologies.toml");
+        std::fs::write(&toml_path, toml).unwrap();
+        cmd.arg("--topologies").arg(&toml_path);
+    }
+    let out = cmd
+        .arg("--file")
+        .arg(format!("{}:/root/copy-test.sh", script_path.display()))
+        .args(["--", "sh /root/copy-test.sh"])
+        .output()
+        .expect("p2pdma lab run starts");
+    eprintln!(
+        "--- {topology} exit {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_ne!(
+        out.status.code(),
+        Some(125),
+        "the lab itself failed (see stderr above)"
+    );
+    out
+}
+
+/// The stdout lines starting with `key`, split into fields after the key.
+fn lines<'a>(out: &'a str, key: &str) -> Vec<Vec<&'a str>> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        .map(|rest| rest.split(' ').collect())
+        .collect()
+}
+
+/// The JSON object that follows `key` on a line.
+fn json_after(line: &str) -> serde_json::Value {
+    let start = line
+        .find('{')
+        .unwrap_or_else(|| panic!("no JSON in {line:?}"));
+    serde_json::from_str(&line[start..]).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+/// Copies random data between each ordered pair with offsets on both sides; prints
+/// `PAIR src dst rc md5(src range) md5(dst range) md5(dst before) md5(dst after-outside)`
+/// and `JSON src dst {...}`.
+fn pair_script(pairs: &[(&str, &str)]) -> String {
+    let mut s = String::from(
+        "SO=1048576; DO=5242880; LEN=12582912\n\
+         copy_pair() {\n\
+           S=$(ns $1); D=$(ns $2)\n\
+           fill $S $SO $LEN\n\
+           around=$(md5 $D 0 $DO)\n\
+           p2pdma copy $S $D --src-offset $SO --dst-offset $DO --length $LEN --chunk-size 1M --queue-depth 4 --verify --json > /tmp/out.json 2>/tmp/err.txt\n\
+           rc=$?\n\
+           echo \"PAIR $1 $2 $rc $(md5 $S $SO $LEN) $(md5 $D $DO $LEN) $around $(md5 $D 0 $DO)\"\n\
+           echo \"JSON $1 $2 $(one_line /tmp/out.json)\"\n\
+           echo \"ERR $1 $2 $(one_line /tmp/err.txt)\"\n\
+         }\n",
+    );
+    for (a, b) in pairs {
+        s.push_str(&format!("copy_pair {a} {b}\n"));
+    }
+    s
+}
+
+fn check_pairs(stdout: &str, expected: &[(&str, &str)]) {
+    let pairs = lines(stdout, "PAIR");
+    let jsons: HashMap<(String, String), serde_json::Value> = lines(stdout, "JSON")
+        .into_iter()
+        .filter(|f| f.len() > 2)
+        .map(|f| {
+            (
+                (f[0].to_owned(), f[1].to_owned()),
+                json_after(&f[2..].join(" ")),
+            )
+        })
+        .collect();
+    assert_eq!(pairs.len(), expected.len(), "one PAIR line per pair");
+    for (p, (a, b)) in pairs.iter().zip(expected) {
+        assert_eq!((p[0], p[1]), (*a, *b));
+        assert_eq!(p[2], "0", "{a} -> {b}: p2pdma copy failed");
+        assert_eq!(p[3], p[4], "{a} -> {b}: guest md5 of the ranges differ");
+        assert_eq!(p[5], p[6], "{a} -> {b}: bytes before --dst-offset changed");
+        let j = &jsons[&(a.to_string(), b.to_string())];
+        assert_eq!(j["mode"], "p2p", "{a} -> {b}: {j}");
+        assert_eq!(j["verified"], true, "{a} -> {b}: {j}");
+        assert_eq!(j["bytes"], 12 << 20, "{a} -> {b}: {j}");
+        assert_eq!(
+            j["verification"]["src_digest"], j["verification"]["dst_digest"],
+            "{a} -> {b}: {j}"
+        );
+        assert!(j["provider"].is_string(), "{a} -> {b}: {j}");
+    }
+}
+
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn p2p_copies_block_device_to_block_device_in_the_switch() {
+    let pairs = [("sw0", "sw1"), ("sw1", "sw0")];
+    let out = lab("switch", None, &pair_script(&pairs));
+    assert!(out.status.success());
+    check_pairs(&text(&out.stdout), &pairs);
+}
+
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn p2p_copies_every_pair_of_the_cascade() {
+    let pairs = [
+        ("cas-a0", "cas-a1"),
+        ("cas-a1", "cas-a0"),
+        ("cas-a0", "cas-b0"),
+        ("cas-b0", "cas-a0"),
+        ("cas-a1", "cas-b0"),
+        ("cas-b0", "cas-a1"),
+    ];
+    let out = lab("cascade", None, &pair_script(&pairs));
+    assert!(out.status.success());
+    check_pairs(&text(&out.stdout), &pairs);
+}
+
+/// In `mixed`, only the switch pair can do P2P; the root-bus NVMe and the one behind its
+/// own root port cannot reach anything: under `--bounce never` the copy fails with the
+/// verdict and the fix and writes nothing; under `--bounce auto` it goes through host
+/// memory, says why, and is verified.
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn mixed_copies_p2p_where_possible_and_bounces_only_when_allowed() {
+    let pairs = [("sw0", "sw1"), ("sw1", "sw0")];
+    let mut script = pair_script(&pairs);
+    script.push_str(
+        r#"
+refused() {
+  S=$(ns $1); D=$(ns $2)
+  fill $S 0 4194304
+  before=$(md5 $D 0 4194304)
+  p2pdma copy $S $D --length 4M --json > /tmp/never.json 2>/tmp/never.err; never=$?
+  after=$(md5 $D 0 4194304)
+  echo "NEVER $1 $2 $never $before $after"
+  echo "NEVERERR $1 $2 $(one_line /tmp/never.err)"
+  p2pdma copy $S $D --length 4M --bounce auto --verify --json > /tmp/auto.json 2>/tmp/auto.err; auto=$?
+  echo "AUTO $1 $2 $auto $(md5 $S 0 4194304) $(md5 $D 0 4194304)"
+  echo "AUTOJSON $1 $2 $(one_line /tmp/auto.json)"
+  echo "AUTOERR $1 $2 $(one_line /tmp/auto.err)"
+}
+refused root0 sw0
+refused sw1 nocmb0
+"#,
+    );
+    let out = lab("mixed", None, &script);
+    let stdout = text(&out.stdout);
+    check_pairs(&stdout, &pairs);
+
+    let never = lines(&stdout, "NEVER");
+    let never_err = lines(&stdout, "NEVERERR");
+    assert_eq!(never.len(), 2);
+    for (n, e) in never.iter().zip(&never_err) {
+        let what = format!("{} -> {}", n[0], n[1]);
+        assert_ne!(n[2], "0", "{what}: --bounce never must fail");
+        assert_eq!(n[3], n[4], "{what}: the destination changed");
+        let msg = e[2..].join(" ");
+        assert!(
+            msg.contains("cannot take part in P2P") || msg.contains("refused P2P"),
+            "{what}: {msg}"
+        );
+        assert!(
+            msg.contains("--bounce auto"),
+            "{what}: no way out named: {msg}"
+        );
+    }
+    // root0 -> sw0 is tried and refused by the kernel (EREMOTEIO), with the verdict's fix.
+    let first = never_err[0][2..].join(" ");
+    assert!(first.contains("Remote I/O error"), "{first}");
+    assert!(first.contains("fix:"), "{first}");
+    assert!(first.contains("0 B of"), "{first}");
+
+    let auto = lines(&stdout, "AUTO");
+    let auto_json = lines(&stdout, "AUTOJSON");
+    assert_eq!(auto.len(), 2);
+    for (a, j) in auto.iter().zip(&auto_json) {
+        let what = format!("{} -> {}", a[0], a[1]);
+        assert_eq!(a[2], "0", "{what}: --bounce auto must succeed");
+        assert_eq!(a[3], a[4], "{what}: guest md5 differs");
+        let j = json_after(&j[2..].join(" "));
+        assert_eq!(j["mode"], "bounce", "{what}: {j}");
+        assert_eq!(j["verified"], true, "{what}: {j}");
+        assert!(
+            j["bounce_reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "{what}: no reason given: {j}"
+        );
+    }
+}
+
+/// The `switch` pair with both disks formatted ext4 on the host before boot.
+const EXT4_TOPOLOGY: &str = r#"
+[copy-ext4]
+description = "the switch pair, both namespaces formatted ext4 on the host"
+bridge = [
+  { id = "rp1", kind = "root-port", parent = "pcie.0", addr = "1", speed = "8", width = 4 },
+  { id = "up1", kind = "switch-upstream", parent = "rp1" },
+  { id = "dn1", kind = "switch-downstream", parent = "up1" },
+  { id = "dn2", kind = "switch-downstream", parent = "up1" },
+]
+nvme = [
+  { id = "nvme-a", serial = "sw0", parent = "dn1", cmb_mib = 16, format = "ext4" },
+  { id = "nvme-b", serial = "sw1", parent = "dn2", cmb_mib = 16, format = "ext4" },
+]
+"#;
+
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn p2p_copies_file_to_file_on_ext4() {
+    let script = r#"
+A=$(ns sw0); B=$(ns sw1)
+mkdir -p /mnt/a /mnt/b
+mount -t ext4 $A /mnt/a && mount -t ext4 $B /mnt/b || echo "MOUNTFAIL"
+echo "FSTYPE $(grep /mnt/a /proc/mounts | cut -d' ' -f3) $(grep /mnt/b /proc/mounts | cut -d' ' -f3)"
+dd if=/dev/urandom of=/mnt/a/src.bin bs=1M count=20 2>/dev/null; sync
+p2pdma copy /mnt/a/src.bin /mnt/b/new.bin --force --verify --json > /tmp/new.json 2>/tmp/new.err
+echo "NEW $? $(md5sum < /mnt/a/src.bin | cut -d' ' -f1) $(md5sum < /mnt/b/new.bin | cut -d' ' -f1) $(stat -c %s /mnt/b/new.bin)"
+echo "NEWJSON $(one_line /tmp/new.json) $(one_line /tmp/new.err)"
+dd if=/dev/zero of=/mnt/b/old.bin bs=1M count=16 2>/dev/null; sync
+p2pdma copy /mnt/a/src.bin /mnt/b/old.bin --src-offset 4M --dst-offset 8M --length 8M --verify --json > /tmp/old.json 2>/tmp/old.err
+echo "RANGE $? $(md5 /mnt/a/src.bin 4194304 8388608) $(md5 /mnt/b/old.bin 8388608 8388608) $(md5 /mnt/b/old.bin 0 8388608) $(zeros 8388608) $(stat -c %s /mnt/b/old.bin)"
+echo "RANGEJSON $(one_line /tmp/old.json) $(one_line /tmp/old.err)"
+umount /mnt/b
+sync; echo 3 > /proc/sys/vm/drop_caches
+mount -t ext4 $B /mnt/b
+echo "REMOUNT $(md5sum < /mnt/b/new.bin | cut -d' ' -f1)"
+"#;
+    let out = lab("copy-ext4", Some(EXT4_TOPOLOGY), script);
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("MOUNTFAIL"), "mounting failed");
+    assert_eq!(lines(&stdout, "FSTYPE"), vec![vec!["ext4", "ext4"]]);
+
+    let new = &lines(&stdout, "NEW")[0];
+    assert_eq!(new[0], "0", "copy into a new file failed");
+    assert_eq!(new[1], new[2], "guest md5 of the files differ");
+    assert_eq!(new[3], (20 << 20).to_string());
+    let j = json_after(&lines(&stdout, "NEWJSON")[0].join(" "));
+    assert_eq!(j["mode"], "p2p", "{j}");
+    assert_eq!(j["verified"], true, "{j}");
+
+    let range = &lines(&stdout, "RANGE")[0];
+    assert_eq!(range[0], "0", "range copy between files failed");
+    assert_eq!(range[1], range[2], "guest md5 of the ranges differ");
+    assert_eq!(range[3], range[4], "bytes before --dst-offset changed");
+    assert_eq!(range[5], (16 << 20).to_string(), "the file must not grow");
+    let j = json_after(&lines(&stdout, "RANGEJSON")[0].join(" "));
+    assert_eq!(j["mode"], "p2p", "{j}");
+    assert_eq!(j["verified"], true, "{j}");
+
+    assert_eq!(
+        lines(&stdout, "REMOUNT")[0][0],
+        new[1],
+        "the new file's content did not survive a remount"
+    );
+}
+
+/// Every refusal happens before any write: exit non-zero, a one-line message naming the
+/// device and what to do, and the destination's checksum unchanged.
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn refusals_and_unaligned_input_write_nothing() {
+    let script = r#"
+A=$(ns sw0); B=$(ns sw1)
+fill $A 0 67108864
+fill $B 0 67108864
+check() {
+  name=$1; shift
+  before=$(md5 $DST 0 67108864)
+  p2pdma copy "$@" > /tmp/out.txt 2>/tmp/err.txt; rc=$?
+  after=$(md5 $DST 0 67108864)
+  echo "CASE $name $rc $before $after $(wc -l < /tmp/err.txt) $(one_line /tmp/err.txt)"
+}
+DST=$B
+check src-offset   $A $B --src-offset 100 --length 1M
+check dst-offset   $A $B --dst-offset 1000 --length 1M
+check length       $A $B --length 1000
+check chunk-size   $A $B --length 1M --chunk-size 1000
+check past-end     $A $B --dst-offset 60M --length 8M
+check past-end-force $A $B --dst-offset 60M --length 8M --force
+check src-past-end $A $B --src-offset 60M --length 8M
+check overlap      $B $B --src-offset 0 --dst-offset 1M --length 4M
+check depth        $A $B --length 1M --queue-depth 0
+blockdev --setro $B
+check read-only    $A $B --length 1M
+blockdev --setrw $B
+check dry-run      $A $B --length 8M --dry-run
+mkdir -p /mnt/b
+mke2fs -q $B >/dev/null 2>&1 && mount $B /mnt/b && echo MOUNTED
+check mounted      $A $B --length 1M --force
+dd if=/dev/urandom of=/mnt/b/small.bin bs=4096 count=16 2>/dev/null; sync
+DST=/mnt/b/small.bin
+SMALLBEFORE=$(md5sum < /mnt/b/small.bin | cut -d' ' -f1)
+p2pdma copy $A /mnt/b/small.bin --length 1M > /dev/null 2>/tmp/err.txt; rc=$?
+echo "CASE grow-file $rc $SMALLBEFORE $(md5sum < /mnt/b/small.bin | cut -d' ' -f1) $(wc -l < /tmp/err.txt) $(one_line /tmp/err.txt)"
+p2pdma copy $A /mnt/b/missing.bin --length 1M > /dev/null 2>/tmp/err.txt; rc=$?
+echo "CASE missing-file $rc $(ls /mnt/b/missing.bin 2>/dev/null | wc -l) 0 $(wc -l < /tmp/err.txt) $(one_line /tmp/err.txt)"
+"#;
+    let out = lab("switch", None, script);
+    let stdout = text(&out.stdout);
+    let cases: HashMap<&str, Vec<&str>> = lines(&stdout, "CASE")
+        .into_iter()
+        .map(|f| (f[0], f[1..].to_vec()))
+        .collect();
+    let expect = |name: &str, words: &[&str]| {
+        let f = cases
+            .get(name)
+            .unwrap_or_else(|| panic!("case {name} did not run"));
+        let msg = f[4..].join(" ");
+        assert_ne!(f[0], "0", "{name}: must fail: {msg}");
+        assert_eq!(f[1], f[2], "{name}: the destination changed");
+        assert_eq!(f[3], "1", "{name}: the message must be one line: {msg}");
+        for w in words {
+            assert!(msg.contains(w), "{name}: {msg:?} lacks {w:?}");
+        }
+    };
+    expect(
+        "src-offset",
+        &["--src-offset 100", "multiple of 512", "/dev/nvme"],
+    );
+    expect("dst-offset", &["--dst-offset 1000", "multiple of 512"]);
+    expect("length", &["--length 1000", "multiple of 512"]);
+    expect("chunk-size", &["--chunk-size 1000", "multiple of 512"]);
+    expect("past-end", &["only 67108864 bytes", "smaller --length"]);
+    expect(
+        "past-end-force",
+        &["--force does not apply to block devices"],
+    );
+    expect("src-past-end", &["past the end of"]);
+    expect("overlap", &["overlaps the source range"]);
+    expect("depth", &["--queue-depth 0"]);
+    expect("read-only", &["read-only", "--setrw"]);
+    expect("mounted", &["is mounted on /mnt/b", "unmount it first"]);
+    expect("grow-file", &["would grow", "pass --force"]);
+    expect("missing-file", &["would be created", "pass --force"]);
+    assert_eq!(
+        cases["missing-file"][1], "0",
+        "the missing file was created"
+    );
+
+    let dry = &cases["dry-run"];
+    assert_eq!(dry[0], "0", "dry run fails: {dry:?}");
+    assert_eq!(dry[1], dry[2], "dry run wrote");
+    assert!(stdout.contains("MOUNTED"), "mke2fs/mount failed");
+}
+
+/// Unbinding the provider in the middle of a copy: the copy stops with "provider gone",
+/// reports exactly which destination bytes were written, those bytes are the source's,
+/// and every other destination byte is untouched.
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn unbinding_the_provider_mid_copy_reports_the_exact_written_range() {
+    let script = r#"
+S=$(ns cas-a0); D=$(ns cas-a1); P=$(bdf cas-b0)
+fill $S 0 67108864
+dd if=/dev/zero of=$D bs=1M count=64 2>/dev/null
+p2pdma copy $S $D --provider $P --chunk-size 16k --queue-depth 1 --json > /tmp/out.json 2>/tmp/err.txt &
+pid=$!
+sleep 1
+p2pdma lab guest unbind cas-b0
+wait $pid; rc=$?
+END=$(field contiguous_end /tmp/out.json)
+TOTAL=$(field bytes_written /tmp/out.json)
+echo "RESULT $rc $END $TOTAL $(field kind /tmp/out.json)"
+echo "PREFIX $(md5 $S 0 $END) $(md5 $D 0 $END)"
+REST=$((67108864 - END))
+echo "REST $(md5 $D $END $REST) $(zeros $REST)"
+echo "ERR $(one_line /tmp/err.txt)"
+"#;
+    let out = lab("cascade", None, script);
+    let stdout = text(&out.stdout);
+    let result = &lines(&stdout, "RESULT")[0];
+    assert_ne!(result[0], "0", "the copy must fail");
+    let end: u64 = result[1].parse().expect("contiguous_end in the JSON");
+    let total: u64 = result[2].parse().expect("bytes_written in the JSON");
+    assert!(
+        end > 0 && end < 64 << 20,
+        "unbind came too early or too late: {end}"
+    );
+    assert_eq!(
+        end, total,
+        "queue depth 1 writes in order: one contiguous range"
+    );
+    assert_eq!(result[3], "provider_gone");
+    let prefix = &lines(&stdout, "PREFIX")[0];
+    assert_eq!(
+        prefix[0], prefix[1],
+        "the reported prefix is not the source's"
+    );
+    let rest = &lines(&stdout, "REST")[0];
+    assert_eq!(rest[0], rest[1], "bytes past the reported range changed");
+    let err = lines(&stdout, "ERR")[0].join(" ");
+    assert!(err.contains("unbound or removed"), "{err}");
+    assert!(
+        err.contains(&format!("contiguous from offset 0 to {end}")),
+        "{err}"
+    );
+}
