@@ -268,8 +268,11 @@ pub struct Verdict {
     pub provider: Bdf,
     /// The device doing the DMA.
     pub client: Bdf,
-    /// The kernel's map type.
+    /// What the transfer gets: the topology's map type, or `NotSupported` when a blocking
+    /// reason (no p2pmem, kernel without P2PDMA, unknown function) stops it anyway.
     pub map_type: MapType,
+    /// What `calc_map_type_and_dist()` alone returns for the pair.
+    pub topology_map_type: MapType,
     /// The kernel's distance (`None` if a function is missing).
     pub distance: Option<u32>,
     /// Functions from the provider up to the common bridge (or root bus) and down to
@@ -516,6 +519,7 @@ impl<'a> Topology<'a> {
             provider,
             client,
             map_type: MapType::NotSupported,
+            topology_map_type: MapType::NotSupported,
             distance: None,
             path: Vec::new(),
             common_upstream: None,
@@ -532,6 +536,7 @@ impl<'a> Topology<'a> {
         };
         let (pair, walk) = self.pair_map(a, b);
         v.map_type = pair.map_type;
+        v.topology_map_type = pair.map_type;
         v.distance = Some(pair.distance);
         let a_chain = &self.chains[a];
         let b_chain = &self.chains[b];

@@ -474,9 +474,9 @@ fn explain_text(tree: &PciTree, pt: &Target, ct: &Target, v: &Verdict) -> String
     };
     let _ = writeln!(
         out,
-        "verdict:  {verdict}: {} ({}), distance {}",
-        v.map_type,
-        v.map_type.kernel_name(),
+        "verdict:  {verdict}; by topology: {} ({}), distance {}",
+        v.topology_map_type,
+        v.topology_map_type.kernel_name(),
         v.distance
             .map(|d| d.to_string())
             .unwrap_or_else(|| "-".into())

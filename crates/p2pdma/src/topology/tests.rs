@@ -439,6 +439,11 @@ fn provider_without_p2pmem_or_kernel_without_p2pdma_is_refused() {
     let (_d, tree) = standard(Opts::default());
     let v = v(&tree, "06:00.1", "06:00.0");
     assert_eq!(v.map_type, MapType::NotSupported);
+    // The topology alone would allow it: the refusal comes from the missing pool.
+    assert_eq!(
+        (v.topology_map_type, v.distance),
+        (MapType::BusAddr, Some(2))
+    );
     assert!(v.reasons.contains(&Reason::ProviderHasNoP2pmem {
         bdf: bdf("06:00.1")
     }));
