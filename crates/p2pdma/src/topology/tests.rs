@@ -627,3 +627,41 @@ fn the_matrix_walk_agrees_with_the_full_verdict_on_every_pair() {
         }
     }
 }
+
+#[test]
+fn acs_on_the_endpoints_themselves_counts_as_the_kernel_checks_every_function() {
+    // pci_bridge_has_acs_redir() looks at any function with an ACS capability, endpoints
+    // included: the provider (even when it is also the client) and the client below the
+    // common bridge.
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = SysfsBuilder::new(dir.path()).unwrap();
+    b.add(None, "0000:00:00.0", F::host_bridge(0x8086, 0x29c0))
+        .unwrap();
+    let rp = b.add(None, "0000:00:01.0", F::root_port().acs(0)).unwrap();
+    b.add(
+        Some(rp),
+        "0000:01:00.0",
+        F::nvme().p2pmem(1 << 20).acs(ACS_EC),
+    )
+    .unwrap();
+    b.add(
+        Some(rp),
+        "0000:01:00.1",
+        F::nvme().p2pmem(1 << 20).acs(ACS_RR),
+    )
+    .unwrap();
+    b.host_facts(&intel()).unwrap();
+    let tree = PciTree::read(&SysfsRoot::new(dir.path())).unwrap();
+    let same = v(&tree, "01:00.0", "01:00.0");
+    assert_eq!(
+        (same.map_type, same.distance),
+        (MapType::NotSupported, Some(0))
+    );
+    assert!(same.reasons.contains(&Reason::AcsRedirect {
+        functions: bdfs(&["01:00.0"])
+    }));
+    let pair = v(&tree, "01:00.0", "01:00.1");
+    assert!(pair.reasons.contains(&Reason::AcsRedirect {
+        functions: bdfs(&["01:00.0", "01:00.1"])
+    }));
+}
