@@ -330,6 +330,12 @@ fn marks(f: &PciFunction) -> String {
     }
     if let Some(link) = f.link.current() {
         let _ = write!(m, " {}GT/s x{}", link.speed_gts, link.width);
+        let max = (f.link.max_speed, f.link.max_width);
+        if max != (Some(link.speed_gts), Some(link.width)) {
+            if let (Some(speed), Some(width)) = max {
+                let _ = write!(m, " (capable of {speed}GT/s x{width})");
+            }
+        }
     }
     if let Some(driver) = &f.driver {
         let _ = write!(m, " ({driver})");
