@@ -235,7 +235,7 @@ const EXPECTED_SWITCH_TREE: &str = r#"CPU: AuthenticAMD family 0xf (does not rou
 kernel 6.12.117: CONFIG_PCI_P2PDMA yes (0000:03:00.0 has a p2pmem directory)
 pci0000:00 (host bridge 0000:00:00.0 8086:29c0)
 ├─ 0000:00:00.0 8086:29c0 host bridge
-├─ 0000:00:01.0 1b36:000c root port 2.5GT/s x1 (pcieport)
+├─ 0000:00:01.0 1b36:000c root port 2.5GT/s x1 (capable of 8GT/s x4) (pcieport)
 │  └─ 0000:01:00.0 104c:8232 switch upstream port 2.5GT/s x1 (pcieport)
 │     ├─ 0000:02:00.0 104c:8233 switch downstream port 2.5GT/s x1 (pcieport)
 │     │  └─ 0000:03:00.0 1b36:0010 NVMe (nvme0 serial sw0) [p2pmem 15.9 MiB free of 16 MiB] 2.5GT/s x1 (nvme)
