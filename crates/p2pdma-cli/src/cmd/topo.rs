@@ -788,5 +788,21 @@ pub fn snapshot(args: SnapshotArgs, globals: &Globals) -> anyhow::Result<ExitCod
         if args.no_serials { ", serial numbers left out" } else { "" },
         args.out.display()
     );
+    // A snapshot taken without root has 64-byte config files: say so now, not in the bug report.
+    let taken = PciTree::read(&SysfsRoot::new(&args.out))
+        .with_context(|| format!("reading back {}", args.out.display()))?;
+    let unknown: Vec<String> = taken
+        .iter()
+        .filter(|f| f.acs.redirects().is_none())
+        .map(|f| f.bdf.to_string())
+        .collect();
+    if !unknown.is_empty() {
+        eprintln!(
+            "p2pdma: warning: the ACS state of {} function(s) ({}{}) could not be read (config space beyond 64 bytes needs root): take the snapshot as root for certain verdicts",
+            unknown.len(),
+            unknown.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+            if unknown.len() > 3 { ", ..." } else { "" }
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
