@@ -331,14 +331,16 @@ blockdev --setrw $B
 check dry-run      $A $B --length 8M --dry-run
 mkdir -p /mnt/b
 mke2fs -q $B >/dev/null 2>&1 && mount $B /mnt/b && echo MOUNTED
-check mounted      $A $B --length 1M --force
 dd if=/dev/urandom of=/mnt/b/small.bin bs=4096 count=16 2>/dev/null; sync
-DST=/mnt/b/small.bin
 SMALLBEFORE=$(md5sum < /mnt/b/small.bin | cut -d' ' -f1)
 p2pdma copy $A /mnt/b/small.bin --length 1M > /dev/null 2>/tmp/err.txt; rc=$?
 echo "CASE grow-file $rc $SMALLBEFORE $(md5sum < /mnt/b/small.bin | cut -d' ' -f1) $(wc -l < /tmp/err.txt) $(one_line /tmp/err.txt)"
 p2pdma copy $A /mnt/b/missing.bin --length 1M > /dev/null 2>/tmp/err.txt; rc=$?
 echo "CASE missing-file $rc $(ls /mnt/b/missing.bin 2>/dev/null | wc -l) 0 $(wc -l < /tmp/err.txt) $(one_line /tmp/err.txt)"
+# Read-only, so that the filesystem itself leaves the device alone while it is checksummed.
+mount -o remount,ro /mnt/b && sync
+DST=$B
+check mounted      $A $B --length 1M --force
 "#;
     let out = lab("switch", None, script);
     let stdout = text(&out.stdout);
