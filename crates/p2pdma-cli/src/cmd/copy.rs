@@ -122,6 +122,12 @@ struct Summary<'a> {
     verification: Option<Verification>,
 }
 
+/// The engine's buffers: device memory for P2P, host memory for a bounce copy.
+enum Buffers {
+    Device(Vec<P2pSlot>),
+    Host(Vec<HostBuffer>),
+}
+
 /// What `--dry-run` prints.
 #[derive(Debug, Serialize)]
 struct DryRun<'a> {
@@ -157,6 +163,16 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         }
     }
 
+    // Buffers first: if the pool cannot supply them, nothing has been opened or created.
+    let buffers = match route.mode {
+        Mode::P2p => Buffers::Device(allocate_p2p(globals, &route, &plan)?),
+        Mode::Bounce => Buffers::Host(
+            (0..plan.queue_depth)
+                .map(|_| HostBuffer::new(plan.chunk_size as usize))
+                .collect::<Result<Vec<_>, _>>()
+                .context("allocating the host bounce buffers")?,
+        ),
+    };
     let src_file = endpoint::open(&src.facts, Role::Source)?;
     let dst_file = endpoint::open(&dst.facts, Role::Destination)?;
     let src_end = Endpoint {
@@ -169,22 +185,10 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     };
 
     let bar = progress_bar(plan.length, "copy");
-    let result = match route.mode {
-        Mode::P2p => {
-            let buffers = allocate_p2p(globals, &route, &plan)?;
-            engine::run(src_end, dst_end, &plan, buffers, &mut |n| {
-                bar.set_position(n)
-            })
-        }
-        Mode::Bounce => {
-            let buffers = (0..plan.queue_depth)
-                .map(|_| HostBuffer::new(plan.chunk_size as usize))
-                .collect::<Result<Vec<_>, _>>()
-                .context("allocating the host bounce buffers")?;
-            engine::run(src_end, dst_end, &plan, buffers, &mut |n| {
-                bar.set_position(n)
-            })
-        }
+    let mut progress = |n| bar.set_position(n);
+    let result = match buffers {
+        Buffers::Device(b) => engine::run(src_end, dst_end, &plan, b, &mut progress),
+        Buffers::Host(b) => engine::run(src_end, dst_end, &plan, b, &mut progress),
     };
     bar.finish_and_clear();
     let report = match result {
