@@ -13,7 +13,7 @@ use p2pdma::copy::plan::{self, HumanBytes, DEFAULT_CHUNK_SIZE, DEFAULT_QUEUE_DEP
 use p2pdma::copy::route::{self, Mode, Route, Side};
 use p2pdma::copy::EndpointKind;
 use p2pdma::copy::{
-    engine, verify, CopyPlan, CopyRequest, Endpoint, EngineError, EngineReport, FailureKind,
+    engine, verify, CopyPlan, Direction, CopyRequest, Endpoint, EngineError, EngineReport, FailureKind,
     HostBuffer, P2pSlot, Verification,
 };
 use p2pdma::p2pmem::{P2pmemError, Provider};
@@ -95,6 +95,21 @@ pub struct CopyArgs {
     /// Print the plan (provider, path, verdicts, bottleneck, chunking) and touch nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Benchmark one half of the copy with the same buffers, chunking and queue depth:
+    /// only read SRC, or only write the buffers' contents (zeros, or whatever device memory
+    /// holds) over DST's range. All the checks of a copy still apply.
+    #[arg(long, value_enum, value_name = "HALF")]
+    pub only: Option<Half>,
+}
+
+/// One half of a copy, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Half {
+    /// Only read the source range.
+    Read,
+    /// Only write the destination range.
+    Write,
 }
 
 fn size(text: &str) -> Result<u64, String> {
@@ -118,6 +133,7 @@ struct Summary<'a> {
     chunk_size: u64,
     queue_depth: u32,
     short_transfers: u64,
+    only: Option<Half>,
     verified: Option<bool>,
     verification: Option<Verification>,
 }
@@ -158,7 +174,7 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(note) = &route.bounce_reason {
-        if !args.json {
+        if !args.json && args.bounce != Bounce::Always {
             eprintln!("p2pdma: copying through host memory: {note}");
         }
     }
@@ -186,9 +202,18 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
 
     let bar = progress_bar(plan.length, "copy");
     let mut progress = |n| bar.set_position(n);
+    let direction = match args.only {
+        None => Direction::Copy,
+        Some(Half::Read) => Direction::ReadOnly,
+        Some(Half::Write) => Direction::WriteOnly,
+    };
     let result = match buffers {
-        Buffers::Device(b) => engine::run(src_end, dst_end, &plan, b, &mut progress),
-        Buffers::Host(b) => engine::run(src_end, dst_end, &plan, b, &mut progress),
+        Buffers::Device(b) => {
+            engine::run_one_way(direction, src_end, dst_end, &plan, b, &mut progress)
+        }
+        Buffers::Host(b) => {
+            engine::run_one_way(direction, src_end, dst_end, &plan, b, &mut progress)
+        }
     };
     bar.finish_and_clear();
     let report = match result {
@@ -208,7 +233,7 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     }
     sync_if_file(&dst_file, &dst)?;
 
-    let verification = if args.verify {
+    let verification = if args.verify && args.only.is_none() {
         let bar = progress_bar(plan.length, "verify");
         let v = verify(src_end, dst_end, &plan, &mut |n| bar.set_position(n))?;
         bar.finish_and_clear();
@@ -690,6 +715,7 @@ fn print_summary(
             chunk_size: plan.chunk_size,
             queue_depth: plan.queue_depth,
             short_transfers: report.short_transfers,
+            only: args.only,
             verified: verification.map(|v| v.matched()),
             verification: verification.copied(),
         };
@@ -697,12 +723,27 @@ fn print_summary(
         writeln!(out)?;
         return Ok(());
     }
+    let what = match args.only {
+        None => format!(
+            "copied {} from {} to {}",
+            HumanBytes(report.bytes),
+            args.src.display(),
+            args.dst.display()
+        ),
+        Some(Half::Read) => format!(
+            "read {} from {} (--only read)",
+            HumanBytes(report.bytes),
+            args.src.display()
+        ),
+        Some(Half::Write) => format!(
+            "wrote {} to {} (--only write)",
+            HumanBytes(report.bytes),
+            args.dst.display()
+        ),
+    };
     writeln!(
         out,
-        "copied {} from {} to {} in {seconds:.3} s ({}/s), {}",
-        HumanBytes(report.bytes),
-        args.src.display(),
-        args.dst.display(),
+        "{what} in {seconds:.3} s ({}/s), {}",
         HumanBytes(throughput as u64),
         match route.mode {
             Mode::P2p => format!("P2P through {}", provider_name(route)),
