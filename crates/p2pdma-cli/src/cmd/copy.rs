@@ -13,8 +13,8 @@ use p2pdma::copy::plan::{self, HumanBytes, DEFAULT_CHUNK_SIZE, DEFAULT_QUEUE_DEP
 use p2pdma::copy::route::{self, Mode, Route, Side};
 use p2pdma::copy::EndpointKind;
 use p2pdma::copy::{
-    engine, verify, CopyPlan, Direction, CopyRequest, Endpoint, EngineError, EngineReport, FailureKind,
-    HostBuffer, P2pSlot, Verification,
+    engine, verify, CopyPlan, CopyRequest, Direction, Endpoint, EngineError, EngineReport,
+    FailureKind, HostBuffer, P2pSlot, Verification,
 };
 use p2pdma::p2pmem::{P2pmemError, Provider};
 use p2pdma::pci::PciTree;
