@@ -231,7 +231,9 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
             route.why_not.as_deref().unwrap_or("no reason recorded")
         );
     }
-    sync_if_file(&dst_file, &dst)?;
+    if direction != Direction::ReadOnly {
+        flush_destination(&dst_file, &dst)?;
+    }
 
     let verification = if args.verify && args.only.is_none() {
         let bar = progress_bar(plan.length, "verify");
@@ -261,12 +263,14 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
 }
 
 /// O_DIRECT writes to a file may leave metadata (a grown size, allocated extents) only in
-/// memory; a block device written with O_DIRECT has nothing cached to flush but its
-/// volatile write cache, which fdatasync also flushes.
-fn sync_if_file(file: &File, dst: &Inspected) -> anyhow::Result<()> {
-    file.sync_data()
-        .with_context(|| format!("flushing {} after the copy", dst.facts.path.display()))?;
-    Ok(())
+/// memory, and a device may hold written data in a volatile cache: fdatasync covers both.
+fn flush_destination(file: &File, dst: &Inspected) -> anyhow::Result<()> {
+    file.sync_data().with_context(|| {
+        format!(
+            "flushing {} after the copy (every write completed, but the data may not be durable)",
+            dst.facts.path.display()
+        )
+    })
 }
 
 fn progress_bar(len: u64, what: &'static str) -> ProgressBar {
