@@ -37,6 +37,9 @@ enum Command {
     /// Try one small O_DIRECT read from a client into a provider's p2pmem and report
     /// what the kernel did (the ground truth the topology verdicts are checked against).
     Probe(cmd::probe::ProbeArgs),
+    /// p2pmem pools: list them, or check that one holds data and survives an unbind.
+    #[command(subcommand)]
+    Mem(cmd::mem::MemCommand),
 }
 
 /// Options every subcommand may use.
@@ -56,6 +59,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshot(a) => cmd::topo::snapshot(a, &globals),
         Command::Copy(a) => cmd::copy::run(a, &globals),
         Command::Probe(a) => cmd::probe::probe(a, &globals),
+        Command::Mem(c) => cmd::mem::run(c, &globals),
     }
 }
 

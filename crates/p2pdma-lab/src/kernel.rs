@@ -10,7 +10,7 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -308,10 +308,42 @@ pub fn ensure(
     }
     let started = Instant::now();
     let work = paths::cache_root().join("build").join(&key);
+    let built = build_in(&work, &dir, source, flavour, jobs, on_event);
+    // The tree is a gigabyte or more, success or not; the image, config and build log
+    // (in the kernel's cache directory) are all that is kept.
+    on_event(BuildEvent::Stage("removing the build tree".into()));
+    let _ = fs::remove_dir_all(&work);
+    let bzimage = built?;
+    let kernel = CachedKernel {
+        bzimage,
+        key,
+        source: identity,
+        flavour,
+        build_seconds: started.elapsed().as_secs_f64(),
+    };
+    let meta_path = dir.join("kernel.json");
+    let meta = serde_json::to_string_pretty(&kernel).expect("kernel metadata serialises");
+    fs::write(&meta_path, meta).map_err(cache_err("cannot write", &meta_path))?;
+    Ok(kernel)
+}
+
+/// Unpacks (if needed), configures and compiles in `work`; puts bzImage and config in `dir`.
+fn build_in(
+    work: &Path,
+    dir: &Path,
+    source: &KernelSource,
+    flavour: Flavour,
+    jobs: usize,
+    on_event: &mut dyn FnMut(BuildEvent),
+) -> Result<PathBuf, KernelError> {
+    let cache_err = |what, path: &Path| {
+        let path = path.to_owned();
+        move |source| KernelError::Cache { what, path, source }
+    };
     if work.exists() {
-        fs::remove_dir_all(&work).map_err(cache_err("cannot clear", &work))?;
+        fs::remove_dir_all(work).map_err(cache_err("cannot clear", work))?;
     }
-    fs::create_dir_all(&work).map_err(cache_err("cannot create", &work))?;
+    fs::create_dir_all(work).map_err(cache_err("cannot create", work))?;
     let log_path = dir.join("build.log");
     let mut log = fs::File::create(&log_path).map_err(cache_err("cannot create", &log_path))?;
     let mut run = |step: &str, cmd: &mut Command, on_event: &mut dyn FnMut(BuildEvent)| {
@@ -395,20 +427,7 @@ pub fn ensure(
     fs::rename(&partial, &bzimage).map_err(cache_err("cannot rename", &partial))?;
     let config_copy = dir.join("config");
     fs::write(&config_copy, &config).map_err(cache_err("cannot write", &config_copy))?;
-    let kernel = CachedKernel {
-        bzimage,
-        key,
-        source: identity,
-        flavour,
-        build_seconds: started.elapsed().as_secs_f64(),
-    };
-    let meta_path = dir.join("kernel.json");
-    let meta = serde_json::to_string_pretty(&kernel).expect("kernel metadata serialises");
-    fs::write(&meta_path, meta).map_err(cache_err("cannot write", &meta_path))?;
-    on_event(BuildEvent::Stage("removing the build tree".into()));
-    // The tree is a gigabyte or more; the image and config are all that is kept.
-    let _ = fs::remove_dir_all(&work);
-    Ok(kernel)
+    Ok(bzimage)
 }
 
 fn run_step(
@@ -482,13 +501,6 @@ pub fn missing_options(fragment: &str, config: &str) -> Vec<String> {
         .filter(|opt| !set.contains(opt))
         .map(str::to_owned)
         .collect()
-}
-
-/// Seconds since the epoch, for metadata.
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

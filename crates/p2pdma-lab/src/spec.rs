@@ -181,8 +181,10 @@ pub struct TopologySpec {
     pub nvme: Vec<Nvme>,
 }
 
+/// QEMU's `qemu64` model calls itself AuthenticAMD family 0xf unless told otherwise; an
+/// Intel vendor string makes the default machine what it looks like: an Intel q35.
 fn default_cpu() -> String {
-    "qemu64".to_owned()
+    "qemu64,vendor=GenuineIntel".to_owned()
 }
 
 fn default_memory_mib() -> u32 {

@@ -486,6 +486,30 @@ garbage line without separator
     }
 
     #[test]
+    fn the_hosts_root_filesystem_device_counts_as_mounted() {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root_mount = parse_mountinfo(&text)
+            .into_iter()
+            .find(|m| m.mount_point == Path::new("/"))
+            .expect("a / mount");
+        let link = Path::new("/sys/dev/block").join(root_mount.dev.to_string());
+        let Ok(target) = std::fs::read_link(&link) else {
+            eprintln!(
+                "skipped: / is not on a block device ({})",
+                root_mount.source
+            );
+            return;
+        };
+        let name = target.file_name().unwrap().to_str().unwrap();
+        let dev = BlockDevice::read(Path::new("/sys"), name).unwrap();
+        let mounts = dev.mounts().unwrap();
+        assert!(
+            mounts.iter().any(|m| m.mount_point == Path::new("/")),
+            "{name} holds / but its mounts are {mounts:?}"
+        );
+    }
+
+    #[test]
     fn reads_a_real_device_node_when_one_exists() {
         // Host-dependent input, but a real check: any block device the host has must
         // resolve to a sysfs entry with a sane block size.

@@ -16,6 +16,27 @@
 //! access would raise SIGBUS. The [`crate::revoke`] handler turns that into
 //! [`P2pmemError::Revoked`] and the process lives on.
 //!
+//! ```no_run
+//! use std::os::unix::fs::OpenOptionsExt;
+//! use p2pdma::p2pmem::Provider;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let provider = Provider::open("/sys".as_ref(), "0000:03:00.0".parse()?)?;
+//! let mut buffer = provider.allocate(1 << 20)?;
+//! let source = std::fs::OpenOptions::new()
+//!     .read(true)
+//!     .custom_flags(libc::O_DIRECT)
+//!     .open("/dev/nvme1n1")?;
+//! // One DMA from the NVMe device into the provider's memory ...
+//! let n = buffer.pread(&source, 0, 0, buffer.len())?;
+//! // ... and a CPU look at the first bytes, through a copy.
+//! let mut head = [0u8; 16];
+//! buffer.read_into(0, &mut head)?;
+//! # let _ = n;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # References
 //! - Linux `drivers/pci/p2pdma.c` (`p2pmem_alloc_mmap`), sysfs ABI
 //!   `Documentation/ABI/testing/sysfs-bus-pci` (`p2pmem/`)
@@ -359,6 +380,15 @@ fn file_identity(file: &File) -> io::Result<(u64, u64)> {
 /// Dropping it unmaps it and returns the memory to the pool. It is `Send` (any thread may
 /// own it) but neither `Clone` nor `Sync`: it has exactly one user at a time, which is
 /// what makes revocation sealing sound (see [`crate::revoke`]).
+///
+/// ```
+/// fn owned_by_any_thread<T: Send>() {}
+/// owned_by_any_thread::<p2pdma::p2pmem::P2pBuffer>();
+/// ```
+/// ```compile_fail
+/// fn shared_between_threads<T: Sync>() {}
+/// shared_between_threads::<p2pdma::p2pmem::P2pBuffer>();
+/// ```
 #[derive(Debug)]
 pub struct P2pBuffer {
     provider: Bdf,

@@ -342,3 +342,149 @@ fn multipath_controller_bdf(disk_dir: &Path) -> Option<Bdf> {
         .iter()
         .find_map(|c| std::fs::canonicalize(c).ok().and_then(|p| bdf_in_path(&p)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sysfs::builder::{FunctionSpec as F, SysfsBuilder};
+
+    /// An NVMe with a partition, a multipath head, dm/loop devices and a SATA disk.
+    fn tree() -> (tempfile::TempDir, SysfsBuilder) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = SysfsBuilder::new(dir.path()).unwrap();
+        b.add(None, "0000:00:00.0", F::host_bridge(0x8086, 0x29c0))
+            .unwrap();
+        let rp = b.add(None, "0000:00:01.0", F::root_port()).unwrap();
+        let nvme = b
+            .add(
+                Some(rp),
+                "0000:01:00.0",
+                F::nvme().nvme_controller("nvme0", "SER0", &["nvme0n1"]),
+            )
+            .unwrap();
+        let ns = b.function_dir(nvme).unwrap().join("nvme/nvme0/nvme0n1");
+        b.block_device_at(&ns.join("nvme0n1p1"), Some(1)).unwrap();
+        let rp2 = b.add(None, "0000:00:02.0", F::root_port()).unwrap();
+        let mp = b
+            .add(
+                Some(rp2),
+                "0000:02:00.0",
+                F::nvme().nvme_controller("nvme1", "SER1", &["nvme1c1n1"]),
+            )
+            .unwrap();
+        let subsys = Path::new("devices/virtual/nvme-subsystem/nvme-subsys1");
+        b.block_device_at(&subsys.join("nvme1n1"), None).unwrap();
+        let ctrl = b.function_dir(mp).unwrap().join("nvme/nvme1");
+        std::os::unix::fs::symlink(
+            Path::new("../../../..").join(ctrl),
+            b.root().join(subsys).join("nvme1"),
+        )
+        .unwrap();
+        b.block_device_at(Path::new("devices/virtual/block/dm-0"), None)
+            .unwrap();
+        b.block_device_at(Path::new("devices/virtual/block/loop0"), None)
+            .unwrap();
+        b.block_device_at(Path::new("devices/virtual/block/md0"), None)
+            .unwrap();
+        let sata = b
+            .add(
+                Some(rp2),
+                "0000:02:00.1",
+                F::endpoint(0x8086, 0x2922, 0x010601),
+            )
+            .unwrap();
+        let sda = b
+            .function_dir(sata)
+            .unwrap()
+            .join("ata1/host0/target0:0:0/0:0:0:0/block/sda");
+        b.block_device_at(&sda, None).unwrap();
+        (dir, b)
+    }
+
+    fn root(b: &SysfsBuilder) -> SysfsRoot {
+        SysfsRoot::new(b.root())
+    }
+
+    #[test]
+    fn bdf_controller_namespace_and_partition() {
+        let (_d, b) = tree();
+        let r = root(&b);
+        let t = resolve(&r, "0000:01:00.0").unwrap();
+        assert_eq!(t.kind, TargetKind::PciFunction);
+        assert_eq!(t.bdf, Some("01:00.0".parse().unwrap()));
+        let t = resolve(&r, "/dev/nvme0").unwrap();
+        assert_eq!(
+            (t.kind, t.controller.as_deref()),
+            (TargetKind::NvmeController, Some("nvme0"))
+        );
+        assert_eq!(t.bdf, Some("01:00.0".parse().unwrap()));
+        let t = resolve(&r, "/dev/nvme0n1").unwrap();
+        assert_eq!(t.kind, TargetKind::Disk);
+        assert!(t.p2p_queue, "{t:?}");
+        assert_eq!(t.controller.as_deref(), Some("nvme0"));
+        let t = resolve(&r, "nvme0n1p1").unwrap();
+        assert_eq!(t.kind, TargetKind::Partition);
+        assert_eq!(
+            (t.block_device.as_deref(), t.disk.as_deref()),
+            (Some("nvme0n1p1"), Some("nvme0n1"))
+        );
+        assert!(t.p2p_queue);
+        assert_eq!(t.bdf, Some("01:00.0".parse().unwrap()));
+    }
+
+    #[test]
+    fn queues_without_p2pdma_are_named() {
+        let (_d, b) = tree();
+        let r = root(&b);
+        for (name, words) in [
+            ("/dev/dm-0", "device-mapper"),
+            ("/dev/md0", "md RAID"),
+            ("/dev/loop0", "loop device"),
+            ("/dev/nvme1n1", "multipath head"),
+            ("/dev/sda", "not an NVMe PCIe namespace"),
+        ] {
+            let t = resolve(&r, name).unwrap();
+            assert!(!t.p2p_queue, "{name}");
+            let why = t.not_p2p_because.unwrap();
+            assert!(why.contains(words), "{name}: {why}");
+        }
+        // The head disk still leads to the controller's function.
+        let t = resolve(&r, "nvme1n1").unwrap();
+        assert_eq!(t.bdf, Some("02:00.0".parse().unwrap()));
+        let t = resolve(&r, "sda").unwrap();
+        assert_eq!(t.bdf, Some("02:00.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_regular_file_resolves_through_its_st_dev() {
+        let (_d, b) = tree();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let dev = std::fs::metadata(file.path()).unwrap().dev();
+        let (major, minor) = split_dev(dev);
+        let r = root(&b);
+        let name = file.path().to_str().unwrap();
+        // Not (yet) a block device in this root: a clear error naming the numbers.
+        let e = resolve(&r, name).unwrap_err();
+        assert!(e.to_string().contains(&format!("{major}:{minor}")), "{e}");
+        // Make the file's st_dev the NVMe partition in the fake root.
+        let target = std::fs::read_link(r.dev_block(259, 2)).unwrap();
+        std::os::unix::fs::symlink(target, r.dev_block(major, minor)).unwrap();
+        let t = resolve(&r, name).unwrap();
+        assert_eq!(t.kind, TargetKind::File);
+        assert_eq!(t.block_device.as_deref(), Some("nvme0n1p1"));
+        assert!(t.p2p_queue);
+    }
+
+    #[test]
+    fn unknown_names_and_missing_functions_are_clear_errors() {
+        let (_d, b) = tree();
+        let r = root(&b);
+        let e = resolve(&r, "0000:09:00.0").unwrap_err();
+        assert!(
+            e.to_string().contains("no PCI function 0000:09:00.0"),
+            "{e}"
+        );
+        let e = resolve(&r, "/dev/nvme7n1").unwrap_err();
+        assert!(e.to_string().contains("'/dev/nvme7n1' is not"), "{e}");
+    }
+}

@@ -29,8 +29,8 @@
 //!   Skipping is always correct, because the slot of the *faulting* range cannot be
 //!   changing: the range belongs to a buffer that the faulting thread is using, and a
 //!   buffer is only unregistered when it is dropped, which needs exclusive ownership.
-//! - it makes raw `mmap` / `rt_sigaction` system calls (both on the POSIX list of
-//!   async-signal-safe functions; rustix issues them without touching `errno`);
+//! - it makes `mmap` / `sigaction` system calls (both on the POSIX list of
+//!   async-signal-safe functions), and saves and restores `errno` around its work;
 //! - it calls the previous handler, which the previous owner of SIGBUS promised to be
 //!   callable from a signal handler;
 //! - the saved previous action lives in a `OnceLock` that is filled *before* the handler
@@ -179,9 +179,12 @@ impl Drop for Registration {
 /// Registers `[start, start + len)` as a p2pmem mapping to protect, installing the SIGBUS
 /// handler on first use.
 ///
-/// The range should be a whole mapping the caller owns: on revocation the handler maps
-/// anonymous memory over all of it.
-pub fn register(start: *mut u8, len: usize) -> Result<Registration, RevokeError> {
+/// # Safety
+/// `[start, start + len)` must be a whole shared mapping that the caller owns and that no
+/// Rust reference covers, and the caller must drop the [`Registration`] before unmapping
+/// it: on a SIGBUS anywhere in the range the handler maps fresh anonymous memory over all
+/// of it, which would corrupt anything else living there.
+pub unsafe fn register(start: *mut u8, len: usize) -> Result<Registration, RevokeError> {
     let start = start as usize;
     if len == 0 || start.checked_add(len).is_none() {
         return Err(RevokeError::BadRange { start, len });
@@ -246,6 +249,17 @@ fn last_errno() -> i32 {
 
 /// The SIGBUS handler. Async-signal-safe: see the module documentation.
 extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
+    // The interrupted code may be between a failing call and its errno check.
+    // SAFETY: `__errno_location` returns this thread's errno slot, valid for its lifetime.
+    let errno = unsafe { libc::__errno_location() };
+    // SAFETY: as above.
+    let saved_errno = unsafe { *errno };
+    handle_sigbus(signal, info, context);
+    // SAFETY: as above.
+    unsafe { *errno = saved_errno };
+}
+
+fn handle_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
     // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t; for SIGBUS `si_addr`
     // is the faulting address.
     let fault = unsafe { (*info).si_addr() } as usize;
@@ -313,11 +327,12 @@ mod tests {
 
     #[test]
     fn registration_rejects_empty_ranges_and_frees_its_slot() {
-        assert!(matches!(
-            register(0x1000 as *mut u8, 0),
-            Err(RevokeError::BadRange { .. })
-        ));
-        let mut reg = register(0x7000_0000 as *mut u8, 4096).unwrap();
+        // SAFETY: an empty range is refused before anything is registered.
+        let empty = unsafe { register(0x1000 as *mut u8, 0) };
+        assert!(matches!(empty, Err(RevokeError::BadRange { .. })));
+        // SAFETY: nothing is mapped at this address in the test process, so no SIGBUS can
+        // arise in it while it is registered.
+        let mut reg = unsafe { register(0x7000_0000 as *mut u8, 4096) }.unwrap();
         let slot = reg.slot.unwrap();
         assert_eq!(SLOTS[slot].read(), Some((0x7000_0000, 4096)));
         assert!(!reg.is_revoked());

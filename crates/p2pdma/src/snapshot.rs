@@ -480,4 +480,72 @@ mod tests {
         let (v, _) = detect_p2pdma(dir.path(), Some("6.2.0"), &BTreeMap::new());
         assert_eq!(v, KernelP2pdma::Unknown);
     }
+
+    #[test]
+    fn a_snapshot_reads_back_as_the_same_tree_and_can_drop_serials() {
+        use crate::sysfs::builder::{FunctionSpec as F, SysfsBuilder};
+        let src = tempfile::tempdir().unwrap();
+        let mut b = SysfsBuilder::new(src.path()).unwrap();
+        b.add(None, "0000:00:00.0", F::host_bridge(0x8086, 0x29c0))
+            .unwrap();
+        let rp = b
+            .add(None, "0000:00:01.0", F::root_port().acs(0x1d))
+            .unwrap();
+        let up = b
+            .add(Some(rp), "0000:01:00.0", F::switch_upstream())
+            .unwrap();
+        let dn = b
+            .add(Some(up), "0000:02:00.0", F::switch_downstream())
+            .unwrap();
+        b.add(
+            Some(dn),
+            "0000:03:00.0",
+            F::nvme()
+                .p2pmem(16 << 20)
+                .link(8.0, 4)
+                .nvme_controller("nvme0", "SER0", &["nvme0n1"]),
+        )
+        .unwrap();
+        let mut facts = HostFacts::unknown("x");
+        facts.cpu_vendor = Some("GenuineIntel".into());
+        b.host_facts(&facts).unwrap();
+        let before = crate::pci::PciTree::read(&SysfsRoot::new(src.path())).unwrap();
+
+        let out = tempfile::tempdir().unwrap();
+        let snap = out.path().join("snap");
+        let summary = take(
+            &SysfsRoot::new(src.path()),
+            &snap,
+            SnapshotOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(summary.functions, 5);
+        let after = crate::pci::PciTree::read(&SysfsRoot::new(&snap)).unwrap();
+        assert_eq!(
+            serde_json::to_value(&before.functions).unwrap(),
+            serde_json::to_value(&after.functions).unwrap()
+        );
+        assert_eq!(after.host.cpu_vendor.as_deref(), Some("GenuineIntel"));
+        let t = crate::resolve::resolve(&SysfsRoot::new(&snap), "/dev/nvme0n1").unwrap();
+        assert!(t.p2p_queue);
+
+        let e = take(
+            &SysfsRoot::new(src.path()),
+            &snap,
+            SnapshotOptions::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not empty"), "{e}");
+
+        let anon = out.path().join("anon");
+        take(
+            &SysfsRoot::new(src.path()),
+            &anon,
+            SnapshotOptions { no_serials: true },
+        )
+        .unwrap();
+        let tree = crate::pci::PciTree::read(&SysfsRoot::new(&anon)).unwrap();
+        let nvme = &tree.function("03:00.0".parse().unwrap()).unwrap().nvme[0];
+        assert_eq!((nvme.name.as_str(), nvme.serial.as_ref()), ("nvme0", None));
+    }
 }

@@ -412,7 +412,11 @@ impl<'a> Topology<'a> {
             if self.redirects[up_a as usize] == Some(true) {
                 acs_redirect.push(up_a as usize);
             }
-            if let Some(j) = b_chain.iter().position(|&up_b| up_b == up_a) {
+            // Chains end on a root bus, so a common function sits at the same height
+            // above the root in both: one comparison instead of a search.
+            let height = a_chain.len() - 1 - i;
+            let j = (b_chain.len() - 1).checked_sub(height);
+            if let Some(j) = j.filter(|&j| b_chain[j] == up_a) {
                 for &up_b in &b_chain[..j] {
                     if self.redirects[up_b as usize] == Some(true) {
                         acs_redirect.push(up_b as usize);

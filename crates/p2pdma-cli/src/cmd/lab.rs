@@ -32,6 +32,8 @@ pub enum LabCommand {
     Run(RunArgs),
     /// The tour for a newcomer without hardware: boot `switch` and show P2P at work.
     Demo(DemoArgs),
+    /// Measure boot-to-command time of topologies (min/median/max over several boots).
+    Bench(BenchArgs),
     /// Helpers for commands running inside the lab guest.
     #[command(subcommand)]
     Guest(GuestCommand),
@@ -55,7 +57,7 @@ pub struct KernelChoice {
     #[arg(long, value_enum, default_value_t = FlavourArg::Standard)]
     flavour: FlavourArg,
     /// Boot this bzImage instead of the cached lab kernel.
-    #[arg(long, value_name = "BZIMAGE", conflicts_with_all = ["source", "flavour"])]
+    #[arg(long, value_name = "BZIMAGE", env = "P2PDMA_LAB_KERNEL", conflicts_with_all = ["source", "flavour"])]
     kernel: Option<PathBuf>,
 }
 
@@ -170,6 +172,22 @@ pub struct DemoArgs {
     out: Option<PathBuf>,
 }
 
+/// `p2pdma lab bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Topologies to boot (default: all).
+    #[arg(long = "topology", short)]
+    topologies: Vec<String>,
+    /// Boots per topology.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    #[command(flatten)]
+    kernel: KernelChoice,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Helpers for use inside the guest.
 #[derive(Debug, clap::Subcommand)]
 pub enum GuestCommand {
@@ -210,6 +228,7 @@ pub fn run(cmd: LabCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
         LabCommand::Topologies(args) => topologies(args),
         LabCommand::Run(args) => lab_run(args),
         LabCommand::Demo(args) => demo(args),
+        LabCommand::Bench(args) => bench(args),
         LabCommand::Guest(g) => guest(g, globals),
     }
 }
@@ -439,22 +458,24 @@ fn lab_run_inner(args: RunArgs) -> anyhow::Result<ExitCode> {
         .out
         .clone()
         .unwrap_or_else(|| default_run_dir(&topology.name));
+    let accel = choose_accel(args.accel, &kernel);
     let request = RunRequest {
-        topology,
-        kernel: kernel.clone(),
-        guest_binary,
-        command: args.command.join(" "),
         files,
         programs,
         fetch: args.fetch.clone(),
-        out_dir: out_dir.clone(),
         kernel_args: args.kernel_args.clone(),
         boot_timeout: Duration::from_secs(args.boot_timeout),
         command_timeout: Duration::from_secs(args.timeout),
-        accel: choose_accel(args.accel, &kernel),
         faults: args.faults.clone(),
         keep_disks: args.keep_disks,
-        echo: true,
+        ..RunRequest::new(
+            topology,
+            kernel.clone(),
+            guest_binary,
+            args.command.join(" "),
+            out_dir.clone(),
+            accel,
+        )
     };
     let outcome = vm::run(&request)?;
     if let Some(report) = &args.report {
@@ -504,23 +525,15 @@ fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let catalog = Catalog::load(paths::user_topologies().as_deref(), &[])?;
     let topology = catalog.get("switch")?;
     let out_dir = args.out.unwrap_or_else(|| default_run_dir("demo"));
-    let request = RunRequest {
+    let accel = choose_accel(AccelArg::Auto, &kernel);
+    let request = RunRequest::new(
         topology,
-        kernel: kernel.clone(),
-        guest_binary: guest_binary()?,
-        command: DEMO_SCRIPT.to_owned(),
-        files: Vec::new(),
-        programs: Vec::new(),
-        fetch: Vec::new(),
-        out_dir: out_dir.clone(),
-        kernel_args: Vec::new(),
-        boot_timeout: Duration::from_secs(90),
-        command_timeout: Duration::from_secs(600),
-        accel: choose_accel(AccelArg::Auto, &kernel),
-        faults: Vec::new(),
-        keep_disks: false,
-        echo: true,
-    };
+        kernel,
+        guest_binary()?,
+        DEMO_SCRIPT.to_owned(),
+        out_dir,
+        accel,
+    );
     let outcome = match vm::run(&request) {
         Ok(o) => o,
         Err(err) => {
@@ -539,6 +552,91 @@ fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(
         u8::try_from(outcome.status).unwrap_or(LAB_FAILURE),
     ))
+}
+
+#[derive(Debug, serde::Serialize)]
+struct BootFigures {
+    topology: String,
+    runs: usize,
+    accel: Accel,
+    boot_seconds_min: f64,
+    boot_seconds_median: f64,
+    boot_seconds_max: f64,
+    guest_uptime_median: f64,
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let catalog = Catalog::load(paths::user_topologies().as_deref(), &[])?;
+    let names = if args.topologies.is_empty() {
+        catalog.names()
+    } else {
+        args.topologies.clone()
+    };
+    let kernel = ensure_kernel(&args.kernel, None, false)?;
+    let accel = choose_accel(AccelArg::Auto, &kernel);
+    let guest_binary = guest_binary()?;
+    let mut figures = Vec::new();
+    if !args.json {
+        println!("boot-to-command time: QEMU start until the guest has every NVMe namespace and runs the command");
+        println!(
+            "{:<14} {:>4} {:>8} {:>8} {:>8} {:>14}",
+            "topology", "runs", "min s", "median s", "max s", "guest uptime s"
+        );
+    }
+    for name in names {
+        let topology = catalog.get(&name)?;
+        let mut boots = Vec::new();
+        let mut uptimes = Vec::new();
+        for _ in 0..args.runs {
+            let out_dir = default_run_dir(&format!("bench-{name}"));
+            let request = RunRequest {
+                command_timeout: Duration::from_secs(60),
+                echo: false,
+                ..RunRequest::new(
+                    topology.clone(),
+                    kernel.clone(),
+                    guest_binary.clone(),
+                    "true".to_owned(),
+                    out_dir.clone(),
+                    accel,
+                )
+            };
+            let outcome = vm::run(&request).with_context(|| format!("booting {name}"))?;
+            boots.push(outcome.boot_seconds);
+            uptimes.push(outcome.guest_uptime_at_ready);
+            let _ = std::fs::remove_dir_all(&out_dir);
+        }
+        boots.sort_by(f64::total_cmp);
+        uptimes.sort_by(f64::total_cmp);
+        let f = BootFigures {
+            topology: name.clone(),
+            runs: args.runs,
+            accel,
+            boot_seconds_min: boots[0],
+            boot_seconds_median: boots[boots.len() / 2],
+            boot_seconds_max: boots[boots.len() - 1],
+            guest_uptime_median: uptimes[uptimes.len() / 2],
+        };
+        if !args.json {
+            println!(
+                "{:<14} {:>4} {:>8.2} {:>8.2} {:>8.2} {:>14.2}",
+                f.topology,
+                f.runs,
+                f.boot_seconds_min,
+                f.boot_seconds_median,
+                f.boot_seconds_max,
+                f.guest_uptime_median
+            );
+        }
+        figures.push(f);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Finds the PCI function of the NVMe controller whose serial is `serial`.

@@ -2,5 +2,6 @@
 
 pub mod copy;
 pub mod lab;
+pub mod mem;
 pub mod probe;
 pub mod topo;

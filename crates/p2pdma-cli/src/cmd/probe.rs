@@ -2,12 +2,12 @@
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use p2pdma::blockdev::BlockDevice;
-use p2pdma::p2pmem::{P2pmemError, Provider};
+use p2pdma::p2pmem::{P2pBuffer, P2pmemError, Provider};
 use p2pdma::Bdf;
 use serde::Serialize;
 
@@ -49,6 +49,9 @@ struct ProbeReport {
     /// Bytes the read returned (0 unless `result` is `ok`).
     bytes_read: usize,
     result: Outcome,
+    /// After an `ok`: whether the bytes that landed in device memory equal the same block
+    /// read through host memory (a buffered read).
+    matches_host_read: Option<bool>,
     errno: Option<i32>,
     error: Option<String>,
 }
@@ -74,6 +77,11 @@ pub fn probe(args: ProbeArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         Err(e) if e.is_p2p_refusal() => (Outcome::P2pRefused, 0, Some(e)),
         Err(e) => (Outcome::Error, 0, Some(e)),
     };
+    let matches_host_read = if result == Outcome::Ok {
+        Some(same_as_host_read(&buffer, &args.client, bytes_read)?)
+    } else {
+        None
+    };
     let errno = source.as_ref().and_then(errno_of);
     let report = ProbeReport {
         provider: args.provider,
@@ -81,11 +89,25 @@ pub fn probe(args: ProbeArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         bytes,
         bytes_read,
         result,
+        matches_host_read,
         errno,
         error: source.as_ref().map(chain_text),
     };
     print_report(&report, args.json)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Compares the first `len` bytes of `buffer` with the client's first `len` bytes read
+/// through the page cache.
+fn same_as_host_read(buffer: &P2pBuffer, client: &Path, len: usize) -> anyhow::Result<bool> {
+    use std::io::Read;
+    let mut host = vec![0u8; len];
+    std::fs::File::open(client)
+        .and_then(|mut f| f.read_exact(&mut host))
+        .with_context(|| format!("cannot read {} through host memory", client.display()))?;
+    let mut device = vec![0u8; len];
+    buffer.read_into(0, &mut device)?;
+    Ok(host == device)
 }
 
 fn errno_of(e: &P2pmemError) -> Option<i32> {
@@ -119,8 +141,14 @@ fn print_report(report: &ProbeReport, json: bool) -> anyhow::Result<()> {
     match report.result {
         Outcome::Ok => writeln!(
             out,
-            "{head}: ok, read {} of {} bytes into the provider's memory by P2P DMA",
-            report.bytes_read, report.bytes
+            "{head}: ok, read {} of {} bytes into the provider's memory by P2P DMA ({})",
+            report.bytes_read,
+            report.bytes,
+            if report.matches_host_read == Some(true) {
+                "same bytes as a read through host memory"
+            } else {
+                "DIFFERENT bytes from a read through host memory"
+            }
         )?,
         Outcome::P2pRefused => writeln!(
             out,

@@ -29,8 +29,16 @@ done
 echo "@@booted $(cut -d' ' -f1 /proc/uptime)" >&3
 
 cd /root
-/bin/sh /lab/cmd.sh </dev/null >/dev/ttyS1 2>/dev/ttyS2
+# The command writes into pipes, not the serial ttys, so it behaves as under CI or a
+# redirect (no progress bars, no terminal escapes) and stdout and stderr stay apart.
+mkfifo /run/stdout /run/stderr
+cat /run/stdout >/dev/ttyS1 &
+out_pid=$!
+cat /run/stderr >/dev/ttyS2 &
+err_pid=$!
+/bin/sh /lab/cmd.sh </dev/null >/run/stdout 2>/run/stderr
 status=$?
+wait $out_pid $err_pid
 echo "@@status $status" >&3
 while read -r path; do
     [ -n "$path" ] || continue

@@ -10,6 +10,7 @@ use std::ffi::c_void;
 use std::os::fd::AsFd;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
+use std::sync::atomic::{compiler_fence, Ordering};
 
 use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
 
@@ -58,7 +59,9 @@ impl Mapping {
         }
         .map_err(MapError::Mmap)?;
         let start = NonNull::new(raw.cast::<u8>()).expect("mmap never returns null on success");
-        match revoke::register(start.as_ptr(), len) {
+        // SAFETY: the whole fresh mapping is ours, no reference covers it, and `Drop`
+        // unregisters it before unmapping.
+        match unsafe { revoke::register(start.as_ptr(), len) } {
             Ok(registration) => Ok(Mapping {
                 start,
                 len,
@@ -97,6 +100,10 @@ impl Mapping {
 
     /// Fails when the mapping is (or just became) revoked, sealing it.
     fn revoked_check(&self) -> Result<(), Revoked> {
+        // The revoked flag is set by the SIGBUS handler on this same thread, in the middle
+        // of a copy. A signal fence keeps the compiler from moving the flag's load across
+        // the volatile accesses of the copy that may fault.
+        compiler_fence(Ordering::SeqCst);
         if self.is_revoked() {
             self.seal();
             return Err(Revoked);
@@ -136,6 +143,7 @@ impl Mapping {
             // SAFETY: as in `read_into`, `[offset + done, offset + done + n)` is inside
             // our live mapping.
             unsafe { volatile_copy_to(self.start.as_ptr().add(offset + done), &chunk[..n]) };
+            compiler_fence(Ordering::SeqCst);
             if self.registration.is_revoked() {
                 break;
             }
@@ -359,6 +367,19 @@ mod tests {
         assert_eq!(m.write_from(0, b"x"), Err(Revoked));
         assert_eq!(m.fill(0, 8, 1), Err(Revoked));
         assert_eq!(m.io_ptr(0), Err(Revoked));
+    }
+
+    #[test]
+    fn a_mapping_moved_to_another_thread_is_revoked_there() {
+        let (file, m) = file_mapping(2);
+        file.as_file().set_len(0).unwrap();
+        let outcome = std::thread::spawn(move || {
+            let mut buf = [0u8; 4];
+            m.read_into(page(), &mut buf)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(outcome, Err(Revoked));
     }
 
     #[test]

@@ -1,0 +1,163 @@
+//! Topology verdicts against the real kernel, in the QEMU lab.
+//!
+//! For every shipped topology, the guest prints p2pdma's prediction for every
+//! (p2pmem provider, NVMe namespace) pair (`p2pdma topo --pairs --json`), then asks the
+//! kernel: `p2pdma probe` reads the namespace's first block with O_DIRECT into a buffer
+//! from the provider's p2pmem. The test prints the table and the count and fails on any
+//! disagreement. The kernel's `pci=disable_acs_redir=` advice, when it logs one, must
+//! equal the ACS list p2pdma predicted for some pair.
+//!
+//! Besides the shipped topologies, `tests/lab_topology_extra.toml` adds ACS cases the
+//! shipped ones do not reach (redirect above the common switch, ACS with an AMD CPU,
+//! redirecting root ports without a common bridge).
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use serde_json::Value;
+
+const GUEST_SCRIPT: &str = r#"
+p2pdma topo --pairs --json
+p2pdma topo --pairs | while read p d rest; do p2pdma probe --provider $p /dev/$d --json; done
+dmesg | grep -o 'pci=disable_acs_redir=[0-9a-f:.;]*' | sed 's/^/KERNEL-ACS /'
+true
+"#;
+
+const EXTRA_TOPOLOGIES: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab_topology_extra.toml");
+
+fn p2pdma() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_p2pdma"))
+}
+
+fn topologies() -> Vec<String> {
+    let out = p2pdma()
+        .args(["lab", "topologies", "--topologies", EXTRA_TOPOLOGIES])
+        .output()
+        .expect("run p2pdma lab topologies");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+#[ignore = "lab: boots a QEMU guest per topology; run with --include-ignored"]
+fn predicted_verdicts_equal_what_the_kernel_does_for_every_pair_of_every_topology() {
+    let names = topologies();
+    assert!(!names.is_empty(), "no lab topologies");
+    let mut table = String::new();
+    let mut total = 0usize;
+    let mut disagreements = Vec::new();
+    for topology in &names {
+        let out = p2pdma()
+            .args([
+                "lab",
+                "run",
+                "-q",
+                "--topology",
+                topology,
+                "--timeout",
+                "300",
+                "--",
+            ])
+            .arg(GUEST_SCRIPT)
+            .output()
+            .expect("run p2pdma lab run");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{topology}: guest failed\n{stdout}\n{stderr}"
+        );
+
+        let mut predicted: BTreeMap<(String, String), Value> = BTreeMap::new();
+        let mut probes = Vec::new();
+        let mut kernel_acs = Vec::new();
+        for line in stdout.lines().map(str::trim) {
+            if let Some(value) = line.strip_prefix("KERNEL-ACS pci=disable_acs_redir=") {
+                kernel_acs.push(value.to_owned());
+            } else if line.starts_with('{') {
+                let v: Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{topology}: bad JSON {line:?}: {e}"));
+                if let Some(disk) = v["client_disk"].as_str() {
+                    let key = (
+                        v["provider"].as_str().unwrap().to_owned(),
+                        format!("/dev/{disk}"),
+                    );
+                    predicted.insert(key, v);
+                } else {
+                    probes.push(v);
+                }
+            }
+        }
+        assert!(
+            !predicted.is_empty(),
+            "{topology}: no predictions\n{stdout}\n{stderr}"
+        );
+        assert_eq!(
+            probes.len(),
+            predicted.len(),
+            "{topology}: one probe per predicted pair\n{stdout}"
+        );
+        for probe in &probes {
+            let provider = probe["provider"].as_str().unwrap().to_owned();
+            let client = probe["client"].as_str().unwrap().to_owned();
+            let kernel = probe["result"].as_str().unwrap().to_owned();
+            let p = &predicted[&(provider.clone(), client.clone())];
+            let p2p = p["p2p"].as_bool().unwrap();
+            let agrees = (kernel == "ok") == p2p && kernel != "error";
+            table.push_str(&format!(
+                "{topology:<14} {provider} <- {client:<13} predicted {:<8} ({}, distance {}) kernel {kernel:<11}{}\n",
+                if p2p { "p2p" } else { "refused" },
+                p["map_type"].as_str().unwrap_or("?"),
+                p["distance"],
+                if agrees { "" } else { "  DISAGREE" }
+            ));
+            if !agrees {
+                disagreements.push(format!(
+                    "{topology}: {provider} <- {client}: predicted {p}, kernel {probe}"
+                ));
+            }
+            total += 1;
+        }
+        let predicted_acs: Vec<String> = predicted
+            .values()
+            .map(|p| {
+                p["acs_redirect"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|b| b.as_str().unwrap().to_owned())
+                    .collect::<Vec<_>>()
+                    .join(";")
+            })
+            .collect();
+        for value in &kernel_acs {
+            table.push_str(&format!(
+                "{topology:<14} kernel advised pci=disable_acs_redir={value}: {}\n",
+                if predicted_acs.contains(value) {
+                    "predicted"
+                } else {
+                    "NOT PREDICTED"
+                }
+            ));
+            if !predicted_acs.contains(value) {
+                disagreements.push(format!(
+                    "{topology}: kernel's ACS advice {value} not among {predicted_acs:?}"
+                ));
+            }
+        }
+    }
+    println!(
+        "{table}{total} pairs on {} topologies, {} disagreements",
+        names.len(),
+        disagreements.len()
+    );
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
+}

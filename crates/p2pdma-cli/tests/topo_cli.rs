@@ -1,0 +1,220 @@
+//! `p2pdma topo` and `p2pdma snapshot` on the lab snapshots kept as fixtures (no VM).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../p2pdma/tests/fixtures")
+        .join(name)
+}
+
+fn p2pdma(sysfs: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_p2pdma"))
+        .arg("--sysfs")
+        .arg(sysfs)
+        .args(args)
+        .output()
+        .expect("run p2pdma")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn tree_marks_providers_and_acs_redirect() {
+    let o = p2pdma(&fixture("acs"), &["topo"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("0000:00:01.0 1b36:000c root port [ACS redirect RR+CR]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("0000:01:00.0 1b36:0010 NVMe (nvme0 serial mf0) [p2pmem"),
+        "{text}"
+    );
+    assert!(text.contains("CONFIG_PCI_P2PDMA yes"), "{text}");
+}
+
+#[test]
+fn matrix_of_the_mixed_topology() {
+    let o = p2pdma(&fixture("mixed"), &["topo", "--matrix"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .take(5)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["nvme0", "nvme1", "nvme2", "nvme3"]);
+    assert_eq!(rows[1], ["nvme0*", "X", "NO5", "NO5", "NO3"]);
+    assert_eq!(rows[2], ["nvme1*", "NO5", "X", "BUS4", "NO6"]);
+    assert_eq!(rows[3], ["nvme2*", "NO5", "BUS4", "X", "NO6"]);
+    assert_eq!(rows[4], ["nvme3", "NO3", "NO6", "NO6", "X"]);
+    assert!(text.contains("Legend"), "{text}");
+
+    let o = p2pdma(&fixture("mixed"), &["topo", "--matrix", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).expect("matrix JSON");
+    assert_eq!(v["devices"].as_array().unwrap().len(), 4);
+    assert_eq!(v["cells"][1][2]["map_type"], "bus_addr");
+    assert_eq!(v["cells"][1][2]["distance"], 4);
+}
+
+#[test]
+fn explain_names_the_kernels_acs_fix_and_exits_2_when_refused() {
+    let o = p2pdma(
+        &fixture("acs"),
+        &["topo", "--explain", "0000:01:00.0", "/dev/nvme1n1"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("P2P REFUSED"), "{text}");
+    assert!(
+        text.contains("pci=disable_acs_redir=0000:00:01.0"),
+        "{text}"
+    );
+
+    let o = p2pdma(
+        &fixture("switch"),
+        &["topo", "--explain", "0000:03:00.0", "nvme1n1", "--json"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("explain JSON");
+    assert_eq!(v["p2p"], true);
+    assert_eq!(v["verdict"]["map_type"], "bus_addr");
+    assert_eq!(v["verdict"]["distance"], 4);
+    assert_eq!(v["client"]["block_device"], "nvme1n1");
+    assert_eq!(v["verdict"]["path"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn pictures_draw_the_path() {
+    let o = p2pdma(
+        &fixture("switch"),
+        &["topo", "--explain", "0000:03:00.0", "0000:04:00.0", "--dot"],
+    );
+    let dot = stdout(&o);
+    assert!(dot.starts_with("digraph pci {"), "{dot}");
+    assert!(
+        dot.contains("\"0000:01:00.0\" -> \"0000:02:01.0\" [color=red, penwidth=3];"),
+        "{dot}"
+    );
+    assert!(
+        !dot.contains("\"pci0000:00\" -> \"0000:00:1f.0\" [color=red"),
+        "{dot}"
+    );
+
+    let o = p2pdma(
+        &fixture("switch"),
+        &["topo", "--explain", "0000:03:00.0", "0000:04:00.0", "--svg"],
+    );
+    let svg = stdout(&o);
+    assert!(
+        svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+        "{svg}"
+    );
+    assert_eq!(
+        svg.matches("stroke=\"red\" stroke-width=\"4\"").count(),
+        4,
+        "four path edges"
+    );
+}
+
+#[test]
+fn choose_prefers_the_clients_own_memory() {
+    let o = p2pdma(
+        &fixture("mixed"),
+        &["topo", "--choose", "/dev/nvme2n1", "--json"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["provider"], "0000:04:00.0");
+    assert_eq!(v["distance"], 0);
+}
+
+#[test]
+fn snapshot_of_a_snapshot_gives_the_same_json_and_can_drop_serials() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("snap");
+    let o = p2pdma(
+        &fixture("cascade"),
+        &["snapshot", out.to_str().unwrap(), "--no-serials"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before: Value =
+        serde_json::from_slice(&p2pdma(&fixture("cascade"), &["topo", "--json"]).stdout).unwrap();
+    let after: Value = serde_json::from_slice(&p2pdma(&out, &["topo", "--json"]).stdout).unwrap();
+    assert_eq!(before["host"]["cpu_vendor"], after["host"]["cpu_vendor"]);
+    let strip = |mut v: Value| {
+        for f in v["functions"].as_object_mut().unwrap().values_mut() {
+            for c in f["nvme"].as_array_mut().unwrap() {
+                c["serial"] = Value::Null;
+            }
+        }
+        v["functions"].clone()
+    };
+    assert_eq!(strip(before), after["functions"].clone());
+    assert!(!stdout(&p2pdma(&out, &["topo"])).contains("cas-a0"));
+}
+
+#[test]
+fn bad_input_gets_one_clear_line() {
+    let o = p2pdma(
+        &fixture("switch"),
+        &["topo", "--explain", "0000:03:00.0", "/dev/nvme9n1"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("'/dev/nvme9n1' is not a PCI address, an NVMe device"),
+        "{err}"
+    );
+
+    let o = p2pdma(
+        &fixture("switch"),
+        &["topo", "--explain", "0000:07:00.0", "nvme0n1"],
+    );
+    assert!(
+        stderr(&o).contains("no PCI function 0000:07:00.0"),
+        "{}",
+        stderr(&o)
+    );
+
+    let empty = tempfile::tempdir().unwrap();
+    let o = p2pdma(empty.path(), &["topo"]);
+    assert!(
+        stderr(&o).contains("has no bus/pci/devices directory"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A corrupt attribute names the file.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("switch");
+    assert!(Command::new("cp")
+        .args(["-a"])
+        .arg(fixture("switch"))
+        .arg(&copy)
+        .status()
+        .unwrap()
+        .success());
+    let vendor = copy.join("devices/pci0000:00/0000:00:01.0/0000:01:00.0/vendor");
+    std::fs::write(&vendor, "garbage\n").unwrap();
+    let o = p2pdma(&copy, &["topo"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err.contains("0000:01:00.0/vendor: unexpected content \"garbage\""),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
