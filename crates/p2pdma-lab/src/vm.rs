@@ -241,6 +241,37 @@ pub struct RunRequest {
     pub echo: bool,
 }
 
+impl RunRequest {
+    /// A request with the defaults `lab run` uses: no extra files, faults or kernel
+    /// arguments, 90 s to boot, 600 s for the command, output echoed, disks deleted.
+    pub fn new(
+        topology: Topology,
+        kernel: PathBuf,
+        guest_binary: PathBuf,
+        command: String,
+        out_dir: PathBuf,
+        accel: Accel,
+    ) -> RunRequest {
+        RunRequest {
+            topology,
+            kernel,
+            guest_binary,
+            command,
+            files: Vec::new(),
+            programs: Vec::new(),
+            fetch: Vec::new(),
+            out_dir,
+            kernel_args: Vec::new(),
+            boot_timeout: Duration::from_secs(90),
+            command_timeout: Duration::from_secs(600),
+            accel,
+            faults: Vec::new(),
+            keep_disks: false,
+            echo: true,
+        }
+    }
+}
+
 /// What a run produced.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunOutcome {

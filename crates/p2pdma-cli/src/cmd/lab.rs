@@ -458,22 +458,24 @@ fn lab_run_inner(args: RunArgs) -> anyhow::Result<ExitCode> {
         .out
         .clone()
         .unwrap_or_else(|| default_run_dir(&topology.name));
+    let accel = choose_accel(args.accel, &kernel);
     let request = RunRequest {
-        topology,
-        kernel: kernel.clone(),
-        guest_binary,
-        command: args.command.join(" "),
         files,
         programs,
         fetch: args.fetch.clone(),
-        out_dir: out_dir.clone(),
         kernel_args: args.kernel_args.clone(),
         boot_timeout: Duration::from_secs(args.boot_timeout),
         command_timeout: Duration::from_secs(args.timeout),
-        accel: choose_accel(args.accel, &kernel),
         faults: args.faults.clone(),
         keep_disks: args.keep_disks,
-        echo: true,
+        ..RunRequest::new(
+            topology,
+            kernel.clone(),
+            guest_binary,
+            args.command.join(" "),
+            out_dir.clone(),
+            accel,
+        )
     };
     let outcome = vm::run(&request)?;
     if let Some(report) = &args.report {
@@ -523,23 +525,15 @@ fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let catalog = Catalog::load(paths::user_topologies().as_deref(), &[])?;
     let topology = catalog.get("switch")?;
     let out_dir = args.out.unwrap_or_else(|| default_run_dir("demo"));
-    let request = RunRequest {
+    let accel = choose_accel(AccelArg::Auto, &kernel);
+    let request = RunRequest::new(
         topology,
-        kernel: kernel.clone(),
-        guest_binary: guest_binary()?,
-        command: DEMO_SCRIPT.to_owned(),
-        files: Vec::new(),
-        programs: Vec::new(),
-        fetch: Vec::new(),
-        out_dir: out_dir.clone(),
-        kernel_args: Vec::new(),
-        boot_timeout: Duration::from_secs(90),
-        command_timeout: Duration::from_secs(600),
-        accel: choose_accel(AccelArg::Auto, &kernel),
-        faults: Vec::new(),
-        keep_disks: false,
-        echo: true,
-    };
+        kernel,
+        guest_binary()?,
+        DEMO_SCRIPT.to_owned(),
+        out_dir,
+        accel,
+    );
     let outcome = match vm::run(&request) {
         Ok(o) => o,
         Err(err) => {
@@ -599,21 +593,16 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         for _ in 0..args.runs {
             let out_dir = default_run_dir(&format!("bench-{name}"));
             let request = RunRequest {
-                topology: topology.clone(),
-                kernel: kernel.clone(),
-                guest_binary: guest_binary.clone(),
-                command: "true".to_owned(),
-                files: Vec::new(),
-                programs: Vec::new(),
-                fetch: Vec::new(),
-                out_dir: out_dir.clone(),
-                kernel_args: Vec::new(),
-                boot_timeout: Duration::from_secs(90),
                 command_timeout: Duration::from_secs(60),
-                accel,
-                faults: Vec::new(),
-                keep_disks: false,
                 echo: false,
+                ..RunRequest::new(
+                    topology.clone(),
+                    kernel.clone(),
+                    guest_binary.clone(),
+                    "true".to_owned(),
+                    out_dir.clone(),
+                    accel,
+                )
             };
             let outcome = vm::run(&request).with_context(|| format!("booting {name}"))?;
             boots.push(outcome.boot_seconds);
