@@ -486,6 +486,92 @@ echo "FINAL $(one_line /tmp/final.json)"
     );
 }
 
+/// The seed thread's other half: new mappings racing the teardown. Processes map and
+/// unmap in a loop while the provider is unbound and rebound; each mmap() either fails
+/// (ENODEV once the pgmap's ref is dead, or the pool is gone) or succeeds and is
+/// revoked. No process may die of a signal, no unbind may hang, no byte may leak.
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn mapping_while_the_provider_is_unbound_fails_cleanly_or_is_revoked() {
+    let rounds = 5;
+    let body = format!(
+        r#"P=$(bdf rel-prov)
+echo "POOL_START $(available $P)"
+rm -f /tmp/stop /tmp/rcs /tmp/errs
+( while [ ! -e /tmp/stop ]; do
+    p2pdma mem test $P --buffers 2 --size 65536 --json > /tmp/out1 2>/tmp/err1; rc=$?
+    echo $rc >> /tmp/rcs
+    if [ -s /tmp/err1 ]; then head -1 /tmp/err1 >> /tmp/errs
+    elif [ $rc != 0 ]; then echo "report: $(grep -o '"failures":.*' /tmp/out1)" >> /tmp/errs; fi
+  done ) &
+loop=$!
+r=1
+while [ $r -le {rounds} ]; do
+  sleep 0.5
+  timed_unbind UNBIND $P
+  sleep 0.3
+  rebind rel-prov $P
+  r=$((r+1))
+done
+touch /tmp/stop; wait $loop
+echo "RCS $(sort /tmp/rcs | uniq -c | tr -s ' \n' ' ')"
+sort /tmp/errs | uniq -c | sed 's/^ */ERRS /'
+echo "POOL_END $(available $P)"
+p2pdma mem test $P --buffers 2 --size 65536 > /dev/null 2>&1; echo "AFTER_RC $?"
+"#
+    );
+    let run = lab().run(&script(&body));
+
+    let unbinds = run.lines("UNBIND");
+    assert_eq!(unbinds.len(), rounds, "not every round ran");
+    let mut times = Vec::new();
+    for u in &unbinds {
+        assert_ne!(u[0], "hung", "an unbind did not return within 60 s");
+        assert_eq!(u[0], "0", "an unbind failed: {u:?}");
+        times.push(u[1].parse::<f64>().unwrap());
+    }
+    // "RCS count rc count rc ...": how many mem test runs ended with each status.
+    let rcs = run.line("RCS");
+    let outcomes: Vec<(u64, i32)> = rcs
+        .chunks(2)
+        .map(|c| (c[0].parse().unwrap(), c[1].parse().unwrap()))
+        .collect();
+    for &(count, rc) in &outcomes {
+        assert!(
+            rc == 0 || rc == 1,
+            "{count} mem test runs ended with status {rc} (a signal or a usage error)"
+        );
+    }
+    let runs: u64 = outcomes.iter().map(|(n, _)| n).sum();
+    let failed: u64 = outcomes
+        .iter()
+        .filter(|(_, rc)| *rc == 1)
+        .map(|(n, _)| n)
+        .sum();
+    assert!(
+        failed > 0,
+        "no mem test run met an unbound provider: the race was not exercised"
+    );
+    let start = number(&run.line("POOL_START"), "POOL_START");
+    assert_eq!(number(&run.line("POOL_END"), "POOL_END"), start);
+    assert_eq!(
+        run.line("AFTER_RC"),
+        ["0"],
+        "mapping after the storm failed"
+    );
+    run.assert_kernel_log_clean();
+    for e in run.lines("ERRS") {
+        eprintln!("FIGURE map-storm-during-unbind error: {}", e.join(" "));
+    }
+    times.sort_by(f64::total_cmp);
+    eprintln!(
+        "FIGURE map-storm-during-unbind flavour={} rounds={rounds} mem_test_runs={runs} failed_cleanly={failed} unbind_s min={} max={}",
+        common::flavour_name(),
+        times[0],
+        times[rounds - 1],
+    );
+}
+
 #[test]
 fn kernel_log_check_catches_bug_reports_and_passes_a_clean_boot() {
     let clean = "[    1.129200] nvme 0000:06:00.0: added peer-to-peer DMA memory 0xfb000000-0xfbffffff\n\
