@@ -10,12 +10,13 @@
 //! - the provider's pool `available` comes back to its value at boot;
 //! - the guest kernel logs no BUG, WARNING, KASAN, oops, hung task or lockdep report.
 //!
-//! `P2PDMA_LAB_FLAVOUR=debug` runs the same tests on the debug kernel (KASAN, lockdep,
-//! DEBUG_VM, hung tasks panic); see RELIABILITY.md.
+//! Every scenario runs twice: on the standard lab kernel (`standard::NAME`) and on the
+//! debug kernel (`debug::NAME`: KASAN, lockdep, DEBUG_VM, hung tasks panic), which
+//! `lab run` builds on first use. RELIABILITY.md has the measured cost and the results.
 
 mod common;
 
-use common::{json_after, read_range, Lab, LabRun};
+use common::{json_after, read_range, Flavour, Lab, LabRun};
 
 /// A switch with three controllers: the copy's source and destination, and a third one
 /// whose CMB carries the data, so the provider can go away while both disks stay (and
@@ -88,8 +89,8 @@ rebind() {
 [ -w /proc/sys/kernel/hung_task_timeout_secs ] && echo 20 > /proc/sys/kernel/hung_task_timeout_secs
 "#;
 
-fn lab() -> Lab {
-    Lab::new("reliability")
+fn lab(flavour: Flavour) -> Lab {
+    Lab::new("reliability", flavour)
         .topologies(TOPOLOGY)
         .file("/root/lib.sh", GUEST_LIB)
 }
@@ -237,9 +238,7 @@ echo "COPY_ERR $(one_line /tmp/copy.err)"
 
 const MIB: u64 = 1 << 20;
 
-#[test]
-#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
-fn unbinding_the_provider_while_a_copy_is_in_flight_returns_and_loses_nothing() {
+fn unbinding_the_provider_while_a_copy_is_in_flight_returns_and_loses_nothing(flavour: Flavour) {
     let length = 128 * MIB;
     let body = format!(
         "LEN={length}\n{}timed_unbind UNBIND $P\n{COPY_RESULT}{}",
@@ -253,7 +252,7 @@ rebind rel-prov $P
 echo "POOL_END $(available $P)"
 "#
     );
-    let run = lab().args(&["--keep-disks"]).run(&script(&body));
+    let run = lab(flavour).args(&["--keep-disks"]).run(&script(&body));
 
     let with_io = unbind_seconds(&run, "UNBIND");
     let idle = unbind_seconds(&run, "UNBIND_IDLE");
@@ -278,15 +277,13 @@ echo "POOL_END $(available $P)"
     eprintln!(
         "FIGURE unbind-provider-mid-copy flavour={} unbind_with_io_s={with_io} unbind_idle_s={idle} \
          written={} inflight_at_unbind={:?} unreported_landed={landed}",
-        common::flavour_name(),
+        run.flavour().name(),
         copy.summary["bytes_written"],
         run.line("INFLIGHT"),
     );
 }
 
-#[test]
-#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
-fn hot_removing_the_provider_while_a_copy_is_in_flight_loses_nothing() {
+fn hot_removing_the_provider_while_a_copy_is_in_flight_loses_nothing(flavour: Flavour) {
     // 4 KiB chunks make the copy outlast pciehp's 5 s attention-button delay.
     let length = 256 * MIB;
     let body = format!(
@@ -296,7 +293,7 @@ fn hot_removing_the_provider_while_a_copy_is_in_flight_loses_nothing() {
 echo "PREFIX $(md5 $S 0 $END) $(md5 $D 0 $END)"
 "#
     );
-    let run = lab()
+    let run = lab(flavour)
         .args(&[
             "--keep-disks",
             "--fault",
@@ -316,15 +313,13 @@ echo "PREFIX $(md5 $S 0 $END) $(md5 $D 0 $END)"
     run.assert_kernel_log_clean();
     eprintln!(
         "FIGURE hot-remove-provider-mid-copy flavour={} removal_s={gone} written={} inflight={:?} unreported_landed={landed}",
-        common::flavour_name(),
+        run.flavour().name(),
         copy.summary["bytes_written"],
         run.line("INFLIGHT"),
     );
 }
 
-#[test]
-#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
-fn hot_removing_the_destination_while_a_copy_is_in_flight_loses_nothing() {
+fn hot_removing_the_destination_while_a_copy_is_in_flight_loses_nothing(flavour: Flavour) {
     let length = 256 * MIB;
     let queue_depth = 4;
     let body = format!(
@@ -333,7 +328,7 @@ fn hot_removing_the_destination_while_a_copy_is_in_flight_loses_nothing() {
         r#"echo "POOL_AFTER $(available $P)"
 "#
     );
-    let run = lab()
+    let run = lab(flavour)
         .args(&[
             "--keep-disks",
             "--fault",
@@ -364,15 +359,15 @@ fn hot_removing_the_destination_while_a_copy_is_in_flight_loses_nothing() {
     run.assert_kernel_log_clean();
     eprintln!(
         "FIGURE hot-remove-destination-mid-copy flavour={} removal_s={gone} written={} kind={} unreported_landed={landed}",
-        common::flavour_name(),
+        run.flavour().name(),
         copy.summary["bytes_written"],
         copy.summary["kind"],
     );
 }
 
-#[test]
-#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
-fn killing_a_process_with_io_in_flight_then_unbinding_returns_every_byte_to_the_pool() {
+fn killing_a_process_with_io_in_flight_then_unbinding_returns_every_byte_to_the_pool(
+    flavour: Flavour,
+) {
     let length = 128 * MIB;
     let body = format!(
         "LEN={length}\n{}{}",
@@ -390,7 +385,7 @@ rebind rel-prov $P
 echo "POOL_END $(available $P)"
 "#
     );
-    let run = lab().run(&script(&body));
+    let run = lab(flavour).run(&script(&body));
 
     let with_io = unbind_seconds(&run, "UNBIND");
     assert_eq!(
@@ -415,14 +410,12 @@ echo "POOL_END $(available $P)"
     run.assert_kernel_log_clean();
     eprintln!(
         "FIGURE kill-9-then-unbind flavour={} unbind_after_kill_with_io_s={with_io} unbind_after_mapped_kill_s={after_mapkill} inflight_at_kill={:?}",
-        common::flavour_name(),
+        run.flavour().name(),
         run.line("INFLIGHT"),
     );
 }
 
-#[test]
-#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
-fn twenty_map_unbind_rebind_cycles_leak_nothing() {
+fn twenty_map_unbind_rebind_cycles_leak_nothing(flavour: Flavour) {
     let cycles = 20;
     let body = format!(
         r#"P=$(bdf rel-prov)
@@ -441,7 +434,9 @@ p2pdma mem test $P --buffers 2 --size 1048576 --json > /tmp/final.json; echo "FI
 echo "FINAL $(one_line /tmp/final.json)"
 "#
     );
-    let run = lab().args(&["--timeout", "1200"]).run(&script(&body));
+    let run = lab(flavour)
+        .args(&["--timeout", "1200"])
+        .run(&script(&body));
 
     let start = number(&run.line("POOL_START"), "POOL_START");
     let cycle_lines = run.lines("CYCLE");
@@ -479,7 +474,7 @@ echo "FINAL $(one_line /tmp/final.json)"
     unbind_times.sort_by(f64::total_cmp);
     eprintln!(
         "FIGURE map-unbind-rebind-cycles flavour={} cycles={cycles} unbind_while_mapped_s min={} median={} max={}",
-        common::flavour_name(),
+        run.flavour().name(),
         unbind_times[0],
         unbind_times[cycles / 2],
         unbind_times[cycles - 1],
@@ -490,9 +485,7 @@ echo "FINAL $(one_line /tmp/final.json)"
 /// unmap in a loop while the provider is unbound and rebound; each mmap() either fails
 /// (ENODEV once the pgmap's ref is dead, or the pool is gone) or succeeds and is
 /// revoked. No process may die of a signal, no unbind may hang, no byte may leak.
-#[test]
-#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
-fn mapping_while_the_provider_is_unbound_fails_cleanly_or_is_revoked() {
+fn mapping_while_the_provider_is_unbound_fails_cleanly_or_is_revoked(flavour: Flavour) {
     let rounds = 5;
     let body = format!(
         r#"P=$(bdf rel-prov)
@@ -520,7 +513,7 @@ echo "POOL_END $(available $P)"
 p2pdma mem test $P --buffers 2 --size 65536 > /dev/null 2>&1; echo "AFTER_RC $?"
 "#
     );
-    let run = lab().run(&script(&body));
+    let run = lab(flavour).run(&script(&body));
 
     let unbinds = run.lines("UNBIND");
     assert_eq!(unbinds.len(), rounds, "not every round ran");
@@ -566,10 +559,43 @@ p2pdma mem test $P --buffers 2 --size 65536 > /dev/null 2>&1; echo "AFTER_RC $?"
     times.sort_by(f64::total_cmp);
     eprintln!(
         "FIGURE map-storm-during-unbind flavour={} rounds={rounds} mem_test_runs={runs} failed_cleanly={failed} unbind_s min={} max={}",
-        common::flavour_name(),
+        run.flavour().name(),
         times[0],
         times[rounds - 1],
     );
+}
+
+/// Every scenario runs on both lab kernels: `standard::NAME` and `debug::NAME`.
+macro_rules! on_both_kernels {
+    ($($scenario:ident),* $(,)?) => {
+        mod standard {
+            $(
+                #[test]
+                #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+                fn $scenario() {
+                    super::$scenario(super::Flavour::Standard);
+                }
+            )*
+        }
+        mod debug {
+            $(
+                #[test]
+                #[ignore = "lab: boots a QEMU guest on the debug kernel (built on first use); run with --include-ignored"]
+                fn $scenario() {
+                    super::$scenario(super::Flavour::Debug);
+                }
+            )*
+        }
+    };
+}
+
+on_both_kernels! {
+    unbinding_the_provider_while_a_copy_is_in_flight_returns_and_loses_nothing,
+    hot_removing_the_provider_while_a_copy_is_in_flight_loses_nothing,
+    hot_removing_the_destination_while_a_copy_is_in_flight_loses_nothing,
+    killing_a_process_with_io_in_flight_then_unbinding_returns_every_byte_to_the_pool,
+    twenty_map_unbind_rebind_cycles_leak_nothing,
+    mapping_while_the_provider_is_unbound_fails_cleanly_or_is_revoked,
 }
 
 #[test]

@@ -8,31 +8,29 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Environment variable choosing the guest kernel flavour of the tests that use
-/// [`Lab`]: `standard` (the default) or `debug` (KASAN, lockdep, DEBUG_VM; built by
-/// `p2pdma lab kernel --flavour debug`).
-pub const FLAVOUR_ENV: &str = "P2PDMA_LAB_FLAVOUR";
-
-/// The `lab run` options selecting the kernel flavour named by [`FLAVOUR_ENV`].
-pub fn flavour_args() -> Vec<String> {
-    match std::env::var(FLAVOUR_ENV).as_deref() {
-        Err(_) | Ok("") | Ok("standard") => Vec::new(),
-        Ok("debug") => vec!["--flavour".into(), "debug".into()],
-        Ok(other) => panic!("{FLAVOUR_ENV}={other:?}: expected 'standard' or 'debug'"),
-    }
+/// Which lab kernel a test boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// The standard lab kernel (or the image named by `P2PDMA_LAB_KERNEL`).
+    Standard,
+    /// The debug kernel: KASAN, lockdep, DEBUG_VM, hung tasks panic. `lab run` builds it
+    /// on first use (`p2pdma lab kernel --flavour debug` builds it ahead).
+    Debug,
 }
 
-/// The flavour the tests run on, for messages.
-pub fn flavour_name() -> String {
-    std::env::var(FLAVOUR_ENV)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "standard".into())
+impl Flavour {
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavour::Standard => "standard",
+            Flavour::Debug => "debug",
+        }
+    }
 }
 
 /// One `p2pdma lab run` to be made.
 pub struct Lab {
     topology: String,
+    flavour: Flavour,
     topologies_toml: Option<String>,
     lab_args: Vec<String>,
     guest_files: Vec<(String, String)>,
@@ -44,16 +42,18 @@ pub struct LabRun {
     pub status: Option<i32>,
     pub stdout: String,
     pub stderr: String,
+    flavour: Flavour,
     dir: tempfile::TempDir,
 }
 
 impl Lab {
-    /// A run of `topology` on the kernel flavour chosen by [`FLAVOUR_ENV`].
-    pub fn new(topology: &str) -> Lab {
+    /// A run of `topology` on the given kernel.
+    pub fn new(topology: &str, flavour: Flavour) -> Lab {
         Lab {
             topology: topology.into(),
+            flavour,
             topologies_toml: None,
-            lab_args: flavour_args(),
+            lab_args: Vec::new(),
             guest_files: Vec::new(),
         }
     }
@@ -84,6 +84,11 @@ impl Lab {
             .expect("temp dir");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_p2pdma"));
         cmd.args(["lab", "run", "--quiet", "--topology", &self.topology]);
+        if self.flavour == Flavour::Debug {
+            // P2PDMA_LAB_KERNEL names one image and excludes --flavour.
+            cmd.env_remove("P2PDMA_LAB_KERNEL")
+                .args(["--flavour", "debug"]);
+        }
         if let Some(toml) = &self.topologies_toml {
             let path = dir.path().join("topologies.toml");
             std::fs::write(&path, toml).unwrap();
@@ -107,12 +112,13 @@ impl Lab {
             status: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            flavour: self.flavour,
             dir,
         };
         eprintln!(
             "--- {} ({} kernel) exit {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
             self.topology,
-            flavour_name(),
+            self.flavour.name(),
             run.status,
             run.stdout,
             run.stderr
@@ -127,6 +133,11 @@ impl Lab {
 }
 
 impl LabRun {
+    /// The kernel the run booted.
+    pub fn flavour(&self) -> Flavour {
+        self.flavour
+    }
+
     /// The run directory (`serial.log`, `disks/` with `--keep-disks`, `fetched/`).
     pub fn dir(&self) -> PathBuf {
         self.dir.path().join("run")
@@ -168,7 +179,7 @@ impl LabRun {
         assert!(
             problems.is_empty(),
             "the guest kernel ({} flavour) reported problems:\n{}",
-            flavour_name(),
+            self.flavour.name(),
             problems.join("\n")
         );
     }
