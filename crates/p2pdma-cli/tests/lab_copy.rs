@@ -269,6 +269,11 @@ umount /mnt/b
 sync; echo 3 > /proc/sys/vm/drop_caches
 mount -t ext4 $B /mnt/b
 echo "REMOUNT $(md5sum < /mnt/b/new.bin | cut -d' ' -f1)"
+# A file that cannot fit: the copy stops at ENOSPC and says how far it got.
+p2pdma copy $A /mnt/b/full.bin --length 48M --force --json > /tmp/full.json 2>/tmp/full.err
+rc=$?; END=$(field contiguous_end /tmp/full.json)
+echo "FULL $rc $END $(field kind /tmp/full.json) $(md5 $A 0 $END) $(md5 /mnt/b/full.bin 0 $END)"
+echo "FULLERR $(one_line /tmp/full.err)"
 "#;
     let out = lab("copy-ext4", Some(EXT4_TOPOLOGY), script);
     let stdout = text(&out.stdout);
@@ -297,6 +302,19 @@ echo "REMOUNT $(md5sum < /mnt/b/new.bin | cut -d' ' -f1)"
         new[1],
         "the new file's content did not survive a remount"
     );
+
+    let full = &lines(&stdout, "FULL")[0];
+    assert_ne!(full[0], "0", "a copy larger than the free space must fail");
+    let end: u64 = full[1].parse().expect("contiguous_end in the failure JSON");
+    assert!(end > 0 && end < 48 << 20, "contiguous_end {end}");
+    assert_eq!(full[2], "no_space");
+    assert_eq!(
+        full[3], full[4],
+        "the reported prefix is not the source's bytes"
+    );
+    let err = lines(&stdout, "FULLERR")[0].join(" ");
+    assert!(err.contains("is full"), "{err}");
+    assert!(err.contains("No space left"), "{err}");
 }
 
 /// Every refusal happens before any write: exit non-zero, a one-line message naming the
@@ -331,14 +349,16 @@ blockdev --setrw $B
 check dry-run      $A $B --length 8M --dry-run
 mkdir -p /mnt/b
 mke2fs -q $B >/dev/null 2>&1 && mount $B /mnt/b && echo MOUNTED
-check mounted      $A $B --length 1M --force
 dd if=/dev/urandom of=/mnt/b/small.bin bs=4096 count=16 2>/dev/null; sync
-DST=/mnt/b/small.bin
 SMALLBEFORE=$(md5sum < /mnt/b/small.bin | cut -d' ' -f1)
 p2pdma copy $A /mnt/b/small.bin --length 1M > /dev/null 2>/tmp/err.txt; rc=$?
 echo "CASE grow-file $rc $SMALLBEFORE $(md5sum < /mnt/b/small.bin | cut -d' ' -f1) $(wc -l < /tmp/err.txt) $(one_line /tmp/err.txt)"
 p2pdma copy $A /mnt/b/missing.bin --length 1M > /dev/null 2>/tmp/err.txt; rc=$?
 echo "CASE missing-file $rc $(ls /mnt/b/missing.bin 2>/dev/null | wc -l) 0 $(wc -l < /tmp/err.txt) $(one_line /tmp/err.txt)"
+# Read-only, so that the filesystem itself leaves the device alone while it is checksummed.
+mount -o remount,ro /mnt/b && sync
+DST=$B
+check mounted      $A $B --length 1M --force
 "#;
     let out = lab("switch", None, script);
     let stdout = text(&out.stdout);

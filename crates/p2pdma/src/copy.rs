@@ -20,7 +20,7 @@ pub mod route;
 pub mod verify;
 
 pub use engine::{
-    Endpoint, EngineError, EngineReport, FailureKind, IoFailure, IoRegion, Op, Written,
+    Direction, Endpoint, EngineError, EngineReport, FailureKind, IoFailure, IoRegion, Op, Written,
 };
 pub use host_buffer::HostBuffer;
 pub use p2p_buffer::P2pSlot;

@@ -13,8 +13,8 @@ use p2pdma::copy::plan::{self, HumanBytes, DEFAULT_CHUNK_SIZE, DEFAULT_QUEUE_DEP
 use p2pdma::copy::route::{self, Mode, Route, Side};
 use p2pdma::copy::EndpointKind;
 use p2pdma::copy::{
-    engine, verify, CopyPlan, CopyRequest, Endpoint, EngineError, EngineReport, FailureKind,
-    HostBuffer, P2pSlot, Verification,
+    engine, verify, CopyPlan, CopyRequest, Direction, Endpoint, EngineError, EngineReport,
+    FailureKind, HostBuffer, P2pSlot, Verification,
 };
 use p2pdma::p2pmem::{P2pmemError, Provider};
 use p2pdma::pci::PciTree;
@@ -95,6 +95,21 @@ pub struct CopyArgs {
     /// Print the plan (provider, path, verdicts, bottleneck, chunking) and touch nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Benchmark one half of the copy with the same buffers, chunking and queue depth:
+    /// only read SRC, or only write the buffers' contents (zeros, or whatever device memory
+    /// holds) over DST's range. All the checks of a copy still apply.
+    #[arg(long, value_enum, value_name = "HALF")]
+    pub only: Option<Half>,
+}
+
+/// One half of a copy, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Half {
+    /// Only read the source range.
+    Read,
+    /// Only write the destination range.
+    Write,
 }
 
 fn size(text: &str) -> Result<u64, String> {
@@ -118,8 +133,15 @@ struct Summary<'a> {
     chunk_size: u64,
     queue_depth: u32,
     short_transfers: u64,
+    only: Option<Half>,
     verified: Option<bool>,
     verification: Option<Verification>,
+}
+
+/// The engine's buffers: device memory for P2P, host memory for a bounce copy.
+enum Buffers {
+    Device(Vec<P2pSlot>),
+    Host(Vec<HostBuffer>),
 }
 
 /// What `--dry-run` prints.
@@ -152,11 +174,21 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(note) = &route.bounce_reason {
-        if !args.json {
+        if !args.json && args.bounce != Bounce::Always {
             eprintln!("p2pdma: copying through host memory: {note}");
         }
     }
 
+    // Buffers first: if the pool cannot supply them, nothing has been opened or created.
+    let buffers = match route.mode {
+        Mode::P2p => Buffers::Device(allocate_p2p(globals, &route, &plan)?),
+        Mode::Bounce => Buffers::Host(
+            (0..plan.queue_depth)
+                .map(|_| HostBuffer::new(plan.chunk_size as usize))
+                .collect::<Result<Vec<_>, _>>()
+                .context("allocating the host bounce buffers")?,
+        ),
+    };
     let src_file = endpoint::open(&src.facts, Role::Source)?;
     let dst_file = endpoint::open(&dst.facts, Role::Destination)?;
     let src_end = Endpoint {
@@ -169,21 +201,18 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     };
 
     let bar = progress_bar(plan.length, "copy");
-    let result = match route.mode {
-        Mode::P2p => {
-            let buffers = allocate_p2p(globals, &route, &plan)?;
-            engine::run(src_end, dst_end, &plan, buffers, &mut |n| {
-                bar.set_position(n)
-            })
+    let mut progress = |n| bar.set_position(n);
+    let direction = match args.only {
+        None => Direction::Copy,
+        Some(Half::Read) => Direction::ReadOnly,
+        Some(Half::Write) => Direction::WriteOnly,
+    };
+    let result = match buffers {
+        Buffers::Device(b) => {
+            engine::run_one_way(direction, src_end, dst_end, &plan, b, &mut progress)
         }
-        Mode::Bounce => {
-            let buffers = (0..plan.queue_depth)
-                .map(|_| HostBuffer::new(plan.chunk_size as usize))
-                .collect::<Result<Vec<_>, _>>()
-                .context("allocating the host bounce buffers")?;
-            engine::run(src_end, dst_end, &plan, buffers, &mut |n| {
-                bar.set_position(n)
-            })
+        Buffers::Host(b) => {
+            engine::run_one_way(direction, src_end, dst_end, &plan, b, &mut progress)
         }
     };
     bar.finish_and_clear();
@@ -202,9 +231,11 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
             route.why_not.as_deref().unwrap_or("no reason recorded")
         );
     }
-    sync_if_file(&dst_file, &dst)?;
+    if direction != Direction::ReadOnly {
+        flush_destination(&dst_file, &dst)?;
+    }
 
-    let verification = if args.verify {
+    let verification = if args.verify && args.only.is_none() {
         let bar = progress_bar(plan.length, "verify");
         let v = verify(src_end, dst_end, &plan, &mut |n| bar.set_position(n))?;
         bar.finish_and_clear();
@@ -232,12 +263,14 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
 }
 
 /// O_DIRECT writes to a file may leave metadata (a grown size, allocated extents) only in
-/// memory; a block device written with O_DIRECT has nothing cached to flush but its
-/// volatile write cache, which fdatasync also flushes.
-fn sync_if_file(file: &File, dst: &Inspected) -> anyhow::Result<()> {
-    file.sync_data()
-        .with_context(|| format!("flushing {} after the copy", dst.facts.path.display()))?;
-    Ok(())
+/// memory, and a device may hold written data in a volatile cache: fdatasync covers both.
+fn flush_destination(file: &File, dst: &Inspected) -> anyhow::Result<()> {
+    file.sync_data().with_context(|| {
+        format!(
+            "flushing {} after the copy (every write completed, but the data may not be durable)",
+            dst.facts.path.display()
+        )
+    })
 }
 
 fn progress_bar(len: u64, what: &'static str) -> ProgressBar {
@@ -686,6 +719,7 @@ fn print_summary(
             chunk_size: plan.chunk_size,
             queue_depth: plan.queue_depth,
             short_transfers: report.short_transfers,
+            only: args.only,
             verified: verification.map(|v| v.matched()),
             verification: verification.copied(),
         };
@@ -693,12 +727,27 @@ fn print_summary(
         writeln!(out)?;
         return Ok(());
     }
+    let what = match args.only {
+        None => format!(
+            "copied {} from {} to {}",
+            HumanBytes(report.bytes),
+            args.src.display(),
+            args.dst.display()
+        ),
+        Some(Half::Read) => format!(
+            "read {} from {} (--only read)",
+            HumanBytes(report.bytes),
+            args.src.display()
+        ),
+        Some(Half::Write) => format!(
+            "wrote {} to {} (--only write)",
+            HumanBytes(report.bytes),
+            args.dst.display()
+        ),
+    };
     writeln!(
         out,
-        "copied {} from {} to {} in {seconds:.3} s ({}/s), {}",
-        HumanBytes(report.bytes),
-        args.src.display(),
-        args.dst.display(),
+        "{what} in {seconds:.3} s ({}/s), {}",
         HumanBytes(throughput as u64),
         match route.mode {
             Mode::P2p => format!("P2P through {}", provider_name(route)),

@@ -361,10 +361,37 @@ impl<R: IoRegion> Drop for Pipeline<R> {
     }
 }
 
+/// What the engine does with each chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Read it from the source, then write it to the destination.
+    Copy,
+    /// Only read it from the source (a benchmark of the source and the buffers).
+    ReadOnly,
+    /// Only write the buffer's current contents to the destination (a benchmark of the
+    /// destination and the buffers; the destination range is overwritten).
+    WriteOnly,
+}
+
 /// Copies `plan`'s range from `src` to `dst` through `buffers` (one chunk per buffer in
 /// flight; at most `plan.queue_depth` are used). Calls `progress` with the total bytes
 /// written after each completed write.
 pub fn run<R: IoRegion>(
+    src: Endpoint<'_>,
+    dst: Endpoint<'_>,
+    plan: &CopyPlan,
+    buffers: Vec<R>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<EngineReport, EngineError> {
+    run_one_way(Direction::Copy, src, dst, plan, buffers, progress)
+}
+
+/// [`run`], or one half of it: the same pipeline, buffers, chunking and queue depth, so the
+/// halves measured alone are comparable with the copy. `progress` and the report count
+/// bytes read for [`Direction::ReadOnly`], bytes written otherwise.
+pub fn run_one_way<R: IoRegion>(
+    direction: Direction,
     src: Endpoint<'_>,
     dst: Endpoint<'_>,
     plan: &CopyPlan,
@@ -421,14 +448,22 @@ pub fn run<R: IoRegion>(
                         break;
                     };
                     next_chunk += 1;
+                    let op = if direction == Direction::WriteOnly {
+                        Op::Write
+                    } else {
+                        Op::Read
+                    };
                     *state = SlotState::Busy {
                         chunk,
-                        op: Op::Read,
+                        op,
                         done: 0,
                         retries: 0,
                     };
                     pipeline.push(slot, state, src.file, dst.file);
-                    report.reads += 1;
+                    match op {
+                        Op::Read => report.reads += 1,
+                        Op::Write => report.writes += 1,
+                    }
                 }
             }
         }
@@ -502,6 +537,9 @@ pub fn run<R: IoRegion>(
                 written.ranges.insert(at..at + moved);
                 report.bytes += moved;
                 progress(report.bytes);
+            } else if direction == Direction::ReadOnly && moved > 0 {
+                report.bytes += moved;
+                progress(report.bytes);
             }
             if moved == 0 {
                 states[slot] = SlotState::Idle;
@@ -524,7 +562,7 @@ pub fn run<R: IoRegion>(
             let next = if done < chunk.len {
                 report.short_transfers += 1;
                 Some((op, done))
-            } else if op == Op::Read {
+            } else if op == Op::Read && direction == Direction::Copy {
                 Some((Op::Write, 0))
             } else {
                 None
@@ -782,6 +820,77 @@ mod tests {
             "{e:?}"
         );
         assert_eq!(std::fs::read(&p).unwrap(), vec![1u8; 1 << 20]);
+    }
+
+    #[test]
+    fn one_way_runs_only_read_or_only_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let src_path = dir.path().join("src");
+        let dst_path = dir.path().join("dst");
+        let data = pattern(1 << 20, 11);
+        let old = pattern(1 << 20, 12);
+        std::fs::write(&src_path, &data).unwrap();
+        std::fs::write(&dst_path, &old).unwrap();
+        let plan = validate(
+            &facts(&src_path, 1 << 20, 1),
+            &facts(&dst_path, 1 << 20, 2),
+            &CopyRequest {
+                src_offset: 0,
+                dst_offset: 0,
+                length: Some(512 << 10),
+                chunk_size: 128 << 10,
+                queue_depth: 2,
+                force: false,
+            },
+        )
+        .unwrap();
+        let src = open_direct(&src_path, false);
+        let dst = open_direct(&dst_path, true);
+        let ends = (
+            Endpoint {
+                file: &src,
+                path: &src_path,
+            },
+            Endpoint {
+                file: &dst,
+                path: &dst_path,
+            },
+        );
+        let buffers = || -> Vec<HostBuffer> {
+            (0..2)
+                .map(|_| HostBuffer::new(128 << 10).unwrap())
+                .collect()
+        };
+
+        let read = run_one_way(
+            Direction::ReadOnly,
+            ends.0,
+            ends.1,
+            &plan,
+            buffers(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!((read.bytes, read.reads, read.writes), (512 << 10, 4, 0));
+        assert_eq!(std::fs::read(&dst_path).unwrap(), old, "read-only wrote");
+
+        let write = run_one_way(
+            Direction::WriteOnly,
+            ends.0,
+            ends.1,
+            &plan,
+            buffers(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!((write.bytes, write.reads, write.writes), (512 << 10, 0, 4));
+        let after = std::fs::read(&dst_path).unwrap();
+        assert!(
+            after[..512 << 10].iter().all(|b| *b == 0),
+            "fresh host buffers are zeros"
+        );
+        assert_eq!(&after[512 << 10..], &old[512 << 10..]);
+        assert_eq!(std::fs::read(&src_path).unwrap(), data);
     }
 
     #[test]
