@@ -460,3 +460,77 @@ echo "ERR $(one_line /tmp/err.txt)"
         "{err}"
     );
 }
+
+/// A partition's bytes are its disk's bytes from the partition's start: overlap is found
+/// across the two names, and a mounted partition protects the whole disk.
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn partitions_map_onto_their_disk_for_overlap_and_mounts() {
+    let script = r#"
+A=$(ns sw0); B=$(ns sw1)
+fill $A 0 67108864
+# One partition from sector 2048 (1 MiB) for 16 MiB.
+printf 'o\nn\np\n1\n2048\n+16M\nw\n' | fdisk $B >/dev/null 2>&1
+P=${B}p1
+echo "PART $(cat /sys/class/block/$(basename $P)/start 2>/dev/null)"
+# Random bytes everywhere but the partition table in the first MiB.
+fill $B 1048576 66060288
+case_md5() {
+  name=$1; shift
+  before=$(md5 $B 0 67108864)
+  p2pdma copy "$@" > /tmp/out.txt 2>/tmp/err.txt; rc=$?
+  echo "CASE $name $rc $before $(md5 $B 0 67108864) $(one_line /tmp/err.txt)"
+}
+# The disk's 1 MiB..2 MiB is the partition's 0..1 MiB.
+case_md5 overlap $B $P --src-offset 1M --dst-offset 512k --length 1M
+case_md5 overlap-reverse $P $B --src-offset 0 --dst-offset 1536k --length 1M
+# Disjoint: the disk's 32 MiB into the partition's start, by P2P inside one controller.
+p2pdma copy $B $P --src-offset 32M --length 1M --verify --json > /tmp/ok.json 2>/tmp/ok.err
+echo "DISJOINT $? $(md5 $B 33554432 1048576) $(md5 $P 0 1048576) $(md5 $B 1048576 1048576)"
+echo "DISJOINTJSON $(one_line /tmp/ok.json) $(one_line /tmp/ok.err)"
+mkdir -p /mnt/p
+mke2fs -q $P >/dev/null 2>&1 && mount -o ro $P /mnt/p && echo MOUNTED
+case_md5 mounted-partition $A $B --src-offset 0 --dst-offset 32M --length 1M
+"#;
+    let out = lab("switch", None, script);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        lines(&stdout, "PART")[0][0],
+        "2048",
+        "fdisk made no partition"
+    );
+    assert!(
+        stdout.contains("MOUNTED"),
+        "mke2fs/mount of the partition failed"
+    );
+    let cases: HashMap<&str, Vec<&str>> = lines(&stdout, "CASE")
+        .into_iter()
+        .map(|f| (f[0], f[1..].to_vec()))
+        .collect();
+    for (name, words) in [
+        ("overlap", &["overlaps the source range"][..]),
+        ("overlap-reverse", &["overlaps the source range"][..]),
+        (
+            "mounted-partition",
+            &["p1 is mounted on /mnt/p", "unmount it first"][..],
+        ),
+    ] {
+        let f = &cases[name];
+        let msg = f[3..].join(" ");
+        assert_ne!(f[0], "0", "{name}: must fail: {msg}");
+        assert_eq!(f[1], f[2], "{name}: the disk changed");
+        for w in words {
+            assert!(msg.contains(w), "{name}: {msg:?} lacks {w:?}");
+        }
+    }
+    let d = &lines(&stdout, "DISJOINT")[0];
+    assert_eq!(d[0], "0", "the disjoint copy failed");
+    assert_eq!(
+        d[1], d[2],
+        "partition start does not hold the disk's 32 MiB"
+    );
+    assert_eq!(d[2], d[3], "the partition's 0 is not the disk's 1 MiB");
+    let j = json_after(&lines(&stdout, "DISJOINTJSON")[0].join(" "));
+    assert_eq!(j["mode"], "p2p", "{j}");
+    assert_eq!(j["verified"], true, "{j}");
+}

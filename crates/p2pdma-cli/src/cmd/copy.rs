@@ -98,7 +98,7 @@ pub struct CopyArgs {
     /// Benchmark one half of the copy with the same buffers, chunking and queue depth:
     /// only read SRC, or only write the buffers' contents (zeros, or whatever device memory
     /// holds) over DST's range. All the checks of a copy still apply.
-    #[arg(long, value_enum, value_name = "HALF")]
+    #[arg(long, value_enum, value_name = "HALF", conflicts_with = "verify")]
     pub only: Option<Half>,
 }
 
@@ -235,7 +235,7 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         flush_destination(&dst_file, &dst)?;
     }
 
-    let verification = if args.verify && args.only.is_none() {
+    let verification = if args.verify {
         let bar = progress_bar(plan.length, "verify");
         let v = verify(src_end, dst_end, &plan, &mut |n| bar.set_position(n))?;
         bar.finish_and_clear();
