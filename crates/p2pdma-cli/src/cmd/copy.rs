@@ -656,7 +656,7 @@ fn print_dry_run(
     for ((label, side), pci) in [("source", src), ("destination", dst)].iter().zip(sides) {
         writeln!(
             out,
-            "  {label:<12} {} ({:?}, {} bytes, O_DIRECT block {}; {})",
+            "  {label:<12} {} ({}, {} bytes, O_DIRECT block {}; {})",
             side.facts.path.display(),
             side.facts.kind,
             side.facts.size,
