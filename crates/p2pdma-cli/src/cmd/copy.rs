@@ -21,6 +21,7 @@ use p2pdma::pci::PciTree;
 use p2pdma::resolve::resolve;
 use p2pdma::snapshot::HostFacts;
 use p2pdma::sysfs::SysfsRoot;
+use p2pdma::topology::MapType;
 use p2pdma::Bdf;
 use serde::Serialize;
 
@@ -604,6 +605,17 @@ fn describe_route(route: &Route, out: &mut impl Write) -> std::io::Result<()> {
         }
     }
     writeln!(out, "  path         {}", route.path.join(" -> "))?;
+    for v in &route.verdicts {
+        if v.is_p2p() && v.map_type == MapType::ThruHostBridge {
+            writeln!(
+                out,
+                "  via          the root complex between {} and {} ({})",
+                v.provider,
+                v.client,
+                MapType::ThruHostBridge.kernel_name()
+            )?;
+        }
+    }
     let bottleneck = match (&route.mode, &route.bottleneck) {
         (Mode::Bounce, _) => {
             "the slower device, plus both transfers crossing host memory".to_owned()
