@@ -161,6 +161,16 @@ fn p2p_copies_every_pair_of_the_cascade() {
     check_pairs(&text(&out.stdout), &pairs);
 }
 
+/// On an AMD Zen CPU the kernel lets root-bus devices do P2P through the host bridge.
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn p2p_copies_through_the_host_bridge_on_amd() {
+    let pairs = [("root0", "root1"), ("root1", "root0")];
+    let out = lab("rootbus-amd", None, &pair_script(&pairs));
+    assert!(out.status.success());
+    check_pairs(&text(&out.stdout), &pairs);
+}
+
 /// In `mixed`, only the switch pair can do P2P; the root-bus NVMe and the one behind its
 /// own root port cannot reach anything: under `--bounce never` the copy fails with the
 /// verdict and the fix and writes nothing; under `--bounce auto` it goes through host
