@@ -35,6 +35,15 @@ fn text(bytes: &[u8]) -> String {
 
 /// Boots `topology` (from `topologies_toml` if given) and runs `script` after the prelude.
 fn lab(topology: &str, topologies_toml: Option<&str>, script: &str) -> Output {
+    lab_run(topology, topologies_toml, &[], script)
+}
+
+/// [`lab`] with extra `lab run` arguments.
+fn lab_with_args(topology: &str, extra: &[&str], script: &str) -> Output {
+    lab_run(topology, None, extra, script)
+}
+
+fn lab_run(topology: &str, topologies_toml: Option<&str>, extra: &[&str], script: &str) -> Output {
     let dir = tempfile::tempdir().expect("temp dir");
     let script_path = dir.path().join("copy-test.sh");
     let mut f = std::fs::File::create(&script_path).unwrap();
@@ -42,6 +51,7 @@ fn lab(topology: &str, topologies_toml: Option<&str>, script: &str) -> Output {
     drop(f);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_p2pdma"));
     cmd.args(["lab", "run", "--quiet", "--topology", topology]);
+    cmd.args(extra);
     if let Some(toml) = topologies_toml {
         let toml_path = dir.path().join("topologies.toml");
         std::fs::write(&toml_path, toml).unwrap();
@@ -169,6 +179,63 @@ fn p2p_copies_through_the_host_bridge_on_amd() {
     let out = lab("rootbus-amd", None, &pair_script(&pairs));
     assert!(out.status.success());
     check_pairs(&text(&out.stdout), &pairs);
+}
+
+/// Behind a root port with ACS redirect (guest IOMMU on), the kernel refuses P2P and the
+/// error names the kernel parameter that lifts the refusal. Booting with exactly that
+/// parameter, the kernel allows the transfer (bus address) and every request completes,
+/// but QEMU sends all DMA of devices behind its emulated IOMMU through the IOMMU, which
+/// has no mapping for the CMB's bus address: the writes into the CMB are dropped (DMAR
+/// faults in the guest log) and the destination receives stale CMB contents. Only
+/// `--verify` can see that, and it must: exit non-zero, naming the first bad offset.
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn the_acs_fix_lifts_the_refusal_and_verify_catches_what_the_emulated_iommu_drops() {
+    let script = r#"
+A=$(ns mf0); B=$(ns mf1)
+fill $A 0 4194304
+before=$(md5 $B 0 4194304)
+p2pdma copy $A $B --length 4M --verify --json > /tmp/out.json 2>/tmp/err.txt; rc=$?
+echo "RESULT $rc $(md5 $A 0 4194304) $(md5 $B 0 4194304) $before"
+echo "JSON $(one_line /tmp/out.json)"
+echo "ERR $(one_line /tmp/err.txt)"
+echo "DMAR $(dmesg | grep -c 'DMAR: \[DMA Write')"
+"#;
+    let refused = lab("acs", None, script);
+    let stdout = text(&refused.stdout);
+    let r = &lines(&stdout, "RESULT")[0];
+    assert_ne!(r[0], "0", "P2P behind ACS redirect must be refused");
+    assert_eq!(r[2], r[3], "the refused copy changed the destination");
+    let err = lines(&stdout, "ERR")[0].join(" ");
+    assert!(err.contains("Remote I/O error"), "{err}");
+    let fix = err
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("pci=disable_acs_redir="))
+        .map(|list| list.trim_end_matches([';', ')', ',']).to_owned())
+        .unwrap_or_else(|| panic!("no pci=disable_acs_redir= in {err}"));
+
+    let allowed = lab_with_args(
+        "acs",
+        &["--kernel-arg", &format!("pci=disable_acs_redir={fix}")],
+        script,
+    );
+    let stdout = text(&allowed.stdout);
+    let err = lines(&stdout, "ERR")[0].join(" ");
+    assert!(
+        !err.contains("Remote I/O error"),
+        "the kernel still refuses with {fix}: {err}"
+    );
+    let r = &lines(&stdout, "RESULT")[0];
+    assert_ne!(r[0], "0", "the data was lost, the exit status must say so");
+    assert_ne!(r[1], r[2], "expected QEMU's IOMMU to drop the P2P writes");
+    assert!(err.contains("verification failed"), "{err}");
+    assert!(err.contains("offset 0 differs"), "{err}");
+    let j = json_after(&lines(&stdout, "JSON")[0].join(" "));
+    assert_eq!(j["mode"], "p2p", "{j}");
+    assert_eq!(j["verified"], false, "{j}");
+    assert_eq!(j["verification"]["first_difference"], 0, "{j}");
+    let faults: u32 = lines(&stdout, "DMAR")[0][0].parse().unwrap();
+    assert!(faults > 0, "no DMAR fault in the guest log");
 }
 
 /// In `mixed`, only the switch pair can do P2P; the root-bus NVMe and the one behind its

@@ -409,7 +409,7 @@ fn refusal_advice(route: &Route) -> String {
             "the topology verdict expected P2P to work; the kernel's log (dmesg) says why it did not".to_owned()
         });
     format!(
-        "the kernel refused P2P DMA through {}: {why}; nothing else to try but --bounce auto (or always) to copy through host memory, or --provider with another provider",
+        "the kernel refused P2P DMA through {}: {why}; apply the fix, or copy through host memory with --bounce auto (or always), or pick another provider with --provider",
         provider_name(route)
     )
 }
