@@ -70,7 +70,7 @@ pub fn run(data: &[u8]) -> bool {
             input.byte() % 8
         );
         let parent_choice = input.byte() as usize;
-        let rel = if dirs.is_empty() || parent_choice % 3 == 0 {
+        let rel = if dirs.is_empty() || parent_choice.is_multiple_of(3) {
             Path::new("devices/pci0000:00").join(&bdf)
         } else {
             dirs[parent_choice % dirs.len()].join(&bdf)
@@ -79,7 +79,7 @@ pub fn run(data: &[u8]) -> bool {
         if std::fs::create_dir_all(&d).is_err() {
             continue;
         }
-        let class = if input.byte() % 2 == 0 {
+        let class = if input.byte().is_multiple_of(2) {
             "0x060400"
         } else {
             "0x010802"
@@ -90,7 +90,7 @@ pub fn run(data: &[u8]) -> bool {
         write(&d.join("current_link_speed"), input.attr("8.0 GT/s PCIe"));
         write(&d.join("current_link_width"), input.attr("4"));
         write(&d.join("numa_node"), input.attr("-1"));
-        if input.byte() % 3 == 0 {
+        if input.byte().is_multiple_of(3) {
             write(&d.join("p2pmem/size"), input.attr("16777216"));
             write(&d.join("p2pmem/available"), input.attr("16777216"));
             write(&d.join("p2pmem/published"), input.attr("1"));

@@ -60,6 +60,8 @@ fn predicted_verdicts_equal_what_the_kernel_does_for_every_pair_of_every_topolog
                 "lab",
                 "run",
                 "-q",
+                "--topologies",
+                EXTRA_TOPOLOGIES,
                 "--topology",
                 topology,
                 "--timeout",
@@ -160,4 +162,56 @@ fn predicted_verdicts_equal_what_the_kernel_does_for_every_pair_of_every_topolog
         disagreements.len()
     );
     assert!(disagreements.is_empty(), "{disagreements:#?}");
+}
+
+/// Files, namespaces and controllers resolve to the right function inside a real guest.
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn a_file_on_an_nvme_filesystem_resolves_to_its_controller_in_the_guest() {
+    let script = r#"
+bdf_of() { for c in /sys/class/nvme/nvme*; do s=$(cat $c/serial); [ "${s%% *}" = "$1" ] && basename $(readlink $c/device); done; }
+ns_of() { for c in /sys/class/nvme/nvme*; do s=$(cat $c/serial); [ "${s%% *}" = "$1" ] && echo /dev/$(basename $c)n1; done; }
+mkdir -p /mnt/a && mount -t ext4 $(ns_of sw0) /mnt/a && echo hello > /mnt/a/file
+echo "SW0 $(bdf_of sw0)"
+p2pdma topo --explain $(bdf_of sw1) /mnt/a/file --json | tr -d '\n'; echo
+p2pdma topo --explain $(bdf_of sw1) /proc/cpuinfo; echo "PROC-EXIT $?"
+"#;
+    let out = p2pdma()
+        .args([
+            "lab",
+            "run",
+            "-q",
+            "--topology",
+            "ext4",
+            "--timeout",
+            "300",
+            "--",
+        ])
+        .arg(script)
+        .output()
+        .expect("run p2pdma lab run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let sw0 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("SW0 "))
+        .expect("sw0's address")
+        .trim()
+        .to_owned();
+    let json = stdout
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON\n{stdout}\n{stderr}"));
+    let v: Value = serde_json::from_str(json).unwrap();
+    assert_eq!(v["client"]["kind"], "file", "{v}");
+    assert_eq!(v["client"]["bdf"], sw0.as_str(), "{v}");
+    assert_eq!(v["client"]["p2p_queue"], true, "{v}");
+    assert_eq!(v["verdict"]["map_type"], "bus_addr", "{v}");
+    assert_eq!(v["p2p"], true, "{v}");
+    assert!(stdout.contains("PROC-EXIT 1"), "{stdout}");
+    assert!(
+        stderr.contains("is on a filesystem with no block device of its own"),
+        "{stderr}"
+    );
 }

@@ -218,3 +218,38 @@ fn bad_input_gets_one_clear_line() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// Output snapshot: the tree and an explanation of the `switch` fixture, byte for byte.
+#[test]
+fn switch_tree_and_explain_text_are_stable() {
+    let tree = p2pdma(&fixture("switch"), &["topo"]);
+    assert_eq!(stdout(&tree), EXPECTED_SWITCH_TREE);
+    let explain = p2pdma(
+        &fixture("switch"),
+        &["topo", "--explain", "0000:03:00.0", "/dev/nvme1n1"],
+    );
+    assert_eq!(stdout(&explain), EXPECTED_SWITCH_EXPLAIN);
+}
+
+const EXPECTED_SWITCH_TREE: &str = r#"CPU: AuthenticAMD family 0xf (does not route P2P between root ports unless the host bridge is whitelisted)
+kernel 6.12.117: CONFIG_PCI_P2PDMA yes (0000:03:00.0 has a p2pmem directory)
+pci0000:00 (host bridge 0000:00:00.0 8086:29c0)
+├─ 0000:00:00.0 8086:29c0 host bridge
+├─ 0000:00:01.0 1b36:000c root port 2.5GT/s x1 (capable of 8GT/s x4) (pcieport)
+│  └─ 0000:01:00.0 104c:8232 switch upstream port 2.5GT/s x1 (pcieport)
+│     ├─ 0000:02:00.0 104c:8233 switch downstream port 2.5GT/s x1 (pcieport)
+│     │  └─ 0000:03:00.0 1b36:0010 NVMe (nvme0 serial sw0) [p2pmem 15.9 MiB free of 16 MiB] 2.5GT/s x1 (nvme)
+│     └─ 0000:02:01.0 104c:8233 switch downstream port 2.5GT/s x1 (pcieport)
+│        └─ 0000:04:00.0 1b36:0010 NVMe (nvme1 serial sw1) [p2pmem 15.9 MiB free of 16 MiB] 2.5GT/s x1 (nvme)
+├─ 0000:00:1f.0 8086:2918 device
+├─ 0000:00:1f.2 8086:2922 SATA
+└─ 0000:00:1f.3 8086:2930 device
+legend: [p2pmem ...] P2P memory provider; [ACS redirect RR+CR+EC] sends peer traffic up to the root complex
+"#;
+
+const EXPECTED_SWITCH_EXPLAIN: &str = r#"provider: 0000:03:00.0 = 0000:03:00.0 1b36:0010 NVMe (nvme0 serial sw0)
+client:   /dev/nvme1n1 = 0000:04:00.0 1b36:0010 NVMe (nvme1 serial sw1)
+verdict:  P2P works; by topology: direct (bus address) (PCI_P2PDMA_MAP_BUS_ADDR), distance 4
+path:     0000:03:00.0 -> 0000:02:00.0 -> 0000:01:00.0 (common upstream bridge) -> 0000:02:01.0 -> 0000:04:00.0
+slowest link: 2.5 GT/s x1 above 0000:03:00.0 = 0.25 GB/s per direction
+"#;

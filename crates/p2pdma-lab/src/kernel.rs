@@ -161,8 +161,18 @@ impl KernelSource {
     /// cache's purpose of returning at once.
     fn identity(&self) -> Result<String, KernelError> {
         let path = self.path();
-        let meta = fs::metadata(path).map_err(|_| KernelError::SourceMissing {
-            path: path.to_owned(),
+        let meta = fs::metadata(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                KernelError::SourceMissing {
+                    path: path.to_owned(),
+                }
+            } else {
+                KernelError::Cache {
+                    what: "cannot read the kernel source",
+                    path: path.to_owned(),
+                    source,
+                }
+            }
         })?;
         match self {
             KernelSource::Tarball(p) => {

@@ -108,9 +108,9 @@ impl Qmp {
                 ),
             });
         }
-        serde_json::from_str(&line).map_err(|_| QmpError::Protocol {
+        serde_json::from_str(&line).map_err(|e| QmpError::Protocol {
             path: self.path.clone(),
-            line: line.trim().to_owned(),
+            line: format!("{} ({e})", line.trim()),
         })
     }
 

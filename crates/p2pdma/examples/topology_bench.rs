@@ -53,7 +53,7 @@ fn build(dir: &std::path::Path) -> std::io::Result<usize> {
                     break 'outer; // an empty downstream port makes the count exact
                 }
                 let mut spec = F::nvme().link(8.0, 4);
-                if nvme % 4 == 0 {
+                if nvme.is_multiple_of(4) {
                     spec = spec.p2pmem(64 << 20);
                 }
                 b.add(Some(dn), &d(base + 2 + port, 0, 0), spec)?;
@@ -166,6 +166,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "choose provider for 3 clients",
         samples,
         &format!("{} candidates, picked {}", providers.len(), choice.provider),
+    );
+
+    let (samples, facts) = time(20, || {
+        HostFacts::live(std::path::Path::new("/"), &Default::default())
+    });
+    stats(
+        "host facts from /proc (part of reading /sys)",
+        samples,
+        &format!("CONFIG_PCI_P2PDMA from {}", facts.p2pdma_config_source),
     );
 
     let live = SysfsRoot::default();

@@ -438,9 +438,11 @@ fn read_function(
         .components()
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect();
+    // The last `pciDDDD:BB` component: a VMD controller nests a second root bus
+    // (`pci0000:00/0000:00:0e.0/pci10000:e0/...`) whose devices have no upstream bridge.
     let root_bus = parts
         .iter()
-        .find(|p| p.starts_with("pci"))
+        .rfind(|p| p.starts_with("pci"))
         .cloned()
         .ok_or_else(|| {
             sysfs::malformed(

@@ -307,6 +307,11 @@ fn resolve_block(
         // feature; its hidden per-path disks (nvmeXcYnZ) do but cannot be opened.
         target.bdf = multipath_controller_bdf(&disk_dir);
         Some("the NVMe multipath head disk: its queue does not support P2PDMA; boot with nvme_core.multipath=N to get per-controller disks".to_owned())
+    } else if is_multipath_path_device(&disk) {
+        target.controller = parent_name.clone();
+        Some(format!(
+            "{disk} is a hidden NVMe multipath path device: it has no /dev node and its head disk has no P2PDMA support; boot with nvme_core.multipath=N to get per-controller disks"
+        ))
     } else if parent_name
         .as_deref()
         .is_some_and(|p| p.starts_with("nvme"))
@@ -322,6 +327,21 @@ fn resolve_block(
     target.p2p_queue = why.is_none();
     target.not_p2p_because = why;
     Ok(target)
+}
+
+/// `nvme<X>c<Y>n<Z>`: the per-controller path of a native-multipath namespace.
+fn is_multipath_path_device(disk: &str) -> bool {
+    let Some(rest) = disk.strip_prefix("nvme") else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+    match rest
+        .split_once('c')
+        .and_then(|(x, r)| Some((x, r.split_once('n')?)))
+    {
+        Some((x, (y, z))) => digits(x) && digits(y) && digits(z),
+        None => false,
+    }
 }
 
 /// For a multipath head disk, the PCI function of the first controller of its subsystem.
@@ -448,6 +468,13 @@ mod tests {
             let why = t.not_p2p_because.unwrap();
             assert!(why.contains(words), "{name}: {why}");
         }
+        let t = resolve(&r, "nvme1c1n1").unwrap();
+        assert!(!t.p2p_queue);
+        assert!(t
+            .not_p2p_because
+            .unwrap()
+            .contains("hidden NVMe multipath path"));
+        assert_eq!(t.bdf, Some("02:00.0".parse().unwrap()));
         // The head disk still leads to the controller's function.
         let t = resolve(&r, "nvme1n1").unwrap();
         assert_eq!(t.bdf, Some("02:00.0".parse().unwrap()));

@@ -268,8 +268,11 @@ pub struct Verdict {
     pub provider: Bdf,
     /// The device doing the DMA.
     pub client: Bdf,
-    /// The kernel's map type.
+    /// What the transfer gets: the topology's map type, or `NotSupported` when a blocking
+    /// reason (no p2pmem, kernel without P2PDMA, unknown function) stops it anyway.
     pub map_type: MapType,
+    /// What `calc_map_type_and_dist()` alone returns for the pair.
+    pub topology_map_type: MapType,
     /// The kernel's distance (`None` if a function is missing).
     pub distance: Option<u32>,
     /// Functions from the provider up to the common bridge (or root bus) and down to
@@ -446,6 +449,41 @@ impl<'a> Topology<'a> {
         self.whitelist[ha] == Some(false) && self.whitelist[hb] == Some(false)
     }
 
+    /// [`Self::walk`] without collecting the ACS list: for matrices, no allocation.
+    fn walk_counts(&self, a: usize, b: usize) -> (bool, u32, bool) {
+        let a_chain = &self.chains[a];
+        let b_chain = &self.chains[b];
+        let mut acs = false;
+        for (i, &up_a) in a_chain.iter().enumerate() {
+            acs |= self.redirects[up_a as usize] == Some(true);
+            let height = a_chain.len() - 1 - i;
+            let j = (b_chain.len() - 1).checked_sub(height);
+            if let Some(j) = j.filter(|&j| b_chain[j] == up_a) {
+                acs |= b_chain[..j]
+                    .iter()
+                    .any(|&up_b| self.redirects[up_b as usize] == Some(true));
+                return (true, (i + j) as u32, acs);
+            }
+        }
+        (false, (a_chain.len() + b_chain.len()) as u32, false)
+    }
+
+    fn pair_map_fast(&self, a: usize, b: usize) -> PairMap {
+        let (common, distance, acs_redirect) = self.walk_counts(a, b);
+        let map_type = if common && !acs_redirect {
+            MapType::BusAddr
+        } else if self.cpu_supports || self.host_bridge_whitelisted(a, b) {
+            MapType::ThruHostBridge
+        } else {
+            MapType::NotSupported
+        };
+        PairMap {
+            map_type,
+            distance,
+            acs_redirect,
+        }
+    }
+
     fn pair_map(&self, a: usize, b: usize) -> (PairMap, Walk) {
         let walk = self.walk(a, b);
         let acs_redirect = !walk.acs_redirect.is_empty();
@@ -471,7 +509,7 @@ impl<'a> Topology<'a> {
     pub fn map_type(&self, provider: Bdf, client: Bdf) -> Option<(MapType, u32, bool)> {
         let a = *self.index.get(&provider)?;
         let b = *self.index.get(&client)?;
-        let (m, _) = self.pair_map(a, b);
+        let m = self.pair_map_fast(a, b);
         Some((m.map_type, m.distance, m.acs_redirect))
     }
 
@@ -481,6 +519,7 @@ impl<'a> Topology<'a> {
             provider,
             client,
             map_type: MapType::NotSupported,
+            topology_map_type: MapType::NotSupported,
             distance: None,
             path: Vec::new(),
             common_upstream: None,
@@ -497,6 +536,7 @@ impl<'a> Topology<'a> {
         };
         let (pair, walk) = self.pair_map(a, b);
         v.map_type = pair.map_type;
+        v.topology_map_type = pair.map_type;
         v.distance = Some(pair.distance);
         let a_chain = &self.chains[a];
         let b_chain = &self.chains[b];
@@ -654,7 +694,7 @@ impl<'a> Topology<'a> {
             let mut total = 0u32;
             let mut refused_by = None;
             for (c, &ci) in clients.iter().zip(&client_idx) {
-                let (pair, _) = self.pair_map(p, ci);
+                let pair = self.pair_map_fast(p, ci);
                 if pair.map_type == MapType::NotSupported {
                     refused_by = Some(*c);
                     break;
@@ -716,7 +756,7 @@ impl<'a> Topology<'a> {
                 col_idx
                     .iter()
                     .map(|ci| {
-                        let (pair, _) = self.pair_map(ri?, (*ci)?);
+                        let pair = self.pair_map_fast(ri?, (*ci)?);
                         Some(Cell {
                             map_type: pair.map_type,
                             distance: pair.distance,

@@ -91,7 +91,8 @@ fn resolve_pci(root: &SysfsRoot, tree: &PciTree, name: &str) -> anyhow::Result<(
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
+    // As io::Error, so a closed pipe (`| head`) is recognised as such by main.
+    serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::from)?;
     writeln!(out)?;
     Ok(())
 }
@@ -212,7 +213,7 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
             // One object per line, so guest scripts and tests can mix it with other output.
             let mut out = std::io::stdout().lock();
             for p in &pairs {
-                serde_json::to_writer(&mut out, p)?;
+                serde_json::to_writer(&mut out, p).map_err(std::io::Error::from)?;
                 writeln!(out)?;
             }
         } else {
@@ -329,6 +330,12 @@ fn marks(f: &PciFunction) -> String {
     }
     if let Some(link) = f.link.current() {
         let _ = write!(m, " {}GT/s x{}", link.speed_gts, link.width);
+        let max = (f.link.max_speed, f.link.max_width);
+        if max != (Some(link.speed_gts), Some(link.width)) {
+            if let (Some(speed), Some(width)) = max {
+                let _ = write!(m, " (capable of {speed}GT/s x{width})");
+            }
+        }
     }
     if let Some(driver) = &f.driver {
         let _ = write!(m, " ({driver})");
@@ -473,9 +480,9 @@ fn explain_text(tree: &PciTree, pt: &Target, ct: &Target, v: &Verdict) -> String
     };
     let _ = writeln!(
         out,
-        "verdict:  {verdict}: {} ({}), distance {}",
-        v.map_type,
-        v.map_type.kernel_name(),
+        "verdict:  {verdict}; by topology: {} ({}), distance {}",
+        v.topology_map_type,
+        v.topology_map_type.kernel_name(),
         v.distance
             .map(|d| d.to_string())
             .unwrap_or_else(|| "-".into())
@@ -781,5 +788,21 @@ pub fn snapshot(args: SnapshotArgs, globals: &Globals) -> anyhow::Result<ExitCod
         if args.no_serials { ", serial numbers left out" } else { "" },
         args.out.display()
     );
+    // A snapshot taken without root has 64-byte config files: say so now, not in the bug report.
+    let taken = PciTree::read(&SysfsRoot::new(&args.out))
+        .with_context(|| format!("reading back {}", args.out.display()))?;
+    let unknown: Vec<String> = taken
+        .iter()
+        .filter(|f| f.acs.redirects().is_none())
+        .map(|f| f.bdf.to_string())
+        .collect();
+    if !unknown.is_empty() {
+        eprintln!(
+            "p2pdma: warning: the ACS state of {} function(s) ({}{}) could not be read (config space beyond 64 bytes needs root): take the snapshot as root for certain verdicts",
+            unknown.len(),
+            unknown.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+            if unknown.len() > 3 { ", ..." } else { "" }
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -439,6 +439,11 @@ fn provider_without_p2pmem_or_kernel_without_p2pdma_is_refused() {
     let (_d, tree) = standard(Opts::default());
     let v = v(&tree, "06:00.1", "06:00.0");
     assert_eq!(v.map_type, MapType::NotSupported);
+    // The topology alone would allow it: the refusal comes from the missing pool.
+    assert_eq!(
+        (v.topology_map_type, v.distance),
+        (MapType::BusAddr, Some(2))
+    );
     assert!(v.reasons.contains(&Reason::ProviderHasNoP2pmem {
         bdf: bdf("06:00.1")
     }));
@@ -605,4 +610,58 @@ fn matrix_labels_follow_the_legend() {
         .collect();
     assert_eq!(labels[0], ["X", "ACS4", "HB6", "HB6"]);
     assert_eq!(labels[1], ["HB6", "HB6", "HB4", "BUS2"]);
+}
+
+#[test]
+fn the_matrix_walk_agrees_with_the_full_verdict_on_every_pair() {
+    let (_d, tree) = standard(Opts {
+        acs: vec![("02:00.0", ACS_RR), ("00:02.0", ACS_EC)],
+        ..Opts::default()
+    });
+    let t = Topology::new(&tree);
+    let all: Vec<Bdf> = tree.functions.keys().copied().collect();
+    for a in &all {
+        for b in &all {
+            let (fast, _) = t.pair_map(t.index[a], t.index[b]);
+            assert_eq!(fast, t.pair_map_fast(t.index[a], t.index[b]), "{a} {b}");
+        }
+    }
+}
+
+#[test]
+fn acs_on_the_endpoints_themselves_counts_as_the_kernel_checks_every_function() {
+    // pci_bridge_has_acs_redir() looks at any function with an ACS capability, endpoints
+    // included: the provider (even when it is also the client) and the client below the
+    // common bridge.
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = SysfsBuilder::new(dir.path()).unwrap();
+    b.add(None, "0000:00:00.0", F::host_bridge(0x8086, 0x29c0))
+        .unwrap();
+    let rp = b.add(None, "0000:00:01.0", F::root_port().acs(0)).unwrap();
+    b.add(
+        Some(rp),
+        "0000:01:00.0",
+        F::nvme().p2pmem(1 << 20).acs(ACS_EC),
+    )
+    .unwrap();
+    b.add(
+        Some(rp),
+        "0000:01:00.1",
+        F::nvme().p2pmem(1 << 20).acs(ACS_RR),
+    )
+    .unwrap();
+    b.host_facts(&intel()).unwrap();
+    let tree = PciTree::read(&SysfsRoot::new(dir.path())).unwrap();
+    let same = v(&tree, "01:00.0", "01:00.0");
+    assert_eq!(
+        (same.map_type, same.distance),
+        (MapType::NotSupported, Some(0))
+    );
+    assert!(same.reasons.contains(&Reason::AcsRedirect {
+        functions: bdfs(&["01:00.0"])
+    }));
+    let pair = v(&tree, "01:00.0", "01:00.1");
+    assert!(pair.reasons.contains(&Reason::AcsRedirect {
+        functions: bdfs(&["01:00.0", "01:00.1"])
+    }));
 }
