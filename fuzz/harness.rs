@@ -127,10 +127,16 @@ pub fn run(data: &[u8]) -> bool {
     };
     let topo = Topology::new(&tree);
     let all: Vec<_> = tree.functions.keys().copied().collect();
-    let _ = topo.matrix(&all, &all);
-    for a in &all {
-        for b in &all {
+    let matrix = topo.matrix(&all, &all);
+    for (row, a) in all.iter().enumerate() {
+        for (col, b) in all.iter().enumerate() {
             let v = topo.verdict(*a, *b);
+            let cell = matrix[row][col].expect("both functions are in the tree");
+            assert_eq!(
+                (cell.map_type, Some(cell.distance)),
+                (v.topology_map_type, v.distance),
+                "matrix and verdict agree for {a} -> {b}"
+            );
             assert_eq!(v.path.first(), Some(a), "path starts at the provider");
             assert_eq!(v.path.last(), Some(b), "path ends at the client");
             for r in &v.reasons {

@@ -35,6 +35,15 @@ fn text(bytes: &[u8]) -> String {
 
 /// Boots `topology` (from `topologies_toml` if given) and runs `script` after the prelude.
 fn lab(topology: &str, topologies_toml: Option<&str>, script: &str) -> Output {
+    lab_run(topology, topologies_toml, &[], script)
+}
+
+/// [`lab`] with extra `lab run` arguments.
+fn lab_with_args(topology: &str, extra: &[&str], script: &str) -> Output {
+    lab_run(topology, None, extra, script)
+}
+
+fn lab_run(topology: &str, topologies_toml: Option<&str>, extra: &[&str], script: &str) -> Output {
     let dir = tempfile::tempdir().expect("temp dir");
     let script_path = dir.path().join("copy-test.sh");
     let mut f = std::fs::File::create(&script_path).unwrap();
@@ -42,6 +51,7 @@ fn lab(topology: &str, topologies_toml: Option<&str>, script: &str) -> Output {
     drop(f);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_p2pdma"));
     cmd.args(["lab", "run", "--quiet", "--topology", topology]);
+    cmd.args(extra);
     if let Some(toml) = topologies_toml {
         let toml_path = dir.path().join("topologies.toml");
         std::fs::write(&toml_path, toml).unwrap();
@@ -159,6 +169,73 @@ fn p2p_copies_every_pair_of_the_cascade() {
     let out = lab("cascade", None, &pair_script(&pairs));
     assert!(out.status.success());
     check_pairs(&text(&out.stdout), &pairs);
+}
+
+/// On an AMD Zen CPU the kernel lets root-bus devices do P2P through the host bridge.
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn p2p_copies_through_the_host_bridge_on_amd() {
+    let pairs = [("root0", "root1"), ("root1", "root0")];
+    let out = lab("rootbus-amd", None, &pair_script(&pairs));
+    assert!(out.status.success());
+    check_pairs(&text(&out.stdout), &pairs);
+}
+
+/// Behind a root port with ACS redirect (guest IOMMU on), the kernel refuses P2P and the
+/// error names the kernel parameter that lifts the refusal. Booting with exactly that
+/// parameter, the kernel allows the transfer (bus address) and every request completes,
+/// but QEMU sends all DMA of devices behind its emulated IOMMU through the IOMMU, which
+/// has no mapping for the CMB's bus address: the writes into the CMB are dropped (DMAR
+/// faults in the guest log) and the destination receives stale CMB contents. Only
+/// `--verify` can see that, and it must: exit non-zero, naming the first bad offset.
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn the_acs_fix_lifts_the_refusal_and_verify_catches_what_the_emulated_iommu_drops() {
+    let script = r#"
+A=$(ns mf0); B=$(ns mf1)
+fill $A 0 4194304
+before=$(md5 $B 0 4194304)
+p2pdma copy $A $B --length 4M --verify --json > /tmp/out.json 2>/tmp/err.txt; rc=$?
+echo "RESULT $rc $(md5 $A 0 4194304) $(md5 $B 0 4194304) $before"
+echo "JSON $(one_line /tmp/out.json)"
+echo "ERR $(one_line /tmp/err.txt)"
+echo "DMAR $(dmesg | grep -c 'DMAR: \[DMA Write')"
+"#;
+    let refused = lab("acs", None, script);
+    let stdout = text(&refused.stdout);
+    let r = &lines(&stdout, "RESULT")[0];
+    assert_ne!(r[0], "0", "P2P behind ACS redirect must be refused");
+    assert_eq!(r[2], r[3], "the refused copy changed the destination");
+    let err = lines(&stdout, "ERR")[0].join(" ");
+    assert!(err.contains("Remote I/O error"), "{err}");
+    let fix = err
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("pci=disable_acs_redir="))
+        .map(|list| list.trim_end_matches([';', ')', ',']).to_owned())
+        .unwrap_or_else(|| panic!("no pci=disable_acs_redir= in {err}"));
+
+    let allowed = lab_with_args(
+        "acs",
+        &["--kernel-arg", &format!("pci=disable_acs_redir={fix}")],
+        script,
+    );
+    let stdout = text(&allowed.stdout);
+    let err = lines(&stdout, "ERR")[0].join(" ");
+    assert!(
+        !err.contains("Remote I/O error"),
+        "the kernel still refuses with {fix}: {err}"
+    );
+    let r = &lines(&stdout, "RESULT")[0];
+    assert_ne!(r[0], "0", "the data was lost, the exit status must say so");
+    assert_ne!(r[1], r[2], "expected QEMU's IOMMU to drop the P2P writes");
+    assert!(err.contains("verification failed"), "{err}");
+    assert!(err.contains("offset 0 differs"), "{err}");
+    let j = json_after(&lines(&stdout, "JSON")[0].join(" "));
+    assert_eq!(j["mode"], "p2p", "{j}");
+    assert_eq!(j["verified"], false, "{j}");
+    assert_eq!(j["verification"]["first_difference"], 0, "{j}");
+    let faults: u32 = lines(&stdout, "DMAR")[0][0].parse().unwrap();
+    assert!(faults > 0, "no DMAR fault in the guest log");
 }
 
 /// In `mixed`, only the switch pair can do P2P; the root-bus NVMe and the one behind its
@@ -459,4 +536,78 @@ echo "ERR $(one_line /tmp/err.txt)"
         err.contains(&format!("contiguous from offset 0 to {end}")),
         "{err}"
     );
+}
+
+/// A partition's bytes are its disk's bytes from the partition's start: overlap is found
+/// across the two names, and a mounted partition protects the whole disk.
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn partitions_map_onto_their_disk_for_overlap_and_mounts() {
+    let script = r#"
+A=$(ns sw0); B=$(ns sw1)
+fill $A 0 67108864
+# One partition from sector 2048 (1 MiB) for 16 MiB.
+printf 'o\nn\np\n1\n2048\n+16M\nw\n' | fdisk $B >/dev/null 2>&1
+P=${B}p1
+echo "PART $(cat /sys/class/block/$(basename $P)/start 2>/dev/null)"
+# Random bytes everywhere but the partition table in the first MiB.
+fill $B 1048576 66060288
+case_md5() {
+  name=$1; shift
+  before=$(md5 $B 0 67108864)
+  p2pdma copy "$@" > /tmp/out.txt 2>/tmp/err.txt; rc=$?
+  echo "CASE $name $rc $before $(md5 $B 0 67108864) $(one_line /tmp/err.txt)"
+}
+# The disk's 1 MiB..2 MiB is the partition's 0..1 MiB.
+case_md5 overlap $B $P --src-offset 1M --dst-offset 512k --length 1M
+case_md5 overlap-reverse $P $B --src-offset 0 --dst-offset 1536k --length 1M
+# Disjoint: the disk's 32 MiB into the partition's start, by P2P inside one controller.
+p2pdma copy $B $P --src-offset 32M --length 1M --verify --json > /tmp/ok.json 2>/tmp/ok.err
+echo "DISJOINT $? $(md5 $B 33554432 1048576) $(md5 $P 0 1048576) $(md5 $B 1048576 1048576)"
+echo "DISJOINTJSON $(one_line /tmp/ok.json) $(one_line /tmp/ok.err)"
+mkdir -p /mnt/p
+mke2fs -q $P >/dev/null 2>&1 && mount -o ro $P /mnt/p && echo MOUNTED
+case_md5 mounted-partition $A $B --src-offset 0 --dst-offset 32M --length 1M
+"#;
+    let out = lab("switch", None, script);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        lines(&stdout, "PART")[0][0],
+        "2048",
+        "fdisk made no partition"
+    );
+    assert!(
+        stdout.contains("MOUNTED"),
+        "mke2fs/mount of the partition failed"
+    );
+    let cases: HashMap<&str, Vec<&str>> = lines(&stdout, "CASE")
+        .into_iter()
+        .map(|f| (f[0], f[1..].to_vec()))
+        .collect();
+    for (name, words) in [
+        ("overlap", &["overlaps the source range"][..]),
+        ("overlap-reverse", &["overlaps the source range"][..]),
+        (
+            "mounted-partition",
+            &["p1 is mounted on /mnt/p", "unmount it first"][..],
+        ),
+    ] {
+        let f = &cases[name];
+        let msg = f[3..].join(" ");
+        assert_ne!(f[0], "0", "{name}: must fail: {msg}");
+        assert_eq!(f[1], f[2], "{name}: the disk changed");
+        for w in words {
+            assert!(msg.contains(w), "{name}: {msg:?} lacks {w:?}");
+        }
+    }
+    let d = &lines(&stdout, "DISJOINT")[0];
+    assert_eq!(d[0], "0", "the disjoint copy failed");
+    assert_eq!(
+        d[1], d[2],
+        "partition start does not hold the disk's 32 MiB"
+    );
+    assert_eq!(d[2], d[3], "the partition's 0 is not the disk's 1 MiB");
+    let j = json_after(&lines(&stdout, "DISJOINTJSON")[0].join(" "));
+    assert_eq!(j["mode"], "p2p", "{j}");
+    assert_eq!(j["verified"], true, "{j}");
 }

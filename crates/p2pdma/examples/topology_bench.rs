@@ -142,6 +142,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     );
 
+    let (samples, _) = time(10, || Topology::new(&tree));
+    stats(
+        "  of which indexing (Topology::new)",
+        samples,
+        "chains, ACS, whitelist",
+    );
+
     let (samples, _) = time(5, || {
         let topo = Topology::new(&tree);
         topo.matrix(&nvme, &nvme)

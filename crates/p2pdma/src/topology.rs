@@ -453,6 +453,11 @@ impl<'a> Topology<'a> {
     fn walk_counts(&self, a: usize, b: usize) -> (bool, u32, bool) {
         let a_chain = &self.chains[a];
         let b_chain = &self.chains[b];
+        // Chains sharing any function share their top one: different tops, no common
+        // bridge, decided in one comparison (most pairs of a big tree).
+        if a_chain.last() != b_chain.last() {
+            return (false, (a_chain.len() + b_chain.len()) as u32, false);
+        }
         let mut acs = false;
         for (i, &up_a) in a_chain.iter().enumerate() {
             acs |= self.redirects[up_a as usize] == Some(true);

@@ -21,6 +21,7 @@ use p2pdma::pci::PciTree;
 use p2pdma::resolve::resolve;
 use p2pdma::snapshot::HostFacts;
 use p2pdma::sysfs::SysfsRoot;
+use p2pdma::topology::MapType;
 use p2pdma::Bdf;
 use serde::Serialize;
 
@@ -98,7 +99,7 @@ pub struct CopyArgs {
     /// Benchmark one half of the copy with the same buffers, chunking and queue depth:
     /// only read SRC, or only write the buffers' contents (zeros, or whatever device memory
     /// holds) over DST's range. All the checks of a copy still apply.
-    #[arg(long, value_enum, value_name = "HALF")]
+    #[arg(long, value_enum, value_name = "HALF", conflicts_with = "verify")]
     pub only: Option<Half>,
 }
 
@@ -235,7 +236,7 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         flush_destination(&dst_file, &dst)?;
     }
 
-    let verification = if args.verify && args.only.is_none() {
+    let verification = if args.verify {
         let bar = progress_bar(plan.length, "verify");
         let v = verify(src_end, dst_end, &plan, &mut |n| bar.set_position(n))?;
         bar.finish_and_clear();
@@ -427,7 +428,7 @@ fn refusal_advice(route: &Route) -> String {
             "the topology verdict expected P2P to work; the kernel's log (dmesg) says why it did not".to_owned()
         });
     format!(
-        "the kernel refused P2P DMA through {}: {why}; nothing else to try but --bounce auto (or always) to copy through host memory, or --provider with another provider",
+        "the kernel refused P2P DMA through {}: {why}; apply the fix, or copy through host memory with --bounce auto (or always), or pick another provider with --provider",
         provider_name(route)
     )
 }
@@ -623,6 +624,17 @@ fn describe_route(route: &Route, out: &mut impl Write) -> std::io::Result<()> {
         }
     }
     writeln!(out, "  path         {}", route.path.join(" -> "))?;
+    for v in &route.verdicts {
+        if v.is_p2p() && v.map_type == MapType::ThruHostBridge {
+            writeln!(
+                out,
+                "  via          the root complex between {} and {} ({})",
+                v.provider,
+                v.client,
+                MapType::ThruHostBridge.kernel_name()
+            )?;
+        }
+    }
     let bottleneck = match (&route.mode, &route.bottleneck) {
         (Mode::Bounce, _) => {
             "the slower device, plus both transfers crossing host memory".to_owned()
@@ -675,7 +687,7 @@ fn print_dry_run(
     for ((label, side), pci) in [("source", src), ("destination", dst)].iter().zip(sides) {
         writeln!(
             out,
-            "  {label:<12} {} ({:?}, {} bytes, O_DIRECT block {}; {})",
+            "  {label:<12} {} ({}, {} bytes, O_DIRECT block {}; {})",
             side.facts.path.display(),
             side.facts.kind,
             side.facts.size,

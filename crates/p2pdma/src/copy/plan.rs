@@ -190,6 +190,16 @@ pub enum EndpointKind {
     MissingFile,
 }
 
+impl fmt::Display for EndpointKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EndpointKind::BlockDevice => "block device",
+            EndpointKind::RegularFile => "regular file",
+            EndpointKind::MissingFile => "new file",
+        })
+    }
+}
+
 /// The storage an endpoint's bytes live on, for overlap checks: two endpoints with the same
 /// `StorageId` address the same bytes, offset by their `base`s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

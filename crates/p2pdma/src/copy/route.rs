@@ -265,7 +265,7 @@ fn explain_refusal(verdicts: &[Verdict]) -> String {
                 .map(ToString::to_string)
                 .collect();
             format!(
-                "provider {} and {} : {} ({})",
+                "provider {} and {}: {} ({})",
                 v.provider,
                 v.client,
                 v.map_type,
