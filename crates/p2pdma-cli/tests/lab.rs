@@ -385,7 +385,7 @@ fn readme_test_command_is_what_ci_runs() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
-    let test_command = "cargo run -- lab setup && cargo run -- lab kernel && cargo test --workspace -- --include-ignored";
+    let test_command = "cargo run -- lab setup && cargo run -- lab kernel && cargo run -- lab kernel --flavour debug && cargo test --workspace -- --include-ignored";
     assert!(
         readme.contains(test_command),
         "README.md lost the test command"
