@@ -7,6 +7,10 @@
 //! Each test boots one guest and runs a shell script there; the script prints one
 //! `KEY field...` line per fact, and the assertions are made here on the host.
 
+#[allow(dead_code)] // each lab test binary uses part of the shared helpers
+mod common;
+
+use common::{json_after, lines};
 use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Command, Output};
@@ -75,22 +79,6 @@ fn lab_run(topology: &str, topologies_toml: Option<&str>, extra: &[&str], script
         "the lab itself failed (see stderr above)"
     );
     out
-}
-
-/// The stdout lines starting with `key`, split into fields after the key.
-fn lines<'a>(out: &'a str, key: &str) -> Vec<Vec<&'a str>> {
-    out.lines()
-        .filter_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
-        .map(|rest| rest.split(' ').collect())
-        .collect()
-}
-
-/// The JSON object that follows `key` on a line.
-fn json_after(line: &str) -> serde_json::Value {
-    let start = line
-        .find('{')
-        .unwrap_or_else(|| panic!("no JSON in {line:?}"));
-    serde_json::from_str(&line[start..]).unwrap_or_else(|e| panic!("{e}: {line:?}"))
 }
 
 /// Copies random data between each ordered pair with offsets on both sides; prints

@@ -2,8 +2,7 @@
 //! directory (kernel serial log, disk images), and read what the script printed.
 //!
 //! Guest scripts print one `KEY field...` line per fact; the assertions are made on the
-//! host. `tests/lab_copy.rs` predates this module and keeps its own copies of `lines` and
-//! `json_after`; new lab test files should use these.
+//! host. Each lab test binary uses the part it needs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
