@@ -473,15 +473,22 @@ impl<'a> Topology<'a> {
         (false, (a_chain.len() + b_chain.len()) as u32, false)
     }
 
-    fn pair_map_fast(&self, a: usize, b: usize) -> PairMap {
-        let (common, distance, acs_redirect) = self.walk_counts(a, b);
-        let map_type = if common && !acs_redirect {
+    /// The end of calc_map_type_and_dist(): direct when the two share an upstream bridge
+    /// and nothing on the path redirects, else through the host bridge if the CPU or the
+    /// host bridge allows it, else refused.
+    fn decide_map_type(&self, a: usize, b: usize, common: bool, acs_redirect: bool) -> MapType {
+        if common && !acs_redirect {
             MapType::BusAddr
         } else if self.cpu_supports || self.host_bridge_whitelisted(a, b) {
             MapType::ThruHostBridge
         } else {
             MapType::NotSupported
-        };
+        }
+    }
+
+    fn pair_map_fast(&self, a: usize, b: usize) -> PairMap {
+        let (common, distance, acs_redirect) = self.walk_counts(a, b);
+        let map_type = self.decide_map_type(a, b, common, acs_redirect);
         PairMap {
             map_type,
             distance,
@@ -492,13 +499,7 @@ impl<'a> Topology<'a> {
     fn pair_map(&self, a: usize, b: usize) -> (PairMap, Walk) {
         let walk = self.walk(a, b);
         let acs_redirect = !walk.acs_redirect.is_empty();
-        let map_type = if walk.common.is_some() && !acs_redirect {
-            MapType::BusAddr
-        } else if self.cpu_supports || self.host_bridge_whitelisted(a, b) {
-            MapType::ThruHostBridge
-        } else {
-            MapType::NotSupported
-        };
+        let map_type = self.decide_map_type(a, b, walk.common.is_some(), acs_redirect);
         (
             PairMap {
                 map_type,
