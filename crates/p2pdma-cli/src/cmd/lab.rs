@@ -253,7 +253,13 @@ fn setup(args: SetupArgs) -> anyhow::Result<ExitCode> {
         println!("missing Debian packages: {}", missing.join(" "));
         return Ok(ExitCode::FAILURE);
     }
-    host::install(&missing)?;
+    let plan = host::install(&missing, &p2pdma_lab::paths::cache_root().join("apt"))?;
+    if !plan.backports.is_empty() {
+        println!(
+            "from backports (bookworm's versions would replace packages already here): {}",
+            plan.backports.join(" ")
+        );
+    }
     let still: Vec<_> = host::check().into_iter().filter(|r| !r.present).collect();
     if !still.is_empty() {
         bail!(
