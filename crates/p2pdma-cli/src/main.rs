@@ -18,6 +18,17 @@ struct Cli {
     #[arg(long, global = true, value_name = "DIR", env = "P2PDMA_SYSFS")]
     sysfs: Option<PathBuf>,
 
+    /// Judge P2P by this kernel release's rules (its host-bridge whitelist and how it
+    /// reports a refusal) instead of the running kernel's or the snapshot's: "what would
+    /// kernel X do on this machine".
+    #[arg(
+        long,
+        global = true,
+        value_name = "RELEASE",
+        env = "P2PDMA_KERNEL_RELEASE"
+    )]
+    kernel_release: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -47,11 +58,28 @@ enum Command {
 pub struct Globals {
     /// The sysfs root to read (`/sys` unless `--sysfs` was given).
     pub sysfs: PathBuf,
+    /// `--kernel-release`: the release whose rules verdicts follow, if not the tree's own.
+    pub kernel_release: Option<String>,
+}
+
+impl Globals {
+    /// Reads the PCI tree under the sysfs root, with `--kernel-release` in its host facts.
+    pub fn read_tree(
+        &self,
+        root: &p2pdma::sysfs::SysfsRoot,
+    ) -> Result<p2pdma::pci::PciTree, p2pdma::sysfs::SysfsError> {
+        let mut tree = p2pdma::pci::PciTree::read(root)?;
+        if let Some(release) = &self.kernel_release {
+            tree.host.kernel_release = Some(release.clone());
+        }
+        Ok(tree)
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let globals = Globals {
         sysfs: cli.sysfs.unwrap_or_else(|| PathBuf::from("/sys")),
+        kernel_release: cli.kernel_release,
     };
     match cli.command {
         Command::Lab(c) => cmd::lab::run(c, &globals),

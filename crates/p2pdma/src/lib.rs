@@ -21,6 +21,7 @@
 pub mod bdf;
 pub mod blockdev;
 pub mod copy;
+pub mod kernel_rules;
 pub mod p2pmem;
 pub mod pci;
 pub mod resolve;

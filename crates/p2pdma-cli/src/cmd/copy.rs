@@ -498,7 +498,7 @@ fn decide_route(
         pci_side(&root, "source", src),
         pci_side(&root, "destination", dst),
     ];
-    let tree = match PciTree::read(&root) {
+    let tree = match globals.read_tree(&root) {
         Ok(tree) => tree,
         // A bounce copy does not need the PCI tree, nor does explaining that a side
         // cannot do P2P at all.

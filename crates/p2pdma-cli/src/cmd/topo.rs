@@ -70,7 +70,8 @@ pub struct SnapshotArgs {
 
 fn load(globals: &Globals) -> anyhow::Result<(SysfsRoot, PciTree)> {
     let root = SysfsRoot::new(&globals.sysfs);
-    let tree = PciTree::read(&root)
+    let tree = globals
+        .read_tree(&root)
         .with_context(|| format!("reading the PCI tree from {}", root.path().display()))?;
     Ok((root, tree))
 }
@@ -472,6 +473,7 @@ fn explain_text(tree: &PciTree, pt: &Target, ct: &Target, v: &Verdict) -> String
     };
     let _ = writeln!(out, "provider: {}", describe(pt, v.provider));
     let _ = writeln!(out, "client:   {}", describe(ct, v.client));
+    let _ = writeln!(out, "rules:    {}", v.rules);
     let client_ok = client_queue_ok(ct);
     let verdict = if v.is_p2p() && client_ok {
         "P2P works"
