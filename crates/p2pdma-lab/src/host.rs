@@ -156,6 +156,55 @@ impl PrivateApt {
         Self::create_from(dir, Path::new("/etc/apt"), &os_codename())
     }
 
+    /// A configuration under `dir` that knows only `suite` (e.g. `sid`) on the system's
+    /// Debian mirror: for `apt-get download` of a package from a newer suite, never for
+    /// installing.
+    pub fn for_download(dir: &Path, suite: &str) -> Result<PrivateApt, SetupError> {
+        let parts = dir.join("sources.list.d");
+        let lists = dir.join("lists/partial");
+        for d in [&parts, &lists] {
+            fs::create_dir_all(d).map_err(|source| SetupError::PrivateConfig {
+                path: d.clone(),
+                source,
+            })?;
+        }
+        let system: String = system_source_files(Path::new("/etc/apt"))
+            .iter()
+            .filter_map(|f| fs::read_to_string(f).ok())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mirror = debian_mirror(&system, &os_codename());
+        let file = parts.join(format!("p2pdma-lab-{suite}.list"));
+        fs::write(&file, format!("deb {mirror} {suite} main\n"))
+            .map_err(|source| SetupError::PrivateConfig { path: file, source })?;
+        Ok(PrivateApt {
+            dir: dir.to_owned(),
+            backports: format!("{}-backports", os_codename()),
+        })
+    }
+
+    /// `apt-get download PACKAGE` into `dest` (apt's output shown); the `.deb` it wrote.
+    pub fn download(&self, package: &str, dest: &Path) -> Result<PathBuf, SetupError> {
+        let mut command = self.apt_get(&["download", "-q", package]);
+        command.current_dir(dest);
+        run_shown(command, &format!("apt-get download {package}"))?;
+        let entries = fs::read_dir(dest).map_err(|source| SetupError::PrivateConfig {
+            path: dest.to_owned(),
+            source,
+        })?;
+        entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+            })
+            .ok_or_else(|| SetupError::AptFailed {
+                command: format!("apt-get download {package}"),
+                status: format!("no {package}_*.deb appeared in {}", dest.display()),
+            })
+    }
+
     fn create_from(dir: &Path, etc_apt: &Path, codename: &str) -> Result<PrivateApt, SetupError> {
         let parts = dir.join("sources.list.d");
         let lists = dir.join("lists/partial");

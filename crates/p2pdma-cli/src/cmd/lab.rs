@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use p2pdma_lab::kernel::{self, BuildEvent, Flavour, KernelSource};
+use p2pdma_lab::kernel_source::LabRelease;
 use p2pdma_lab::spec::Catalog;
 use p2pdma_lab::vm::{self, Accel, Fault, RunRequest};
 use p2pdma_lab::{host, paths};
@@ -50,14 +51,24 @@ pub struct SetupArgs {
 /// Where the kernel comes from (shared by `kernel`, `run` and `demo`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct KernelChoice {
-    /// Kernel source: a tree or a tarball (default: Debian's linux-source-6.12).
-    #[arg(long, value_name = "DIR|TARBALL")]
+    /// Kernel source: a tree or a tarball (default: the --release's Debian source).
+    #[arg(long, value_name = "DIR|TARBALL", conflicts_with = "release")]
     source: Option<PathBuf>,
+    /// Which kernel release the lab builds: 6.12 (Debian bookworm's linux-source-6.12) or
+    /// 7.2 (Debian sid's linux-source-7.2, fetched once into the cache through a private
+    /// apt configuration).
+    #[arg(
+        long,
+        value_name = "RELEASE",
+        default_value = "6.12",
+        env = "P2PDMA_LAB_RELEASE"
+    )]
+    release: String,
     /// Which kernel configuration.
     #[arg(long, value_enum, default_value_t = FlavourArg::Standard)]
     flavour: FlavourArg,
     /// Boot this bzImage instead of the cached lab kernel.
-    #[arg(long, value_name = "BZIMAGE", env = "P2PDMA_LAB_KERNEL", conflicts_with_all = ["source", "flavour"])]
+    #[arg(long, value_name = "BZIMAGE", env = "P2PDMA_LAB_KERNEL", conflicts_with_all = ["source", "flavour", "release"])]
     kernel: Option<PathBuf>,
 }
 
@@ -288,7 +299,15 @@ fn ensure_kernel(
     }
     let source = match &choice.source {
         Some(path) => KernelSource::from_path(path)?,
-        None => KernelSource::debian_default(),
+        None => {
+            let release = LabRelease::named(&choice.release)?;
+            let mut note = |line: &str| {
+                if !quiet {
+                    eprintln!("lab kernel: {line}");
+                }
+            };
+            KernelSource::Tarball(release.ensure_tarball(&mut note)?)
+        }
     };
     if let KernelSource::Tarball(t) = &source {
         if !t.exists() {
