@@ -3,15 +3,16 @@
 //! The same statically linked binary runs on the host and inside the lab's guest.
 
 mod cmd;
+pub mod exit;
+pub mod output;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "p2pdma", version, about, long_about = None)]
+#[command(name = "p2pdma", version, about, long_about = None, after_help = exit::TABLE)]
 struct Cli {
     /// Read PCI and block-device facts from this sysfs root instead of /sys
     /// (a snapshot taken with `p2pdma snapshot`, or a test fixture).
@@ -64,25 +65,51 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return usage_error(e),
+    };
+    let json = output::wants_json(&matches);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     match run(cli) {
         Ok(code) => code,
-        Err(err) => {
-            if is_broken_pipe(&err) {
-                return ExitCode::SUCCESS;
-            }
-            let mut stderr = std::io::stderr().lock();
-            let _ = writeln!(stderr, "p2pdma: error: {err:#}");
-            ExitCode::FAILURE
-        }
+        Err(err) if output::is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => ExitCode::from(output::report_error(&err, json)),
     }
 }
 
-/// Output piped into `head` is not a failure.
-fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+/// clap's report (help and version included, which are not errors), plus the JSON error
+/// object on stdout when `--json` was among the arguments.
+fn usage_error(e: clap::Error) -> ExitCode {
+    if !e.use_stderr() {
+        // --help, --version: a closed stdout is not a failure either.
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let _ = e.print();
+    if output::argv_wants_json(std::env::args_os().skip(1)) {
+        let first = e
+            .render()
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("usage error")
+            .trim_start_matches("error: ")
+            .to_owned();
+        let _ = output::print_json(
+            &output::ErrorReport {
+                error: output::ErrorObject {
+                    kind: exit::Kind::Usage,
+                    message: first,
+                    exit_code: exit::USAGE,
+                    details: Default::default(),
+                },
+            },
+            false,
+        );
+    }
+    ExitCode::from(exit::USAGE)
 }

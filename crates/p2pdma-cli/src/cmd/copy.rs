@@ -25,6 +25,8 @@ use p2pdma::topology::MapType;
 use p2pdma::Bdf;
 use serde::Serialize;
 
+use crate::exit::Kind;
+use crate::output::{self, Failure};
 use crate::Globals;
 
 /// When to copy through host memory instead of device memory.
@@ -220,10 +222,9 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     let report = match result {
         Ok(report) => report,
         Err(e) => {
-            if args.json {
-                print_failure_json(&e, &route)?;
-            }
-            return Err(explain_engine_error(e, &route, &plan, dst.facts.kind));
+            let (kind, summary) = failure_summary(&e, &route);
+            let err = explain_engine_error(e, &route, &plan, dst.facts.kind);
+            return Err(Failure::new(kind, err).with_details(&summary).into());
         }
     };
     if route.mode == Mode::P2p && route.p2p_expected == Some(false) {
@@ -245,11 +246,14 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         None
     };
 
-    print_summary(&args, &plan, &route, &report, verification.as_ref())?;
+    let summary = summary(&args, &plan, &route, &report, verification.as_ref());
     match verification {
         Some(v) if !v.matched() => {
             let at = v.first_difference.unwrap_or(0);
-            anyhow::bail!(
+            if !args.json {
+                print_summary(&args, &route, &summary)?;
+            }
+            let err = anyhow::anyhow!(
                 "verification failed: {} offset {} differs from {} offset {} (xxh3-128 {:032x} vs {:032x})",
                 args.dst.display(),
                 plan.dst_offset + at,
@@ -257,9 +261,16 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
                 plan.src_offset + at,
                 v.dst_digest,
                 v.src_digest
-            )
+            );
+            // With --json the summary rides in the error object: one document.
+            Err(Failure::new(Kind::VerifyMismatch, err)
+                .with_details(&summary)
+                .into())
         }
-        _ => Ok(ExitCode::SUCCESS),
+        _ => {
+            print_summary(&args, &route, &summary)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -353,12 +364,12 @@ fn no_space_advice(path: &Path, dst_kind: EndpointKind) -> String {
     }
 }
 
-/// What `--json` prints when the copy stops part-way: enough for a script to know
-/// exactly which destination bytes changed.
+/// The details of the error object when the copy stops part-way: enough for a script to
+/// know exactly which destination bytes changed.
 #[derive(Debug, Serialize)]
 struct FailureSummary {
-    error: String,
-    kind: Option<FailureKind>,
+    /// What the first failed request's errno means here.
+    failure_kind: Option<FailureKind>,
     mode: Mode,
     provider: Option<Bdf>,
     /// Destination byte ranges whose writes completed, as [start, end) pairs.
@@ -368,43 +379,38 @@ struct FailureSummary {
     contiguous_end: Option<u64>,
 }
 
-/// The error and its causes on one line, as `main` prints them.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
-fn print_failure_json(err: &EngineError, route: &Route) -> anyhow::Result<()> {
+/// The kind of a stopped copy (partial when any destination byte was written, else
+/// refused when the kernel refused P2P) and what the error object says about it.
+fn failure_summary(err: &EngineError, route: &Route) -> (Kind, FailureSummary) {
     let written = match err {
         EngineError::Stopped { written, .. } | EngineError::RingFailed { written, .. } => {
             Some(written)
         }
         _ => None,
     };
+    let failure_kind = match err {
+        EngineError::Stopped { failure, .. } => Some(failure.kind),
+        _ => None,
+    };
+    let bytes_written = written.map_or(0, |w| w.ranges.total());
+    let kind = if bytes_written > 0 {
+        Kind::PartialCopy
+    } else if failure_kind == Some(FailureKind::P2pRefused) {
+        Kind::P2pRefused
+    } else {
+        Kind::Failure
+    };
     let summary = FailureSummary {
-        error: error_chain(err),
-        kind: match err {
-            EngineError::Stopped { failure, .. } => Some(failure.kind),
-            _ => None,
-        },
+        failure_kind,
         mode: route.mode,
         provider: route.provider,
         written: written
             .map(|w| w.ranges.ranges().iter().map(|r| [r.start, r.end]).collect())
             .unwrap_or_default(),
-        bytes_written: written.map_or(0, |w| w.ranges.total()),
+        bytes_written,
         contiguous_end: written.map(|w| w.contiguous_end()),
     };
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, &summary)?;
-    writeln!(out)?;
-    Ok(())
+    (kind, summary)
 }
 
 fn refusal_advice(route: &Route) -> String {
@@ -658,7 +664,6 @@ fn print_dry_run(
     sides: &[Side; 2],
 ) -> anyhow::Result<()> {
     let buffer_bytes = plan.chunk_size * u64::from(plan.queue_depth);
-    let mut out = std::io::stdout().lock();
     if args.json {
         let dry = DryRun {
             src,
@@ -668,10 +673,9 @@ fn print_dry_run(
             buffer_bytes,
             route,
         };
-        serde_json::to_writer_pretty(&mut out, &dry)?;
-        writeln!(out)?;
-        return Ok(());
+        return Ok(output::print_json(&dry, true)?);
     }
+    let mut out = output::stdout();
     writeln!(
         out,
         "plan: copy {} ({} bytes) from {} [{}..{}) to {} [{}..{})",
@@ -720,72 +724,74 @@ fn print_dry_run(
     Ok(())
 }
 
-fn print_summary(
-    args: &CopyArgs,
+fn summary<'a>(
+    args: &'a CopyArgs,
     plan: &CopyPlan,
     route: &Route,
     report: &EngineReport,
     verification: Option<&Verification>,
-) -> anyhow::Result<()> {
+) -> Summary<'a> {
     let seconds = report.elapsed.as_secs_f64();
     let throughput = if seconds > 0.0 {
         report.bytes as f64 / seconds
     } else {
         0.0
     };
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        let summary = Summary {
-            src: &args.src,
-            dst: &args.dst,
-            src_offset: plan.src_offset,
-            dst_offset: plan.dst_offset,
-            bytes: report.bytes,
-            seconds,
-            throughput_bytes_per_sec: throughput,
-            mode: route.mode,
-            provider: route.provider,
-            path: route.path.clone(),
-            bounce_reason: route.bounce_reason.clone(),
-            chunk_size: plan.chunk_size,
-            queue_depth: plan.queue_depth,
-            short_transfers: report.short_transfers,
-            only: args.only,
-            verified: verification.map(|v| v.matched()),
-            verification: verification.copied(),
-        };
-        serde_json::to_writer(&mut out, &summary)?;
-        writeln!(out)?;
-        return Ok(());
+    Summary {
+        src: &args.src,
+        dst: &args.dst,
+        src_offset: plan.src_offset,
+        dst_offset: plan.dst_offset,
+        bytes: report.bytes,
+        seconds,
+        throughput_bytes_per_sec: throughput,
+        mode: route.mode,
+        provider: route.provider,
+        path: route.path.clone(),
+        bounce_reason: route.bounce_reason.clone(),
+        chunk_size: plan.chunk_size,
+        queue_depth: plan.queue_depth,
+        short_transfers: report.short_transfers,
+        only: args.only,
+        verified: verification.map(|v| v.matched()),
+        verification: verification.copied(),
     }
+}
+
+fn print_summary(args: &CopyArgs, route: &Route, summary: &Summary) -> anyhow::Result<()> {
+    if args.json {
+        return Ok(output::print_json(summary, false)?);
+    }
+    let mut out = output::stdout();
     let what = match args.only {
         None => format!(
             "copied {} from {} to {}",
-            HumanBytes(report.bytes),
+            HumanBytes(summary.bytes),
             args.src.display(),
             args.dst.display()
         ),
         Some(Half::Read) => format!(
             "read {} from {} (--only read)",
-            HumanBytes(report.bytes),
+            HumanBytes(summary.bytes),
             args.src.display()
         ),
         Some(Half::Write) => format!(
             "wrote {} to {} (--only write)",
-            HumanBytes(report.bytes),
+            HumanBytes(summary.bytes),
             args.dst.display()
         ),
     };
     writeln!(
         out,
-        "{what} in {seconds:.3} s ({}/s), {}",
-        HumanBytes(throughput as u64),
+        "{what} in {:.3} s ({}/s), {}",
+        summary.seconds,
+        HumanBytes(summary.throughput_bytes_per_sec as u64),
         match route.mode {
             Mode::P2p => format!("P2P through {}", provider_name(route)),
             Mode::Bounce => "through host memory".to_owned(),
         }
     )?;
-    if let Some(v) = verification {
+    if let Some(v) = &summary.verification {
         if v.matched() {
             writeln!(
                 out,

@@ -1,5 +1,6 @@
 //! `p2pdma mem`: look at p2pmem pools and check that one really holds data.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -9,6 +10,8 @@ use p2pdma::p2pmem::{self, P2pBuffer, P2pmemError, Provider};
 use p2pdma::Bdf;
 use serde::Serialize;
 
+use crate::exit::Kind;
+use crate::output::{self, ErrorObject};
 use crate::Globals;
 
 /// The `mem` subcommands.
@@ -94,22 +97,30 @@ fn info(args: InfoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         });
     }
     if args.json {
-        println!("{}", serde_json::to_string(&pools)?);
+        output::print_json(&pools, false)?;
     } else if pools.is_empty() {
-        println!("no p2pmem providers under {}", globals.sysfs.display());
+        writeln!(
+            output::stdout(),
+            "no p2pmem providers under {}",
+            globals.sysfs.display()
+        )?;
     } else {
-        println!(
+        writeln!(
+            output::stdout(),
             "{:<14} {:>12} {:>12} published",
-            "provider", "size", "available"
-        );
+            "provider",
+            "size",
+            "available"
+        )?;
         for p in &pools {
-            println!(
+            writeln!(
+                output::stdout(),
                 "{:<14} {:>12} {:>12} {}",
                 p.provider,
                 p.size,
                 p.available,
                 if p.published { "yes" } else { "no" }
-            );
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -139,6 +150,10 @@ struct TestReport {
     passed: bool,
     /// What failed, one line each.
     failures: Vec<String>,
+    /// When a check failed: the contract's error object (kind `failure`, the failures
+    /// joined in `message`), so a script finds `error` in every failed run's document.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorObject>,
 }
 
 #[derive(Debug, Serialize)]
@@ -332,6 +347,18 @@ fn test(args: TestArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         ));
     }
     report.passed = report.failures.is_empty();
+    if !report.passed {
+        report.error = Some(ErrorObject {
+            kind: Kind::Failure,
+            message: format!(
+                "mem test of {} failed: {}",
+                report.provider,
+                report.failures.join("; ")
+            ),
+            exit_code: Kind::Failure.code(),
+            details: Default::default(),
+        });
+    }
     print_test_report(&report, args.json)?;
     Ok(if report.passed {
         ExitCode::SUCCESS
@@ -476,20 +503,26 @@ fn unbind_and_check(
 
 fn print_test_report(report: &TestReport, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(report)?);
+        output::print_json(report, false)?;
         return Ok(());
     }
-    println!(
+    writeln!(
+        output::stdout(),
         "{}: pool {} bytes, {} free before the test",
-        report.provider, report.pool_size, report.available_before
-    );
+        report.provider,
+        report.pool_size,
+        report.available_before
+    )?;
     for (i, a) in report.allocations.iter().enumerate() {
-        println!(
+        writeln!(
+            output::stdout(),
             "  buffer {i}: {} bytes mapped, {} free after",
-            a.len, a.available_after
-        );
+            a.len,
+            a.available_after
+        )?;
     }
-    println!(
+    writeln!(
+        output::stdout(),
         "  pattern: {} bytes written ({:.1} MiB/s) and read back ({:.1} MiB/s) through the CPU: {}",
         report.pattern_bytes,
         report.cpu_write_mib_per_s,
@@ -499,15 +532,17 @@ fn print_test_report(report: &TestReport, json: bool) -> anyhow::Result<()> {
         } else {
             "identical"
         }
-    );
+    )?;
     if let Some(e) = &report.exhaustion {
-        println!(
+        writeln!(
+            output::stdout(),
             "  exhaustion: {} more buffers, then: {}",
-            e.extra_buffers, e.error
-        );
+            e.extra_buffers,
+            e.error
+        )?;
     }
     if let Some(u) = &report.unbind {
-        println!(
+        writeln!(output::stdout(),
             "  unbind from {}: live after unbind {}, reads {:?}, {} SIGBUS revocations, io_ptr {}, rebound {}, live after rebind {}",
             u.driver,
             u.is_live_after_unbind,
@@ -516,21 +551,33 @@ fn print_test_report(report: &TestReport, json: bool) -> anyhow::Result<()> {
             u.io_ptr_result,
             u.rebound,
             u.is_live_after_rebind
-        );
+        )?;
     }
     if let Some(w) = &report.while_mapped {
-        println!(
+        writeln!(
+            output::stdout(),
             "  while mapped, `{}` exited {:?}: live after {}, buffers {:?}, {} SIGBUS revocations",
-            w.command, w.exit_code, w.is_live_after, w.read_results, w.sigbus_revocations
-        );
+            w.command,
+            w.exit_code,
+            w.is_live_after,
+            w.read_results,
+            w.sigbus_revocations
+        )?;
     }
     match report.available_after {
-        Some(free) => println!("  {free} free after dropping every buffer"),
-        None => println!("  the provider is gone after the test"),
+        Some(free) => writeln!(
+            output::stdout(),
+            "  {free} free after dropping every buffer"
+        )?,
+        None => writeln!(output::stdout(), "  the provider is gone after the test")?,
     }
     for f in &report.failures {
-        println!("  FAILED: {f}");
+        writeln!(output::stdout(), "  FAILED: {f}")?;
     }
-    println!("{}", if report.passed { "passed" } else { "FAILED" });
+    writeln!(
+        output::stdout(),
+        "{}",
+        if report.passed { "passed" } else { "FAILED" }
+    )?;
     Ok(())
 }

@@ -11,6 +11,8 @@ use p2pdma::p2pmem::{P2pBuffer, P2pmemError, Provider};
 use p2pdma::Bdf;
 use serde::Serialize;
 
+use crate::exit::Kind;
+use crate::output::{self, ErrorObject};
 use crate::Globals;
 
 /// Arguments of `p2pdma probe`.
@@ -53,12 +55,16 @@ struct ProbeReport {
     /// read through host memory (a buffered read).
     matches_host_read: Option<bool>,
     errno: Option<i32>,
-    error: Option<String>,
+    /// Unless `result` is `ok`: the contract's error object (kind `p2p_refused` or
+    /// `failure`, the exit status, the kernel's error in `message`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorObject>,
 }
 
 /// Allocates one small buffer from the provider and reads the client's first block into
-/// it with one O_DIRECT `pread`. Exits 0 whenever the read was attempted, whatever the
-/// kernel answered; fails when the probe cannot be set up.
+/// it with one O_DIRECT `pread`. Exits 0 when the read brought the device's data, 3
+/// ([`Kind::P2pRefused`]) when the kernel refused P2P, 1 when the read failed otherwise
+/// or the probe cannot be set up.
 pub fn probe(args: ProbeArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     let provider = Provider::open(&globals.sysfs, args.provider)?;
     let client = BlockDevice::read_devnode(&globals.sysfs, &args.client)
@@ -83,6 +89,17 @@ pub fn probe(args: ProbeArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         None
     };
     let errno = source.as_ref().and_then(errno_of);
+    let kind = match result {
+        Outcome::Ok => None,
+        Outcome::P2pRefused => Some(Kind::P2pRefused),
+        Outcome::Error => Some(Kind::Failure),
+    };
+    let error = kind.zip(source.as_ref()).map(|(kind, e)| ErrorObject {
+        kind,
+        message: chain_text(e),
+        exit_code: kind.code(),
+        details: Default::default(),
+    });
     let report = ProbeReport {
         provider: args.provider,
         client: args.client,
@@ -91,10 +108,10 @@ pub fn probe(args: ProbeArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         result,
         matches_host_read,
         errno,
-        error: source.as_ref().map(chain_text),
+        error,
     };
     print_report(&report, args.json)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(kind.map_or(ExitCode::SUCCESS, Kind::exit))
 }
 
 /// Compares the first `len` bytes of `buffer` with the client's first `len` bytes read
@@ -131,12 +148,10 @@ fn chain_text(e: &P2pmemError) -> String {
 
 fn print_report(report: &ProbeReport, json: bool) -> anyhow::Result<()> {
     use std::io::Write;
-    let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer(&mut out, report)?;
-        writeln!(out)?;
-        return Ok(());
+        return Ok(output::print_json(report, false)?);
     }
+    let mut out = output::stdout();
     let head = format!("{} <- {}", report.provider, report.client.display());
     match report.result {
         Outcome::Ok => writeln!(
@@ -153,12 +168,18 @@ fn print_report(report: &ProbeReport, json: bool) -> anyhow::Result<()> {
         Outcome::P2pRefused => writeln!(
             out,
             "{head}: p2p-refused, the kernel will not do P2P DMA between these devices ({})",
-            report.error.as_deref().unwrap_or("no error text")
+            report
+                .error
+                .as_ref()
+                .map_or("no error text", |e| e.message.as_str())
         )?,
         Outcome::Error => writeln!(
             out,
             "{head}: error, the read failed for a reason other than P2P ({})",
-            report.error.as_deref().unwrap_or("no error text")
+            report
+                .error
+                .as_ref()
+                .map_or("no error text", |e| e.message.as_str())
         )?,
     }
     Ok(())
