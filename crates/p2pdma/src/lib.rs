@@ -23,6 +23,7 @@ pub mod blockdev;
 pub mod copy;
 pub mod p2pmem;
 pub mod pci;
+pub mod refusal;
 pub mod resolve;
 pub mod revoke;
 pub mod snapshot;

@@ -170,7 +170,7 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         force: args.force,
     };
     let plan = plan::validate(&src.facts, &dst.facts, &request)?;
-    let (route, sides) = decide_route(globals, &args, &src, &dst)?;
+    let (route, sides, kernel_release) = decide_route(globals, &args, &src, &dst)?;
 
     if args.dry_run {
         print_dry_run(&args, &src, &dst, &plan, &route, &sides)?;
@@ -221,9 +221,15 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
     let report = match result {
         Ok(report) => report,
-        Err(e) => {
+        Err(mut e) => {
+            let einval = reinterpret_einval(&mut e, &route, kernel_release.as_deref());
             let (kind, summary) = failure_summary(&e, &route);
-            let err = explain_engine_error(e, &route, &plan, dst.facts.kind);
+            let mut err = explain_engine_error(e, &route, &plan, dst.facts.kind);
+            if let Some(why) = einval {
+                err = err.context(format!(
+                    "an I/O on device memory failed with EINVAL, reported as an I/O error, not a P2P refusal: {why}"
+                ));
+            }
             return Err(Failure::new(kind, err).with_details(&summary).into());
         }
     };
@@ -493,12 +499,38 @@ fn pci_side(root: &SysfsRoot, role: &'static str, inspected: &Inspected) -> Side
     }
 }
 
+/// The engine reads EINVAL on device memory as a P2P refusal; that holds only on Linux
+/// 6.17 and later, for a pair the topology refuses ([`p2pdma::refusal::interpret`]). Otherwise the
+/// failure becomes an I/O error, and the reason is returned for the message.
+fn reinterpret_einval(
+    err: &mut EngineError,
+    route: &Route,
+    kernel_release: Option<&str>,
+) -> Option<String> {
+    let EngineError::Stopped { failure, .. } = err else {
+        return None;
+    };
+    if failure.kind != FailureKind::P2pRefused
+        || failure.source.raw_os_error() != Some(libc::EINVAL)
+    {
+        return None;
+    }
+    match p2pdma::refusal::interpret(libc::EINVAL, route.p2p_expected, kernel_release) {
+        p2pdma::refusal::Meaning::P2pRefused => None,
+        p2pdma::refusal::Meaning::IoError { why } => {
+            failure.kind = FailureKind::Other;
+            Some(why)
+        }
+    }
+}
+
+/// Decides the route; also returns the kernel release the PCI tree was read with.
 fn decide_route(
     globals: &Globals,
     args: &CopyArgs,
     src: &Inspected,
     dst: &Inspected,
-) -> anyhow::Result<(Route, [Side; 2])> {
+) -> anyhow::Result<(Route, [Side; 2], Option<String>)> {
     let root = SysfsRoot::new(&globals.sysfs);
     let sides = [
         pci_side(&root, "source", src),
@@ -528,7 +560,8 @@ fn decide_route(
         args.bounce.into(),
         args.provider,
     )?;
-    Ok((route, sides))
+    let release = tree.host.kernel_release.clone();
+    Ok((route, sides, release))
 }
 
 /// One p2pmem buffer per chunk in flight.
@@ -806,6 +839,92 @@ fn print_summary(args: &CopyArgs, route: &Route, summary: &Summary) -> anyhow::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stopped(errno: i32, kind: FailureKind) -> EngineError {
+        EngineError::Stopped {
+            written: p2pdma::copy::Written {
+                path: "/dev/nvme1n1".into(),
+                dst_offset: 0,
+                ranges: Default::default(),
+            },
+            failure: p2pdma::copy::IoFailure {
+                op: p2pdma::copy::Op::Write,
+                path: "/dev/nvme1n1".into(),
+                offset: 0,
+                len: 4096,
+                kind,
+                source: std::io::Error::from_raw_os_error(errno),
+            },
+        }
+    }
+
+    fn route(p2p_expected: Option<bool>) -> Route {
+        Route {
+            mode: Mode::P2p,
+            provider: None,
+            provider_reason: None,
+            pool: None,
+            verdicts: Vec::new(),
+            path: Vec::new(),
+            bottleneck: None,
+            bounce_reason: None,
+            p2p_expected,
+            why_not: None,
+        }
+    }
+
+    fn kind_of(e: &EngineError) -> FailureKind {
+        match e {
+            EngineError::Stopped { failure, .. } => failure.kind,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn einval_on_device_memory_is_a_refusal_only_on_new_kernels_with_a_refusing_verdict() {
+        let mut e = stopped(libc::EINVAL, FailureKind::P2pRefused);
+        let why = reinterpret_einval(&mut e, &route(Some(false)), Some("6.12.117"));
+        assert!(why.unwrap().contains("EREMOTEIO"));
+        assert_eq!(kind_of(&e), FailureKind::Other);
+        let (kind, _) = failure_summary(&e, &route(Some(false)));
+        assert_eq!(
+            kind,
+            Kind::Failure,
+            "nothing written, not a refusal: exit 1"
+        );
+
+        let mut e = stopped(libc::EINVAL, FailureKind::P2pRefused);
+        assert_eq!(
+            reinterpret_einval(&mut e, &route(Some(false)), Some("6.17.2")),
+            None
+        );
+        assert_eq!(kind_of(&e), FailureKind::P2pRefused);
+        assert_eq!(failure_summary(&e, &route(Some(false))).0, Kind::P2pRefused);
+
+        let mut e = stopped(libc::EINVAL, FailureKind::P2pRefused);
+        assert!(reinterpret_einval(&mut e, &route(Some(true)), Some("6.17.2")).is_some());
+        assert_eq!(kind_of(&e), FailureKind::Other);
+
+        let mut e = stopped(libc::EREMOTEIO, FailureKind::P2pRefused);
+        assert_eq!(
+            reinterpret_einval(&mut e, &route(Some(true)), Some("6.12.1")),
+            None
+        );
+        assert_eq!(kind_of(&e), FailureKind::P2pRefused);
+    }
+
+    #[test]
+    fn a_stop_after_some_bytes_landed_is_a_partial_copy_whatever_the_cause() {
+        let mut e = stopped(libc::EREMOTEIO, FailureKind::P2pRefused);
+        if let EngineError::Stopped { written, .. } = &mut e {
+            written.ranges.insert(0..8192);
+        }
+        let (kind, summary) = failure_summary(&e, &route(Some(true)));
+        assert_eq!(kind, Kind::PartialCopy);
+        assert_eq!(summary.bytes_written, 8192);
+        assert_eq!(summary.written, vec![[0, 8192]]);
+        assert_eq!(Kind::PartialCopy.code(), 4);
+    }
 
     #[test]
     fn no_space_on_a_block_device_means_it_went_away_not_that_it_is_full() {
