@@ -19,6 +19,10 @@ struct Cli {
     #[arg(long, global = true, value_name = "DIR", env = "P2PDMA_SYSFS")]
     sysfs: Option<PathBuf>,
 
+    /// No progress bars and no notes on stderr (errors and warnings still print).
+    #[arg(long, short, global = true)]
+    quiet: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -41,6 +45,10 @@ enum Command {
     /// p2pmem pools: list them, or check that one holds data and survives an unbind.
     #[command(subcommand)]
     Mem(cmd::mem::MemCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(cmd::operator::CompletionsArgs),
+    /// Print the man page, or write one per subcommand into a directory.
+    Man(cmd::operator::ManArgs),
 }
 
 /// Options every subcommand may use.
@@ -48,11 +56,14 @@ enum Command {
 pub struct Globals {
     /// The sysfs root to read (`/sys` unless `--sysfs` was given).
     pub sysfs: PathBuf,
+    /// `--quiet`: no progress bars, no notes on stderr.
+    pub quiet: bool,
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let globals = Globals {
         sysfs: cli.sysfs.unwrap_or_else(|| PathBuf::from("/sys")),
+        quiet: cli.quiet,
     };
     match cli.command {
         Command::Lab(c) => cmd::lab::run(c, &globals),
@@ -61,6 +72,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Copy(a) => cmd::copy::run(a, &globals),
         Command::Probe(a) => cmd::probe::probe(a, &globals),
         Command::Mem(c) => cmd::mem::run(c, &globals),
+        Command::Completions(a) => cmd::operator::completions(a, Cli::command()),
+        Command::Man(a) => cmd::operator::man(a, Cli::command()),
     }
 }
 

@@ -326,6 +326,9 @@ fn a_closed_stdout_ends_every_command_quietly_with_success() {
         (&mixed, vec!["mem", "info", "--json"]),
         (&mixed, vec!["lab", "topologies"]),
         (&mixed, vec!["lab", "topologies", "--json"]),
+        (&mixed, vec!["mem", "info", "--prometheus"]),
+        (&mixed, vec!["completions", "bash"]),
+        (&mixed, vec!["man"]),
         (&mixed, vec!["--help"]),
         (&mixed, vec!["--version"]),
         (&sysfs, vec!["copy", &src, &dst, "--bounce", "always"]),
@@ -344,5 +347,105 @@ fn a_closed_stdout_ends_every_command_quietly_with_success() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert!(stderr.is_empty(), "{args:?} is not quiet: {stderr}");
+    }
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_clap_definitions() {
+    let root = fixture("switch");
+    for (shell, marker) in [
+        ("bash", "_p2pdma()"),
+        ("zsh", "#compdef p2pdma"),
+        ("fish", "complete -c p2pdma"),
+    ] {
+        let out = p2pdma(&root, &["completions", shell]);
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(marker), "{shell}: {marker} missing");
+        assert!(
+            text.contains("prometheus"),
+            "{shell}: mem info --prometheus missing"
+        );
+    }
+    let out = p2pdma(&root, &["man"]);
+    assert!(out.status.success());
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH p2pdma 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("Exit status"),
+        "the exit-code table is in the man page"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = p2pdma(&root, &["man", "--out", dir.path().to_str().unwrap()]);
+    assert!(out.status.success());
+    for page in [
+        "p2pdma.1",
+        "p2pdma-copy.1",
+        "p2pdma-mem-info.1",
+        "p2pdma-topo.1",
+    ] {
+        assert!(dir.path().join(page).is_file(), "{page} not written");
+    }
+}
+
+#[test]
+fn sizes_take_suffixes_everywhere_and_quiet_silences_notes() {
+    let root = fixture("switch");
+    // The size parses (the error is the missing provider, not the size) ...
+    let out = p2pdma(&root, &["mem", "test", "0000:07:00.0", "--size", "1G"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no PCI device 0000:07:00.0"));
+    // ... and a bad one is a usage error that names the suffixes.
+    let out = p2pdma(&root, &["mem", "test", "0000:03:00.0", "--size", "1Q"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("k, M, G or T suffix"));
+
+    let f = Files::new();
+    let src = f.file("src", 1 << 20, 5);
+    let dst = f.file("dst", 1 << 20, 6);
+    let sysfs = f.sysfs();
+    let loud = p2pdma(&sysfs, &["copy", &src, &dst, "--bounce", "auto"]);
+    assert!(loud.status.success());
+    assert!(String::from_utf8_lossy(&loud.stderr).contains("copying through host memory"));
+    let quiet = p2pdma(&sysfs, &["--quiet", "copy", &src, &dst, "--bounce", "auto"]);
+    assert!(quiet.status.success());
+    assert!(
+        quiet.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&quiet.stderr)
+    );
+    assert!(!quiet.stdout.is_empty(), "--quiet keeps the result");
+
+    let snap = f.dir.path().join("snap");
+    let out = p2pdma(&root, &["snapshot", snap.to_str().unwrap(), "-q"]);
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn mem_info_prometheus_is_the_node_exporter_text_format() {
+    let out = p2pdma(&fixture("switch"), &["mem", "info", "--prometheus"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("# TYPE p2pdma_pool_available_bytes gauge"),
+        "{text}"
+    );
+    assert!(
+        text.contains("p2pdma_pool_size_bytes{bdf=\"0000:03:00.0\",driver=\"nvme\"} 16777216"),
+        "{text}"
+    );
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').expect("series value");
+        assert!(series.starts_with("p2pdma_pool_"), "{line}");
+        value.parse::<u64>().unwrap_or_else(|_| panic!("{line}"));
     }
 }

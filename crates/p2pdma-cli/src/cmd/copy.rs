@@ -115,9 +115,7 @@ pub enum Half {
     Write,
 }
 
-fn size(text: &str) -> Result<u64, String> {
-    plan::parse_size(text).map_err(|e| e.to_string())
-}
+use super::size;
 
 /// What `--json` prints after a copy.
 #[derive(Debug, Serialize)]
@@ -177,7 +175,7 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(note) = &route.bounce_reason {
-        if !args.json && args.bounce != Bounce::Always {
+        if !args.json && !globals.quiet && args.bounce != Bounce::Always {
             eprintln!("p2pdma: copying through host memory: {note}");
         }
     }
@@ -203,7 +201,7 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         path: &args.dst,
     };
 
-    let bar = progress_bar(plan.length, "copy");
+    let bar = progress_bar(plan.length, "copy", globals.quiet);
     let mut progress = |n| bar.set_position(n);
     let direction = match args.only {
         None => Direction::Copy,
@@ -233,7 +231,7 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
             return Err(Failure::new(kind, err).with_details(&summary).into());
         }
     };
-    if route.mode == Mode::P2p && route.p2p_expected == Some(false) {
+    if route.mode == Mode::P2p && route.p2p_expected == Some(false) && !globals.quiet {
         eprintln!(
             "p2pdma: note: the topology verdict predicted that the kernel would refuse P2P ({}), but it allowed it; please report this with `p2pdma snapshot`",
             route.why_not.as_deref().unwrap_or("no reason recorded")
@@ -244,7 +242,7 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     }
 
     let verification = if args.verify {
-        let bar = progress_bar(plan.length, "verify");
+        let bar = progress_bar(plan.length, "verify", globals.quiet);
         let v = verify(src_end, dst_end, &plan, &mut |n| bar.set_position(n))?;
         bar.finish_and_clear();
         Some(v)
@@ -291,8 +289,8 @@ fn flush_destination(file: &File, dst: &Inspected) -> anyhow::Result<()> {
     })
 }
 
-fn progress_bar(len: u64, what: &'static str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
+fn progress_bar(len: u64, what: &'static str, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());

@@ -154,8 +154,8 @@ pub struct RunArgs {
     /// Write the run's facts (timings, status, logs) as JSON to this file.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
-    /// Say nothing but the guest's output and errors.
-    #[arg(long, short)]
+    /// Say nothing but the guest's output and errors (the global --quiet, -q).
+    #[arg(skip)]
     quiet: bool,
     /// The shell command to run in the guest (joined with spaces, run by busybox sh).
     #[arg(last = true, required = true, value_name = "COMMAND")]
@@ -217,7 +217,7 @@ pub fn run(cmd: LabCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
     match cmd {
         LabCommand::Setup(args) => setup(args),
         LabCommand::Kernel(args) => {
-            let kernel = ensure_kernel(&args.choice, args.jobs, false)?;
+            let kernel = ensure_kernel(&args.choice, args.jobs, globals.quiet)?;
             if args.print_path {
                 writeln!(output::stdout(), "{}", kernel.display())?;
             } else {
@@ -226,7 +226,10 @@ pub fn run(cmd: LabCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Topologies(args) => topologies(args),
-        LabCommand::Run(args) => lab_run(args),
+        LabCommand::Run(mut args) => {
+            args.quiet |= globals.quiet;
+            lab_run(args)
+        }
         LabCommand::Demo(args) => demo(args),
         LabCommand::Bench(args) => bench(args),
         LabCommand::Guest(g) => guest(g, globals),

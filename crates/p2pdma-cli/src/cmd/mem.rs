@@ -33,6 +33,10 @@ pub struct InfoArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Print the pools in the Prometheus text format, for node_exporter's textfile
+    /// collector (gauges labelled by BDF and driver).
+    #[arg(long, conflicts_with = "json")]
+    prometheus: bool,
 }
 
 /// Arguments of `p2pdma mem test`.
@@ -41,8 +45,8 @@ pub struct TestArgs {
     /// The provider to test (PCI address, e.g. 0000:01:00.0).
     #[arg(value_name = "BDF")]
     provider: Bdf,
-    /// Bytes per buffer (rounded up to the page size).
-    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    /// Bytes per buffer (rounded up to the page size); k, M, G, T suffixes (binary).
+    #[arg(long, default_value = "1M", value_name = "SIZE", value_parser = super::size_usize)]
     size: usize,
     /// How many buffers to hold at once.
     #[arg(long, default_value_t = 1, value_name = "N")]
@@ -68,6 +72,8 @@ pub struct TestArgs {
 #[derive(Debug, Serialize)]
 struct PoolInfo {
     provider: Bdf,
+    /// The provider's driver (`driver` link), if bound.
+    driver: Option<String>,
     size: u64,
     available: u64,
     published: bool,
@@ -88,16 +94,12 @@ fn info(args: InfoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     };
     let mut pools = Vec::new();
     for bdf in bdfs {
-        let provider = Provider::open(&globals.sysfs, bdf)?;
-        pools.push(PoolInfo {
-            provider: bdf,
-            size: provider.size()?,
-            available: provider.available()?,
-            published: provider.published()?,
-        });
+        pools.push(pool_info(&globals.sysfs, bdf)?);
     }
     if args.json {
         output::print_json(&pools, false)?;
+    } else if args.prometheus {
+        write!(output::stdout(), "{}", prometheus_text(&pools))?;
     } else if pools.is_empty() {
         writeln!(
             output::stdout(),
@@ -124,6 +126,71 @@ fn info(args: InfoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `mem info` shows of one provider.
+fn pool_info(sysfs: &Path, bdf: Bdf) -> anyhow::Result<PoolInfo> {
+    let provider = Provider::open(sysfs, bdf)?;
+    let driver_link = sysfs
+        .join("bus/pci/devices")
+        .join(bdf.to_string())
+        .join("driver");
+    let driver = std::fs::read_link(driver_link)
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    Ok(PoolInfo {
+        provider: bdf,
+        driver,
+        size: provider.size()?,
+        available: provider.available()?,
+        published: provider.published()?,
+    })
+}
+
+/// The pools in the Prometheus text exposition format (version 0.0.4), one gauge family
+/// per pool attribute, each sample labelled `bdf` and `driver` (empty when unbound).
+fn prometheus_text(pools: &[PoolInfo]) -> String {
+    use std::fmt::Write as _;
+    type Family = (&'static str, &'static str, fn(&PoolInfo) -> u64);
+    let families: [Family; 3] = [
+        (
+            "p2pdma_pool_size_bytes",
+            "Size of the p2pmem pool of a PCI device (sysfs p2pmem/size).",
+            |p| p.size,
+        ),
+        (
+            "p2pdma_pool_available_bytes",
+            "Free bytes in the p2pmem pool of a PCI device (sysfs p2pmem/available); an allocation needs one contiguous run.",
+            |p| p.available,
+        ),
+        (
+            "p2pdma_pool_published",
+            "1 if the device publishes its p2pmem to other drivers (sysfs p2pmem/published), else 0.",
+            |p| u64::from(p.published),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for p in pools {
+            let _ = writeln!(
+                out,
+                "{name}{{bdf=\"{}\",driver=\"{}\"}} {}",
+                p.provider,
+                label_value(p.driver.as_deref().unwrap_or("")),
+                value(p)
+            );
+        }
+    }
+    out
+}
+
+/// A label value with `\`, `"` and newlines escaped, as the text format requires.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Everything `mem test` saw, printed as JSON with `--json`.
@@ -580,4 +647,66 @@ fn print_test_report(report: &TestReport, json: bool) -> anyhow::Result<()> {
         if report.passed { "passed" } else { "FAILED" }
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2pdma::sysfs::builder::{FunctionSpec, SysfsBuilder};
+
+    #[test]
+    fn prometheus_text_of_a_fixture_has_help_type_and_labelled_gauges() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = SysfsBuilder::new(dir.path()).unwrap();
+        b.add(
+            None,
+            "0000:00:00.0",
+            FunctionSpec::host_bridge(0x8086, 0x29c0),
+        )
+        .unwrap();
+        let rp = b
+            .add(None, "0000:00:01.0", FunctionSpec::root_port())
+            .unwrap();
+        b.add(
+            Some(rp),
+            "0000:01:00.0",
+            FunctionSpec::nvme()
+                .p2pmem_full(16 << 20, 12 << 20, true)
+                .driver("nvme"),
+        )
+        .unwrap();
+        b.add(
+            Some(rp),
+            "0000:01:00.1",
+            // A memory device with no driver bound: an empty driver label.
+            FunctionSpec::endpoint(0x1b36, 0x0011, 0x050000).p2pmem_full(1 << 20, 1 << 20, false),
+        )
+        .unwrap();
+        let pools: Vec<PoolInfo> = p2pmem::list(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|bdf| pool_info(dir.path(), bdf).unwrap())
+            .collect();
+        let text = prometheus_text(&pools);
+        let expected = "\
+# HELP p2pdma_pool_size_bytes Size of the p2pmem pool of a PCI device (sysfs p2pmem/size).
+# TYPE p2pdma_pool_size_bytes gauge
+p2pdma_pool_size_bytes{bdf=\"0000:01:00.0\",driver=\"nvme\"} 16777216
+p2pdma_pool_size_bytes{bdf=\"0000:01:00.1\",driver=\"\"} 1048576
+# HELP p2pdma_pool_available_bytes Free bytes in the p2pmem pool of a PCI device (sysfs p2pmem/available); an allocation needs one contiguous run.
+# TYPE p2pdma_pool_available_bytes gauge
+p2pdma_pool_available_bytes{bdf=\"0000:01:00.0\",driver=\"nvme\"} 12582912
+p2pdma_pool_available_bytes{bdf=\"0000:01:00.1\",driver=\"\"} 1048576
+# HELP p2pdma_pool_published 1 if the device publishes its p2pmem to other drivers (sysfs p2pmem/published), else 0.
+# TYPE p2pdma_pool_published gauge
+p2pdma_pool_published{bdf=\"0000:01:00.0\",driver=\"nvme\"} 1
+p2pdma_pool_published{bdf=\"0000:01:00.1\",driver=\"\"} 0
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 }

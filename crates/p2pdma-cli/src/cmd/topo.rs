@@ -781,7 +781,8 @@ pub fn snapshot(args: SnapshotArgs, globals: &Globals) -> anyhow::Result<ExitCod
             args.out.display()
         )
     })?;
-    eprintln!(
+    if !globals.quiet {
+        eprintln!(
         "p2pdma: wrote {} ({} PCI functions, {} files, {} links{}); use it with: p2pdma --sysfs {} topo",
         args.out.display(),
         summary.functions,
@@ -790,6 +791,7 @@ pub fn snapshot(args: SnapshotArgs, globals: &Globals) -> anyhow::Result<ExitCod
         if args.no_serials { ", serial numbers left out" } else { "" },
         args.out.display()
     );
+    }
     // A snapshot taken without root has 64-byte config files: say so now, not in the bug report.
     let taken = PciTree::read(&SysfsRoot::new(&args.out))
         .with_context(|| format!("reading back {}", args.out.display()))?;
