@@ -121,7 +121,9 @@ pub fn classify(err: &anyhow::Error) -> Kind {
             None => {}
         }
         match cause.downcast_ref::<P2pmemError>() {
-            Some(P2pmemError::PermissionDenied { .. }) => return Kind::PermissionDenied,
+            Some(P2pmemError::PermissionDenied { .. } | P2pmemError::NoReadPermission { .. }) => {
+                return Kind::PermissionDenied
+            }
             Some(P2pmemError::NoSuchDevice { .. } | P2pmemError::NoP2pmem { .. }) => {
                 return Kind::InvalidInput
             }

@@ -99,11 +99,20 @@ pub enum P2pmemError {
         source: io::Error,
     },
     /// The process may not open the `allocate` file.
-    #[error("no permission to allocate p2pmem from {provider}: opening {} needs write access (run as root)", path.display())]
+    #[error("no permission to allocate p2pmem from {provider}: opening {} needs read and write permission (run as root, or grant a group access with docs/60-p2pdma.rules)", path.display())]
     PermissionDenied {
         /// The provider.
         provider: Bdf,
         /// The `allocate` file.
+        path: PathBuf,
+        /// The error the kernel returned.
+        #[source]
+        source: io::Error,
+    },
+    /// The process may not read a pool attribute (`size`, `available`, `published`).
+    #[error("no permission to read {}: it needs read permission (the kernel makes it world-readable; check the sysfs root given)", path.display())]
+    NoReadPermission {
+        /// The attribute file.
         path: PathBuf,
         /// The error the kernel returned.
         #[source]
@@ -335,6 +344,11 @@ impl Provider {
             if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::ENODEV)) {
                 P2pmemError::ProviderGone {
                     provider: self.bdf,
+                    source,
+                }
+            } else if matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
+                P2pmemError::NoReadPermission {
+                    path: path.clone(),
                     source,
                 }
             } else {

@@ -380,7 +380,9 @@ pub fn open(facts: &EndpointFacts, role: Role) -> Result<File, EndpointError> {
                 Some(libc::EBUSY) => {
                     ": it is in use (mounted or opened exclusively by another program)"
                 }
-                Some(libc::EACCES | libc::EPERM) => ": permission denied; run as root",
+                Some(libc::EACCES | libc::EPERM) => {
+                    ": permission denied; run as root, or grant a group access to NVMe block devices with docs/60-p2pdma.rules"
+                }
                 Some(libc::EINVAL) => ": the filesystem does not support O_DIRECT",
                 Some(libc::EEXIST) => ": it appeared after it was checked; run again",
                 _ => "",
