@@ -6,6 +6,7 @@ mod cmd;
 pub mod exit;
 pub mod output;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -95,28 +96,25 @@ fn main() -> ExitCode {
 }
 
 /// clap's report (help and version included, which are not errors), plus the JSON error
-/// object on stdout when `--json` was among the arguments.
+/// object on stdout when `--json` was among the arguments. A usage error is one line on
+/// stderr, like every other error: clap's message, then the usage line.
 fn usage_error(e: clap::Error) -> ExitCode {
-    if !e.use_stderr() {
-        // --help, --version: a closed stdout is not a failure either.
+    if !e.use_stderr()
+        || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    {
+        // --help, --version, or help for a bare `p2pdma mem`: clap's own output.
         let _ = e.print();
-        return ExitCode::SUCCESS;
+        return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(exit::USAGE));
     }
-    let _ = e.print();
+    let message = one_line_usage_error(&e.render().to_string());
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "p2pdma: error: {message}");
     if output::argv_wants_json(std::env::args_os().skip(1)) {
-        let first = e
-            .render()
-            .to_string()
-            .lines()
-            .next()
-            .unwrap_or("usage error")
-            .trim_start_matches("error: ")
-            .to_owned();
         let _ = output::print_json(
             &output::ErrorReport {
                 error: output::ErrorObject {
                     kind: exit::Kind::Usage,
-                    message: first,
+                    message,
                     exit_code: exit::USAGE,
                     details: Default::default(),
                 },
@@ -125,4 +123,50 @@ fn usage_error(e: clap::Error) -> ExitCode {
         );
     }
     ExitCode::from(exit::USAGE)
+}
+
+/// clap's multi-line report as one line: the message (with the lines that complete it,
+/// such as the names of missing arguments), then the usage, then where help is.
+fn one_line_usage_error(rendered: &str) -> String {
+    let mut message = Vec::new();
+    let mut usage = None;
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    for line in lines.by_ref() {
+        if let Some(u) = line.strip_prefix("Usage:") {
+            usage = Some(u.trim().to_owned());
+            break;
+        }
+        if line.starts_with("For more information") {
+            break;
+        }
+        message.push(line.trim_start_matches("error: "));
+    }
+    let mut text = message.join(" ");
+    if let Some(usage) = usage {
+        text.push_str(&format!(" (usage: {usage}; see --help)"));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_usage_error_becomes_one_line_with_the_usage() {
+        let rendered = "error: the following required arguments were not provided:\n  <DST>\n\nUsage: p2pdma copy <SRC> <DST>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            one_line_usage_error(rendered),
+            "the following required arguments were not provided: <DST> (usage: p2pdma copy <SRC> <DST>; see --help)"
+        );
+        let err = Cli::command()
+            .try_get_matches_from(["p2pdma", "copy", "a", "b", "--length", "12x"])
+            .unwrap_err();
+        let line = one_line_usage_error(&err.render().to_string());
+        assert!(
+            line.starts_with("invalid value '12x' for '--length <SIZE>'"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "{line}");
+    }
 }

@@ -49,10 +49,7 @@ fn error_object(out: &Output) -> Value {
         "{doc}"
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    // clap adds the usage and a pointer to --help after its one-line error.
-    if error["kind"] != "usage" {
-        assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr}");
-    }
+    assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr}");
     assert!(stderr.contains(message), "{stderr} vs {message}");
     error
 }
