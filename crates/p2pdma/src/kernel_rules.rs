@@ -8,7 +8,8 @@
 //!   `BLK_STS_INVAL`, and the I/O returns `EINVAL`, which has other causes too.
 //!
 //! Each [`KernelRules`] mirrors one release's `drivers/pci/p2pdma.c` as read from Debian's
-//! `linux-source` package of that release. A release between two known ones gets the older
+//! `linux-source` package of that release; what an errno means on a release is
+//! [`crate::refusal`]'s to say. A release between two known ones gets the older
 //! one's rules, a newer release the newest, an unknown release the newest: every
 //! [`RuleChoice`] says which it used and why, so an explanation never claims more than was
 //! read.
@@ -47,6 +48,7 @@ impl KernelVersion {
     /// none.
     pub fn parse(release: &str) -> Option<KernelVersion> {
         let numeric: String = release
+            .trim()
             .chars()
             .take_while(|c| c.is_ascii_digit() || *c == '.')
             .collect();
@@ -239,29 +241,6 @@ impl RuleChoice {
             basis,
         }
     }
-
-    /// The errno a refused P2P transfer fails with on this release: `EREMOTEIO` before
-    /// 6.17, `EINVAL` from 6.17 (for an unknown release, that of the rules' release).
-    pub fn refusal_errno(&self) -> i32 {
-        let version = self.version.unwrap_or(self.rules.version);
-        if version >= EINVAL_REFUSAL_SINCE {
-            libc::EINVAL
-        } else {
-            libc::EREMOTEIO
-        }
-    }
-
-    /// Whether `errno` from an O_DIRECT transfer into p2pmem means "the kernel refused
-    /// P2P" on this release, given whether the rules predict a refusal. `EREMOTEIO` only
-    /// ever means that; `EINVAL` means it only on releases that report refusals so and only
-    /// when the verdict is a refusal, since misaligned or malformed I/O fails alike.
-    pub fn is_p2p_refusal(&self, errno: i32, verdict_refuses: bool) -> bool {
-        match errno {
-            libc::EREMOTEIO => true,
-            libc::EINVAL => self.refusal_errno() == libc::EINVAL && verdict_refuses,
-            _ => false,
-        }
-    }
 }
 
 impl fmt::Display for RuleChoice {
@@ -365,22 +344,5 @@ mod tests {
             // q35's host bridge (0x29c0) is on neither list.
             assert_eq!(rules.whitelist_entry(INTEL, 0x29c0), None);
         }
-    }
-
-    #[test]
-    fn einval_is_a_refusal_only_from_6_17_and_only_with_a_refusing_verdict() {
-        let old = RuleChoice::for_release(Some("6.12.117"));
-        let new = RuleChoice::for_release(Some("7.2.13"));
-        assert_eq!(old.refusal_errno(), libc::EREMOTEIO);
-        assert_eq!(new.refusal_errno(), libc::EINVAL);
-        assert!(old.is_p2p_refusal(libc::EREMOTEIO, true));
-        assert!(!old.is_p2p_refusal(libc::EINVAL, true));
-        assert!(new.is_p2p_refusal(libc::EINVAL, true));
-        assert!(!new.is_p2p_refusal(libc::EINVAL, false));
-        assert!(!new.is_p2p_refusal(libc::EIO, true));
-        // 6.17 itself takes 6.12's whitelist but reports refusals as EINVAL.
-        let between = RuleChoice::for_release(Some("6.17.0"));
-        assert_eq!(between.rules.name(), "Linux 6.12");
-        assert_eq!(between.refusal_errno(), libc::EINVAL);
     }
 }

@@ -24,6 +24,7 @@ pub mod copy;
 pub mod kernel_rules;
 pub mod p2pmem;
 pub mod pci;
+pub mod refusal;
 pub mod resolve;
 pub mod revoke;
 pub mod snapshot;
