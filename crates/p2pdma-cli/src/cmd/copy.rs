@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -126,6 +127,8 @@ struct Summary<'a> {
     dst_offset: u64,
     bytes: u64,
     seconds: f64,
+    /// User + system CPU seconds of the process while the engine ran.
+    cpu_seconds: f64,
     throughput_bytes_per_sec: f64,
     mode: Mode,
     provider: Option<Bdf>,
@@ -137,6 +140,8 @@ struct Summary<'a> {
     only: Option<Half>,
     verified: Option<bool>,
     verification: Option<Verification>,
+    /// Wall time of `--verify` (re-reading and comparing both ranges).
+    verify_seconds: Option<f64>,
 }
 
 /// The engine's buffers: device memory for P2P, host memory for a bounce copy.
@@ -238,14 +243,16 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
 
     let verification = if args.verify {
         let bar = progress_bar(plan.length, "verify");
+        let started = Instant::now();
         let v = verify(src_end, dst_end, &plan, &mut |n| bar.set_position(n))?;
         bar.finish_and_clear();
-        Some(v)
+        Some((v, started.elapsed()))
     } else {
         None
     };
 
     print_summary(&args, &plan, &route, &report, verification.as_ref())?;
+    let verification = verification.map(|(v, _)| v);
     match verification {
         Some(v) if !v.matched() => {
             let at = v.first_difference.unwrap_or(0);
@@ -725,8 +732,10 @@ fn print_summary(
     plan: &CopyPlan,
     route: &Route,
     report: &EngineReport,
-    verification: Option<&Verification>,
+    verification: Option<&(Verification, Duration)>,
 ) -> anyhow::Result<()> {
+    let verify_seconds = verification.map(|(_, t)| t.as_secs_f64());
+    let verification = verification.map(|(v, _)| v);
     let seconds = report.elapsed.as_secs_f64();
     let throughput = if seconds > 0.0 {
         report.bytes as f64 / seconds
@@ -742,6 +751,7 @@ fn print_summary(
             dst_offset: plan.dst_offset,
             bytes: report.bytes,
             seconds,
+            cpu_seconds: (report.cpu_user + report.cpu_system).as_secs_f64(),
             throughput_bytes_per_sec: throughput,
             mode: route.mode,
             provider: route.provider,
@@ -753,6 +763,7 @@ fn print_summary(
             only: args.only,
             verified: verification.map(|v| v.matched()),
             verification: verification.copied(),
+            verify_seconds,
         };
         serde_json::to_writer(&mut out, &summary)?;
         writeln!(out)?;

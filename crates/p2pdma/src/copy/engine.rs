@@ -262,6 +262,26 @@ pub struct EngineReport {
     pub short_transfers: u64,
     /// Requests retried after EINTR/EAGAIN.
     pub retries: u64,
+    /// User CPU time of the whole process over the run (io_uring worker threads
+    /// included; other threads of the process too, if any were busy meanwhile).
+    pub cpu_user: Duration,
+    /// System CPU time of the whole process over the run, counted like `cpu_user`.
+    pub cpu_system: Duration,
+}
+
+/// User and system CPU time the process has used so far (getrusage(2), `RUSAGE_SELF`).
+pub fn process_cpu_time() -> (Duration, Duration) {
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: usage is a valid, writable rusage; RUSAGE_SELF cannot fail with it.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    if rc != 0 {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    (time(usage.ru_utime), time(usage.ru_stime))
 }
 
 /// How many times one request is retried after EINTR/EAGAIN before giving up.
@@ -433,7 +453,10 @@ pub fn run_one_way<R: IoRegion>(
         writes: 0,
         short_transfers: 0,
         retries: 0,
+        cpu_user: Duration::ZERO,
+        cpu_system: Duration::ZERO,
     };
+    let cpu_start = process_cpu_time();
     let mut states = vec![SlotState::Idle; slots];
     let mut next_chunk = 0u64;
     let mut failure: Option<IoFailure> = None;
@@ -586,6 +609,9 @@ pub fn run_one_way<R: IoRegion>(
         }
     }
     report.elapsed = start.elapsed();
+    let cpu_end = process_cpu_time();
+    report.cpu_user = cpu_end.0.saturating_sub(cpu_start.0);
+    report.cpu_system = cpu_end.1.saturating_sub(cpu_start.1);
 
     match failure {
         Some(failure) => Err(EngineError::Stopped { written, failure }),
