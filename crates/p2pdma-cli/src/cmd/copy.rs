@@ -74,7 +74,9 @@ pub struct CopyArgs {
     /// Bytes per chunk: one device-memory buffer, one read, one write.
     #[arg(long, value_name = "SIZE", default_value_t = DEFAULT_CHUNK_SIZE, value_parser = size)]
     pub chunk_size: u64,
-    /// Chunks in flight (buffers allocated); reads of the next chunks overlap writes.
+    /// Reads and writes in flight, N of each. A bounce copy allocates 2N host buffers so
+    /// both directions run at full depth; a P2P copy allocates N device-memory buffers
+    /// (p2pmem pools are small), which its reads and writes share.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_QUEUE_DEPTH)]
     pub queue_depth: u32,
     /// Re-read both ranges through host memory and compare xxh3-128 digests.
@@ -185,11 +187,16 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         }
     }
 
+    let direction = match args.only {
+        None => Direction::Copy,
+        Some(Half::Read) => Direction::ReadOnly,
+        Some(Half::Write) => Direction::WriteOnly,
+    };
     // Buffers first: if the pool cannot supply them, nothing has been opened or created.
     let buffers = match route.mode {
         Mode::P2p => Buffers::Device(allocate_p2p(globals, &route, &plan)?),
         Mode::Bounce => Buffers::Host(
-            (0..plan.queue_depth)
+            (0..engine::buffers_wanted(direction, &plan))
                 .map(|_| HostBuffer::new(plan.chunk_size as usize))
                 .collect::<Result<Vec<_>, _>>()
                 .context("allocating the host bounce buffers")?,
@@ -208,11 +215,6 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
 
     let bar = progress_bar(plan.length, "copy");
     let mut progress = |n| bar.set_position(n);
-    let direction = match args.only {
-        None => Direction::Copy,
-        Some(Half::Read) => Direction::ReadOnly,
-        Some(Half::Write) => Direction::WriteOnly,
-    };
     let result = match buffers {
         Buffers::Device(b) => {
             engine::run_one_way(direction, src_end, dst_end, &plan, b, &mut progress)
@@ -664,7 +666,11 @@ fn print_dry_run(
     route: &Route,
     sides: &[Side; 2],
 ) -> anyhow::Result<()> {
-    let buffer_bytes = plan.chunk_size * u64::from(plan.queue_depth);
+    let buffers = match route.mode {
+        Mode::P2p => u64::from(plan.queue_depth),
+        Mode::Bounce => engine::buffers_wanted(Direction::Copy, plan) as u64,
+    };
+    let buffer_bytes = plan.chunk_size * buffers;
     let mut out = std::io::stdout().lock();
     if args.json {
         let dry = DryRun {
