@@ -25,6 +25,8 @@ const VERIFY_MAX_STEP: u64 = 8 << 20;
 const VERIFY_MIN_DEPTH: u64 = 4;
 /// ... and at most.
 const VERIFY_MAX_DEPTH: u64 = 16;
+/// Host memory per side for verification buffers, at most.
+const VERIFY_MAX_BUFFERS: u64 = 64 << 20;
 /// How many times one read is retried after EINTR/EAGAIN before giving up.
 const MAX_RETRIES: u32 = 16;
 
@@ -121,9 +123,12 @@ pub fn verify(
         .next_multiple_of(block)
         .min(plan.length.next_multiple_of(block));
     let chunks = plan.length.div_ceil(step);
-    let pairs = u64::from(plan.queue_depth)
-        .clamp(VERIFY_MIN_DEPTH, VERIFY_MAX_DEPTH)
-        .min(chunks) as usize;
+    // Chunks a side may read ahead of the comparison: twice the depth, so one side being
+    // slower for a while does not hold the other back (within VERIFY_MAX_BUFFERS).
+    let depth = u64::from(plan.queue_depth).clamp(VERIFY_MIN_DEPTH, VERIFY_MAX_DEPTH);
+    let pairs = (2 * depth).min(VERIFY_MAX_BUFFERS / step).clamp(1, chunks) as usize;
+    // Reads in flight per side.
+    let depth = (depth as usize).min(pairs);
     // Slot 2p holds pair p's source chunk, slot 2p + 1 its destination chunk.
     let buffers = (0..2 * pairs)
         .map(|_| HostBuffer::new(step as usize))
@@ -146,24 +151,32 @@ pub fn verify(
         );
     };
 
+    // Chunk i always uses pair i % pairs; a pair is free once its chunk was compared.
     let mut pending: Vec<Option<Pending>> = vec![None; pairs];
-    let mut next_read = 0u64;
+    let mut next_read = [0u64; 2];
+    let mut in_flight = [0usize; 2];
     let mut next_hash = 0u64;
     let mut completions = Vec::with_capacity(2 * pairs);
     while next_hash < chunks {
-        // Start every chunk a free pair can take (chunk i always uses pair i % pairs).
-        while next_read < chunks && next_read < next_hash + pairs as u64 {
-            let pair = (next_read % pairs as u64) as usize;
-            let p = Pending {
-                index: next_read,
-                len: step.min(plan.length - next_read * step),
-                done: [0; 2],
-                retries: [0; 2],
-            };
-            read(&mut pipeline, pair, SRC, &p);
-            read(&mut pipeline, pair, DST, &p);
-            pending[pair] = Some(p);
-            next_read += 1;
+        // Each side reads ahead on its own, up to `depth` reads and `pairs` chunks.
+        for side in [SRC, DST] {
+            while in_flight[side] < depth
+                && next_read[side] < chunks
+                && next_read[side] < next_hash + pairs as u64
+            {
+                let index = next_read[side];
+                let pair = (index % pairs as u64) as usize;
+                let p = pending[pair].get_or_insert(Pending {
+                    index,
+                    len: step.min(plan.length - index * step),
+                    done: [0; 2],
+                    retries: [0; 2],
+                });
+                let p = *p;
+                read(&mut pipeline, pair, side, &p);
+                in_flight[side] += 1;
+                next_read[side] += 1;
+            }
         }
         // Hash and compare, in order, every chunk whose two sides are in.
         let pair = (next_hash % pairs as u64) as usize;
@@ -205,6 +218,8 @@ pub fn verify(
                     if p.done[side] < p.len {
                         let p = *p;
                         read(&mut pipeline, pair, side, &p);
+                    } else {
+                        in_flight[side] -= 1;
                     }
                     continue;
                 }
