@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -75,7 +76,9 @@ pub struct CopyArgs {
     /// Bytes per chunk: one device-memory buffer, one read, one write.
     #[arg(long, value_name = "SIZE", default_value_t = DEFAULT_CHUNK_SIZE, value_parser = size)]
     pub chunk_size: u64,
-    /// Chunks in flight (buffers allocated); reads of the next chunks overlap writes.
+    /// Reads and writes in flight, N of each. A bounce copy allocates 2N host buffers so
+    /// both directions run at full depth; a P2P copy allocates N device-memory buffers
+    /// (p2pmem pools are small), which its reads and writes share.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_QUEUE_DEPTH)]
     pub queue_depth: u32,
     /// Re-read both ranges through host memory and compare xxh3-128 digests.
@@ -126,6 +129,8 @@ struct Summary<'a> {
     dst_offset: u64,
     bytes: u64,
     seconds: f64,
+    /// User + system CPU seconds of the process while the engine ran.
+    cpu_seconds: f64,
     throughput_bytes_per_sec: f64,
     mode: Mode,
     provider: Option<Bdf>,
@@ -137,6 +142,8 @@ struct Summary<'a> {
     only: Option<Half>,
     verified: Option<bool>,
     verification: Option<Verification>,
+    /// Wall time of `--verify` (re-reading and comparing both ranges).
+    verify_seconds: Option<f64>,
 }
 
 /// The engine's buffers: device memory for P2P, host memory for a bounce copy.
@@ -180,11 +187,16 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         }
     }
 
+    let direction = match args.only {
+        None => Direction::Copy,
+        Some(Half::Read) => Direction::ReadOnly,
+        Some(Half::Write) => Direction::WriteOnly,
+    };
     // Buffers first: if the pool cannot supply them, nothing has been opened or created.
     let buffers = match route.mode {
         Mode::P2p => Buffers::Device(allocate_p2p(globals, &route, &plan)?),
         Mode::Bounce => Buffers::Host(
-            (0..plan.queue_depth)
+            (0..engine::buffers_wanted(direction, &plan))
                 .map(|_| HostBuffer::new(plan.chunk_size as usize))
                 .collect::<Result<Vec<_>, _>>()
                 .context("allocating the host bounce buffers")?,
@@ -203,11 +215,6 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
 
     let bar = progress_bar(plan.length, "copy", globals.quiet);
     let mut progress = |n| bar.set_position(n);
-    let direction = match args.only {
-        None => Direction::Copy,
-        Some(Half::Read) => Direction::ReadOnly,
-        Some(Half::Write) => Direction::WriteOnly,
-    };
     let result = match buffers {
         Buffers::Device(b) => {
             engine::run_one_way(direction, src_end, dst_end, &plan, b, &mut progress)
@@ -243,14 +250,16 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
 
     let verification = if args.verify {
         let bar = progress_bar(plan.length, "verify", globals.quiet);
+        let started = Instant::now();
         let v = verify(src_end, dst_end, &plan, &mut |n| bar.set_position(n))?;
         bar.finish_and_clear();
-        Some(v)
+        Some((v, started.elapsed()))
     } else {
         None
     };
 
     let summary = summary(&args, &plan, &route, &report, verification.as_ref());
+    let verification = verification.map(|(v, _)| v);
     match verification {
         Some(v) if !v.matched() => {
             let at = v.first_difference.unwrap_or(0);
@@ -694,7 +703,11 @@ fn print_dry_run(
     route: &Route,
     sides: &[Side; 2],
 ) -> anyhow::Result<()> {
-    let buffer_bytes = plan.chunk_size * u64::from(plan.queue_depth);
+    let buffers = match route.mode {
+        Mode::P2p => u64::from(plan.queue_depth),
+        Mode::Bounce => engine::buffers_wanted(Direction::Copy, plan) as u64,
+    };
+    let buffer_bytes = plan.chunk_size * buffers;
     if args.json {
         let dry = DryRun {
             src,
@@ -760,8 +773,10 @@ fn summary<'a>(
     plan: &CopyPlan,
     route: &Route,
     report: &EngineReport,
-    verification: Option<&Verification>,
+    verification: Option<&(Verification, Duration)>,
 ) -> Summary<'a> {
+    let verify_seconds = verification.map(|(_, t)| t.as_secs_f64());
+    let verification = verification.map(|(v, _)| v);
     let seconds = report.elapsed.as_secs_f64();
     let throughput = if seconds > 0.0 {
         report.bytes as f64 / seconds
@@ -775,6 +790,7 @@ fn summary<'a>(
         dst_offset: plan.dst_offset,
         bytes: report.bytes,
         seconds,
+        cpu_seconds: (report.cpu_user + report.cpu_system).as_secs_f64(),
         throughput_bytes_per_sec: throughput,
         mode: route.mode,
         provider: route.provider,
@@ -786,6 +802,7 @@ fn summary<'a>(
         only: args.only,
         verified: verification.map(|v| v.matched()),
         verification: verification.copied(),
+        verify_seconds,
     }
 }
 
