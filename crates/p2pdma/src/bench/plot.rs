@@ -1,4 +1,4 @@
-//! `--plot FILE.svg`: throughput and p99 latency against block size, one line per engine,
+//! `--plot FILE.svg`: throughput and p99 latency (log scale) against block size (log scale), one line per engine,
 //! memory kind and queue depth (medians over the runs), drawn with plotters' SVG backend.
 
 use plotters::prelude::*;
@@ -58,16 +58,34 @@ fn lines(
         };
         let label = format!("{} {what} {} depth {}", r.engine, r.mode, r.iodepth);
         match out.iter_mut().find(|l| l.label == label) {
-            Some(l) => l.points.push((r.bs as f64, v)),
+            Some(l) => l.points.push(((r.bs as f64).log2(), v)),
             None => out.push(Line {
                 label,
                 engine: r.engine,
                 color: COLORS[colour_index % COLORS.len()],
-                points: vec![(r.bs as f64, v)],
+                points: vec![((r.bs as f64).log2(), v)],
             }),
         }
     }
     out
+}
+
+/// How a panel's y values are drawn.
+#[derive(Clone, Copy)]
+enum YAxis {
+    /// As they are, from 0.
+    Linear,
+    /// The values are log10 of the figure; ticks at whole decades are labelled.
+    Log10,
+}
+
+/// Block sizes are drawn as log2(bs); whole powers of two get a label.
+fn bs_label(x: &f64) -> String {
+    if (x - x.round()).abs() < 1e-6 && *x >= 0.0 {
+        short_size(1u64 << (x.round() as u32))
+    } else {
+        String::new()
+    }
 }
 
 fn panel<DB: DrawingBackend>(
@@ -76,32 +94,51 @@ fn panel<DB: DrawingBackend>(
     y_desc: &str,
     lines: &[Line],
     x_range: (f64, f64),
+    y_axis: YAxis,
 ) -> Result<(), BenchError> {
-    let y_max = lines
-        .iter()
-        .flat_map(|l| l.points.iter().map(|p| p.1))
-        .fold(0.0f64, f64::max)
-        .max(1e-9)
-        * 1.15;
+    let values = || lines.iter().flat_map(|l| l.points.iter().map(|p| p.1));
+    let (y_min, y_max) = match y_axis {
+        YAxis::Linear => (0.0, values().fold(0.0f64, f64::max).max(1e-9) * 1.15),
+        YAxis::Log10 => {
+            let lo = values().fold(f64::MAX, f64::min);
+            let hi = values().fold(f64::MIN, f64::max);
+            if lo > hi {
+                (0.0, 1.0)
+            } else {
+                (lo.floor(), hi.ceil().max(lo.floor() + 1.0))
+            }
+        }
+    };
+    let y_label = move |y: &f64| match y_axis {
+        YAxis::Linear => format!("{y:.0}"),
+        YAxis::Log10 if (y - y.round()).abs() < 1e-6 => format!("{}", 10f64.powf(y.round())),
+        YAxis::Log10 => String::new(),
+    };
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d((x_range.0..x_range.1).log_scale(), 0.0..y_max)
+        .build_cartesian_2d(x_range.0..x_range.1, y_min..y_max)
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("block size")
+        .x_desc("block size (log scale)")
         .y_desc(y_desc)
-        .x_label_formatter(&|x| short_size(x.round() as u64))
+        .x_labels(((x_range.1 - x_range.0) * 2.0).ceil() as usize + 1)
+        .x_label_formatter(&bs_label)
+        .y_labels(match y_axis {
+            YAxis::Linear => 10,
+            YAxis::Log10 => ((y_max - y_min) * 4.0) as usize + 1,
+        })
+        .y_label_formatter(&y_label)
         .draw()
         .map_err(err)?;
     if lines.is_empty() {
         chart
             .draw_series(std::iter::once(Text::new(
                 "no per-request latency in these runs",
-                (x_range.0 * 1.05, y_max / 2.0),
+                (x_range.0 + 0.1, (y_min + y_max) / 2.0),
                 ("sans-serif", 14),
             )))
             .map_err(err)?;
@@ -151,12 +188,12 @@ pub fn svg(report: &BenchReport) -> Result<String, BenchError> {
     let (lo, hi) = report
         .results
         .iter()
-        .map(|r| r.bs as f64)
+        .map(|r| (r.bs as f64).log2())
         .fold((f64::MAX, 0.0f64), |(lo, hi), b| (lo.min(b), hi.max(b)));
     if report.results.is_empty() {
         return Err(BenchError::Plot("there are no results to plot".into()));
     }
-    let x_range = (lo / 1.5, hi * 1.5);
+    let x_range = (lo - 0.5, hi + 0.5);
     let throughput = lines(
         report,
         |r| r.measures == Measures::Workload,
@@ -169,7 +206,7 @@ pub fn svg(report: &BenchReport) -> Result<String, BenchError> {
             r.summary
                 .as_ref()
                 .and_then(|s| s.clat_ns.get("99.000000"))
-                .map(|x| x.median / 1000.0)
+                .map(|x| (x.median / 1000.0).max(1e-3).log10())
         },
     );
     let mut out = String::new();
@@ -190,13 +227,15 @@ pub fn svg(report: &BenchReport) -> Result<String, BenchError> {
             "MiB/s",
             &throughput,
             x_range,
+            YAxis::Linear,
         )?;
         panel(
             &right,
             "p99 completion latency (median)",
-            "µs",
+            "µs (log scale)",
             &latency,
             x_range,
+            YAxis::Log10,
         )?;
         root.present().map_err(err)?;
     }
