@@ -201,3 +201,43 @@ echo \"JSON $(tr '\\n' ' ' < /tmp/out.json)\"
     assert_eq!(v["fio_totals"]["read_bytes"], 2 * 2 * (4 << 20), "{v}");
     run.assert_kernel_log_clean();
 }
+
+/// Where the kernel refuses P2P (the Intel root bus), `--mode both` stops at the first p2p
+/// request with one line naming the refusal, its reason and `--mode host`; nothing is
+/// written; `--mode host` then measures.
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn bench_where_the_kernel_refuses_p2p_says_why_and_host_mode_still_runs() {
+    let script = r#"
+ns() { p2pdma lab guest nvme "$1" | awk '{print $3}'; }
+A=$(ns root0); B=$(ns root1)
+dd if=/dev/urandom of=$B bs=1M count=1 oflag=direct 2>/dev/null
+before=$(dd if=$B bs=1M count=1 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+p2pdma bench --workload copy --src $A --dst $B --size 1M --bs 256k --repeat 1 --warmup 0 > /tmp/out 2>/tmp/err
+echo "BOTH $? $(wc -l < /tmp/err) $(wc -c < /tmp/out)"
+echo "ERR $(cat /tmp/err)"
+after=$(dd if=$B bs=1M count=1 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+echo "SAME $before $after"
+p2pdma bench --workload copy --src $A --dst $B --size 1M --bs 256k --repeat 1 --warmup 0 --mode host --json > /tmp/host.json; echo "HOST $?"
+echo "JSON $(tr '\n' ' ' < /tmp/host.json)"
+"#;
+    let run = Lab::new("rootbus", Flavour::Standard).run(script);
+    let both = run.line("BOTH");
+    assert_ne!(both[0], "0", "--mode both must fail where P2P is refused");
+    assert_eq!(
+        (both[1], both[2]),
+        ("1", "0"),
+        "one line on stderr, nothing on stdout"
+    );
+    let err = run.line("ERR").join(" ");
+    for part in ["refused P2P DMA", "--mode host"] {
+        assert!(err.contains(part), "{part:?} not in {err}");
+    }
+    let same = run.line("SAME");
+    assert_eq!(same[0], same[1], "the refused run changed the destination");
+    assert_eq!(run.line("HOST"), ["0"]);
+    let v = json(&run, "JSON");
+    // The destination written alone, then the copy: 1 MiB each.
+    assert_eq!(v["p2pdma_totals"]["written_bytes"], 2 << 20, "{v}");
+    assert!(v["provider"].is_null(), "{v}");
+}

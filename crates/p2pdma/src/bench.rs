@@ -112,6 +112,17 @@ pub enum BenchError {
         /// Why.
         why: String,
     },
+    /// The kernel refused P2P DMA between the provider and a target.
+    #[error("the kernel refused P2P DMA through the p2pmem of {provider}: {why}; measure host memory only with --mode host, or pick another --provider")]
+    P2pRefused {
+        /// The provider.
+        provider: Bdf,
+        /// The topology's reason, or where to look.
+        why: String,
+        /// The failed request.
+        #[source]
+        source: Box<BenchError>,
+    },
     /// `--provider` names a device without p2pmem.
     #[error(transparent)]
     Route(#[from] RouteError),

@@ -245,6 +245,9 @@ pub struct ProviderChoice {
     pub pool_available: Option<u64>,
     /// The functions the data crosses.
     pub path: Vec<String>,
+    /// Why the topology verdict expects the kernel to refuse P2P (P2P is tried anyway,
+    /// as by `copy`: the kernel has the last word).
+    pub predicted_refusal: Option<String>,
 }
 
 /// Bytes one engine moved over the whole invocation, warm-up runs included: what the
@@ -443,6 +446,12 @@ impl BenchReport {
                         .map(|s| format!(", pool {}", HumanBytes(s)))
                         .unwrap_or_default()
                 );
+                if let Some(why) = &p.predicted_refusal {
+                    let _ = writeln!(
+                        out,
+                        "note: the topology verdict predicted a refusal ({why}), yet the kernel allowed every p2p request"
+                    );
+                }
             }
             None => {
                 let _ = writeln!(out, "p2p memory: not used (--mode host)");

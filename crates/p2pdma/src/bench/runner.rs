@@ -17,7 +17,7 @@ use super::report::{
 use super::spec::{BenchRequest, MemKind, Pattern, Workload};
 use super::BenchError;
 use crate::copy::endpoint::{self, Inspected, Role};
-use crate::copy::engine::{self, Endpoint, EngineError, IoRegion, Op};
+use crate::copy::engine::{self, Endpoint, EngineError, FailureKind, IoRegion, Op};
 use crate::copy::plan::{self, CopyRequest, EndpointFacts, EndpointKind, StorageId};
 use crate::copy::route::{self, Bounce, RouteError, Side};
 use crate::copy::{HostBuffer, P2pSlot};
@@ -69,6 +69,8 @@ struct Measured {
 }
 
 struct Ctx<'a> {
+    /// Why the topology verdict expects the kernel to refuse P2P, if it does.
+    predicted_refusal: Option<String>,
     sysfs: &'a Path,
     req: &'a BenchRequest,
     src: Option<Target>,
@@ -136,6 +138,7 @@ pub fn run(
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let mut ctx = Ctx {
+        predicted_refusal: choice.as_ref().and_then(|c| c.predicted_refusal.clone()),
         sysfs,
         req,
         src: open(src, Role::Source)?,
@@ -188,7 +191,8 @@ pub fn run(
                 for &mode in &kinds {
                     for measures in measures_of(req.workload) {
                         seed += 1;
-                        ctx.measure(measures, mode, bs, depth, seed)?;
+                        ctx.measure(measures, mode, bs, depth, seed)
+                            .map_err(|e| ctx.explain(mode, e))?;
                         progress.run_done(&label("warm-up", mode));
                     }
                 }
@@ -197,7 +201,9 @@ pub fn run(
                 for &mode in &kinds {
                     for measures in measures_of(req.workload) {
                         seed += 1;
-                        let m = ctx.measure(measures, mode, bs, depth, seed)?;
+                        let m = ctx
+                            .measure(measures, mode, bs, depth, seed)
+                            .map_err(|e| ctx.explain(mode, e))?;
                         record(
                             Engine::P2pdma,
                             measures,
@@ -210,7 +216,9 @@ pub fn run(
                     }
                     if ctx.fio.is_some() {
                         for measures in measures_of(req.workload) {
-                            let figures = ctx.fio_run(measures, mode, bs, depth)?;
+                            let figures = ctx
+                                .fio_run(measures, mode, bs, depth)
+                                .map_err(|e| ctx.explain(mode, e))?;
                             record(Engine::Fio, measures, mode, bs, depth, figures);
                             progress.run_done(&label("fio", mode));
                         }
@@ -236,6 +244,9 @@ pub fn run(
         if req.fio {
             notes.push("fio's copy-equivalent: a read job from src and a write job to dst, concurrently, same bs/iodepth/numjobs/size and buffer memory; its bytes are the write job's, its time the longer job's".to_owned());
         }
+    }
+    if let Some(why) = &ctx.predicted_refusal {
+        notes.push(format!("the topology verdict predicted that the kernel would refuse P2P ({why}), but it allowed it; please report this with `p2pdma snapshot`"));
     }
     let mut report = BenchReport {
         workload: req.workload,
@@ -475,13 +486,14 @@ fn choose_provider(
             e => BenchError::Route(e),
         },
     )?;
-    if route.p2p_expected == Some(false) {
-        return Err(BenchError::P2pImpossible {
-            why: route
-                .why_not
-                .unwrap_or_else(|| "the topology verdict says the kernel will refuse".into()),
-        });
-    }
+    // As `copy` does, P2P is still tried when the verdict predicts a refusal: the kernel
+    // has the last word (a refused run fails with the verdict's reason attached).
+    let predicted_refusal = (route.p2p_expected == Some(false)).then(|| {
+        route
+            .why_not
+            .clone()
+            .unwrap_or_else(|| "the topology verdict says the kernel will refuse".into())
+    });
     let bdf = route
         .provider
         .ok_or_else(|| BenchError::Internal("a P2P route without a provider".into()))?;
@@ -491,6 +503,7 @@ fn choose_provider(
         pool_size: route.pool.map(|p| p.size),
         pool_available: route.pool.map(|p| p.available),
         path: route.path,
+        predicted_refusal,
     })
 }
 
@@ -539,6 +552,28 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 }
 
 impl Ctx<'_> {
+    /// A refused P2P request, told with the topology's reason and what to do.
+    fn explain(&self, mode: MemKind, e: BenchError) -> BenchError {
+        let refused = match &e {
+            BenchError::Io { kind, .. } => *kind == FailureKind::P2pRefused,
+            BenchError::Engine {
+                source: EngineError::Stopped { failure, .. },
+                ..
+            } => failure.kind == FailureKind::P2pRefused,
+            _ => false,
+        };
+        match (&self.provider, refused && mode == MemKind::P2p) {
+            (Some(p), true) => BenchError::P2pRefused {
+                provider: p.bdf(),
+                why: self.predicted_refusal.clone().unwrap_or_else(|| {
+                    "the topology verdict expected P2P to work; the kernel's log (dmesg) says why it did not".into()
+                }),
+                source: Box::new(e),
+            },
+            _ => e,
+        }
+    }
+
     fn buffers(
         &self,
         mode: MemKind,
@@ -730,8 +765,8 @@ impl Ctx<'_> {
                 .zip(per_job)
                 .map(|(plan, bufs)| {
                     s.spawn(move || match bufs {
-                        Buffers::Host(b) => copy_passes(ends, plan, b, runtime, t0),
-                        Buffers::P2p(b) => copy_passes(ends, plan, b, runtime, t0),
+                        Buffers::Host(b) => copy_passes(ends, plan, b, mode, runtime, t0),
+                        Buffers::P2p(b) => copy_passes(ends, plan, b, mode, runtime, t0),
                     })
                 })
                 .collect();
@@ -754,19 +789,13 @@ impl Ctx<'_> {
         for (b, e) in outcomes {
             bytes += b;
             if let Some(e) = e {
-                first_error.get_or_insert(match e {
-                    BenchError::Internal(_) => e,
-                    other => other,
-                });
+                first_error.get_or_insert(e);
             }
         }
         self.totals.read_bytes += bytes;
         self.totals.written_bytes += bytes;
         if let Some(e) = first_error {
-            return Err(match e {
-                BenchError::Engine { source, .. } => BenchError::Engine { mode, source },
-                other => other,
-            });
+            return Err(e);
         }
         Ok(Measured {
             bytes,
@@ -869,6 +898,7 @@ fn copy_passes<R: IoRegion>(
     ends: (Endpoint<'_>, Endpoint<'_>),
     plan: &plan::CopyPlan,
     buffers: Vec<R>,
+    mode: MemKind,
     runtime: Option<Duration>,
     t0: Instant,
 ) -> (u64, Option<BenchError>) {
@@ -885,13 +915,7 @@ fn copy_passes<R: IoRegion>(
                     // Requests may still be in flight into these buffers: never free them.
                     std::mem::forget(buffers);
                 }
-                return (
-                    bytes,
-                    Some(BenchError::Engine {
-                        mode: MemKind::Host,
-                        source,
-                    }),
-                );
+                return (bytes, Some(BenchError::Engine { mode, source }));
             }
         }
         match runtime {
