@@ -1,3 +1,5 @@
+# New measurements: `p2pdma bench` (see BENCHMARKS.md, "bench"); this script stays because
+# the figures of the Copy section were made with it.
 # Copy throughput against the devices' own read-only and write-only throughput, in one
 # boot, plus P2P against the host bounce buffer. Runs inside the lab guest:
 #   p2pdma lab run --topologies docs/bench-copy.toml -t bench-copy \

@@ -1,3 +1,5 @@
+# New measurements: `p2pdma bench` (see BENCHMARKS.md, "bench"); this script stays because
+# the figures of the Copy section were made with it.
 # fio against p2pdma in one lab boot: the devices' own read and write throughput as fio
 # measures it, then p2pdma's bounce and P2P copies of the same size and request shape
 # (1 MiB, 4 in flight, O_DIRECT, io_uring). Run on the host:

@@ -50,6 +50,9 @@ enum Command {
     Snapshot(cmd::topo::SnapshotArgs),
     /// Copy a range from one NVMe device or file to another through device memory.
     Copy(cmd::copy::CopyArgs),
+    /// Measure throughput, IOPS, latency and CPU per GiB of reads, writes or copies
+    /// through p2pmem and host memory, interleaved, optionally against fio.
+    Bench(cmd::bench::BenchArgs),
     /// Try one small O_DIRECT read from a client into a provider's p2pmem and report
     /// what the kernel did (the ground truth the topology verdicts are checked against).
     Probe(cmd::probe::ProbeArgs),
@@ -98,6 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Topo(a) => cmd::topo::run(a, &globals),
         Command::Snapshot(a) => cmd::topo::snapshot(a, &globals),
         Command::Copy(a) => cmd::copy::run(a, &globals),
+        Command::Bench(a) => cmd::bench::run(a, &globals),
         Command::Probe(a) => cmd::probe::probe(a, &globals),
         Command::Mem(c) => cmd::mem::run(c, &globals),
         Command::Completions(a) => cmd::operator::completions(a, Cli::command()),

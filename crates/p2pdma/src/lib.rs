@@ -12,6 +12,8 @@
 //! - [`p2pmem`]: safe ownership of p2pmem buffers, including revocation when the
 //!   provider goes away.
 //! - [`copy`]: an io_uring `O_DIRECT` engine that moves data through those buffers.
+//! - [`bench`]: throughput, latency and CPU cost of I/O through p2pmem and host memory,
+//!   against fio.
 //!
 //! # References
 //! - Linux `drivers/pci/p2pdma.c`, `Documentation/driver-api/pci/p2pdma.rst`
@@ -19,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod bdf;
+pub mod bench;
 pub mod blockdev;
 pub mod copy;
 pub mod kernel_rules;

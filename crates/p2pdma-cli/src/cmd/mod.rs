@@ -1,5 +1,6 @@
 //! One module per subcommand: argument types and the code that runs them.
 
+pub mod bench;
 pub mod copy;
 pub mod lab;
 pub mod mem;

@@ -1,0 +1,331 @@
+//! `p2pdma bench` on the host, without a VM: bad parameters give one-line errors and a
+//! non-zero exit before anything is opened; host-memory runs on regular files (real
+//! io_uring, O_DIRECT) report what they moved. P2P runs are tested in `lab_bench.rs`.
+//!
+//! An empty directory passed as `--sysfs` makes the PCI side deterministic: no device
+//! resolves and no provider exists, whatever this machine has.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+struct Case {
+    dir: tempfile::TempDir,
+    sysfs: PathBuf,
+}
+
+impl Case {
+    fn new() -> Case {
+        let dir = tempfile::tempdir().unwrap();
+        let sysfs = dir.path().join("sysfs");
+        std::fs::create_dir(&sysfs).unwrap();
+        Case { dir, sysfs }
+    }
+
+    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn bench(&self, args: &[&str]) -> Output {
+        self.bench_in(&self.sysfs, args, None)
+    }
+
+    fn bench_in(&self, sysfs: &Path, args: &[&str], path_env: Option<&Path>) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_p2pdma"));
+        cmd.arg("--sysfs").arg(sysfs).arg("bench").args(args);
+        if let Some(p) = path_env {
+            cmd.env("PATH", p).env_remove("P2PDMA_FIO");
+        }
+        let out = cmd.output().unwrap();
+        eprintln!(
+            "exit {:?}\nstdout: {}\nstderr: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
+
+fn data(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
+        .collect()
+}
+
+/// Exits non-zero with exactly one line on stderr containing every piece of `expected`,
+/// and prints nothing on stdout.
+fn assert_one_line_error(out: &Output, expected: &[&str]) {
+    assert!(!out.status.success(), "must fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    for e in expected {
+        assert!(lines[0].contains(e), "{e:?} not in {stderr}");
+    }
+    assert!(out.stdout.is_empty(), "nothing on stdout");
+}
+
+#[test]
+fn bad_parameters_are_one_line_errors() {
+    let c = Case::new();
+    let src = c.file("src", &data(1 << 20, 1));
+    let src = src.to_str().unwrap();
+    let base = ["--workload", "read", "--src", src, "--mode", "host"];
+    let run = |extra: &[&str]| c.bench(&[&base[..], extra].concat());
+
+    assert_one_line_error(&run(&["--size", "1M", "--bs", "0"]), &["--bs", "0"]);
+    assert_one_line_error(
+        &run(&["--size", "1M", "--bs", "1000"]),
+        &["--bs 1000", "512"],
+    );
+    assert_one_line_error(&run(&["--size", "1M", "--iodepth", "0"]), &["--iodepth"]);
+    assert_one_line_error(&run(&["--size", "1M", "--jobs", "0"]), &["--jobs 0"]);
+    assert_one_line_error(&run(&["--size", "1M", "--repeat", "0"]), &["--repeat 0"]);
+    assert_one_line_error(&run(&[]), &["--size", "--runtime"]);
+    assert_one_line_error(&run(&["--runtime", "5h"]), &["--runtime"]);
+    assert_one_line_error(&run(&["--size", "2M"]), &["fewer than --size"]);
+    assert_one_line_error(
+        &run(&["--size", "1M", "--bs", "1M", "--jobs", "2"]),
+        &["less than one block"],
+    );
+    assert_one_line_error(
+        &run(&["--size", "1M", "--plot", "out.png"]),
+        &["--plot", ".svg"],
+    );
+}
+
+#[test]
+fn writes_need_an_explicit_destination_and_the_checks_of_copy() {
+    let c = Case::new();
+    let src = c.file("src", &data(1 << 20, 2));
+    let src = src.to_str().unwrap();
+    let out = c.bench(&[
+        "--workload",
+        "write",
+        "--src",
+        src,
+        "--size",
+        "1M",
+        "--mode",
+        "host",
+    ]);
+    assert_one_line_error(&out, &["--dst"]);
+    assert_eq!(std::fs::read(src).unwrap(), data(1 << 20, 2), "untouched");
+
+    // A destination file smaller than the range is refused unless --force, as by copy.
+    let small = c.file("small", &data(64 << 10, 3));
+    let out = c.bench(&[
+        "--workload",
+        "write",
+        "--dst",
+        small.to_str().unwrap(),
+        "--size",
+        "1M",
+        "--mode",
+        "host",
+    ]);
+    assert_one_line_error(&out, &["refusing to write", "--force"]);
+    assert_eq!(
+        std::fs::read(&small).unwrap(),
+        data(64 << 10, 3),
+        "untouched"
+    );
+
+    let out = c.bench(&[
+        "--workload",
+        "copy",
+        "--src",
+        src,
+        "--dst",
+        src,
+        "--size",
+        "1M",
+        "--mode",
+        "host",
+    ]);
+    assert_one_line_error(&out, &["overlaps"]);
+}
+
+#[test]
+fn both_modes_without_p2p_say_why_and_fail() {
+    let c = Case::new();
+    let src = c.file("src", &data(1 << 20, 4));
+    let out = c.bench(&[
+        "--workload",
+        "read",
+        "--src",
+        src.to_str().unwrap(),
+        "--size",
+        "1M",
+    ]);
+    assert_one_line_error(&out, &["p2p mode is impossible", "--mode host"]);
+}
+
+#[test]
+fn a_provider_without_p2pmem_is_refused() {
+    let c = Case::new();
+    let src = c.file("src", &data(1 << 20, 5));
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../p2pdma/tests/fixtures/switch");
+    let out = c.bench_in(
+        &fixture,
+        &[
+            "--workload",
+            "read",
+            "--src",
+            src.to_str().unwrap(),
+            "--size",
+            "1M",
+            "--provider",
+            "0000:02:00.0",
+        ],
+        None,
+    );
+    assert_one_line_error(
+        &out,
+        &["--provider 0000:02:00.0 offers no p2pmem", "0000:03:00.0"],
+    );
+}
+
+#[test]
+fn fio_missing_names_fio_and_how_to_install_it() {
+    let c = Case::new();
+    let src = c.file("src", &data(1 << 20, 6));
+    let empty_path = c.dir.path().join("bin");
+    std::fs::create_dir(&empty_path).unwrap();
+    let out = c.bench_in(
+        &c.sysfs,
+        &[
+            "--workload",
+            "read",
+            "--src",
+            src.to_str().unwrap(),
+            "--size",
+            "1M",
+            "--mode",
+            "host",
+            "--fio",
+        ],
+        Some(&empty_path),
+    );
+    assert_one_line_error(&out, &["fio", "apt-get install fio"]);
+}
+
+/// The copy workload runs the copy engine for real: the destination holds the source's
+/// bytes afterwards, and the reported bytes are the range times the runs.
+#[test]
+fn a_host_copy_moves_what_it_reports() {
+    let c = Case::new();
+    let src_bytes = data(2 << 20, 7);
+    let src = c.file("src", &src_bytes);
+    let dst = c.file("dst", &data(2 << 20, 8));
+    let plot = c.dir.path().join("plot.svg");
+    let out = c.bench(&[
+        "--workload",
+        "copy",
+        "--src",
+        src.to_str().unwrap(),
+        "--dst",
+        dst.to_str().unwrap(),
+        "--size",
+        "1M",
+        "--bs",
+        "64k,256k",
+        "--iodepth",
+        "2",
+        "--jobs",
+        "2",
+        "--repeat",
+        "2",
+        "--warmup",
+        "1",
+        "--mode",
+        "host",
+        "--json",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let after = std::fs::read(&dst).unwrap();
+    // Each case ends with a copy run (after the sides alone), so the range holds the
+    // source's bytes again.
+    assert!(
+        after[..1 << 20] == src_bytes[..1 << 20],
+        "copied range differs"
+    );
+    assert!(
+        after[1 << 20..] == data(2 << 20, 8)[1 << 20..],
+        "bytes past the range changed"
+    );
+
+    let results = v["results"].as_array().unwrap();
+    // 2 block sizes x (copy, read alone, write alone), p2pdma only.
+    assert_eq!(results.len(), 6);
+    for r in results {
+        let runs = r["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 2, "{r}");
+        for run in runs {
+            assert_eq!(run["io_bytes"], 1 << 20, "{run}");
+            assert!(run["bw"].as_f64().unwrap() > 0.0);
+        }
+        let has_clat = runs[0]["clat_ns"]["percentile"]["99.000000"].is_number();
+        assert_eq!(has_clat, r["measures"] != "workload", "{r}");
+    }
+    // Warm-up and measured runs: per block size 3 copies; each side alone 3 times more.
+    let totals = &v["p2pdma_totals"];
+    assert_eq!(totals["read_bytes"], 2 * 6 * (1 << 20));
+    assert_eq!(totals["written_bytes"], 2 * 6 * (1 << 20));
+    let ratio = &v["ratios"]["copy bs=64k iodepth=2 host"];
+    assert!(ratio["copy_over_min_read_write"].as_f64().unwrap() > 0.0);
+    assert!(ratio["bw"].is_null(), "no fio, no p2pdma/fio ratio");
+
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg"), "{svg}");
+    assert!(
+        svg.contains("p2pdma copy host depth 2"),
+        "legend names the series"
+    );
+    assert!(svg.contains("p99 completion latency"));
+}
+
+/// With fio installed, `--fio` puts fio's figures beside ours and the table ends with the
+/// ratio lines.
+#[test]
+fn fio_runs_beside_and_the_table_ends_with_ratios() {
+    if Command::new("fio").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: fio is not installed on this host (apt-get install fio)");
+        return;
+    }
+    let c = Case::new();
+    let src = c.file("src", &data(1 << 20, 9));
+    let out = c.bench(&[
+        "--workload",
+        "read",
+        "--src",
+        src.to_str().unwrap(),
+        "--size",
+        "1M",
+        "--bs",
+        "128k",
+        "--repeat",
+        "2",
+        "--warmup",
+        "0",
+        "--mode",
+        "host",
+        "--fio",
+    ]);
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    let last = table.lines().last().unwrap();
+    assert!(
+        last.starts_with("  read bs=128k iodepth=4 host: p2pdma/fio throughput "),
+        "{table}"
+    );
+    assert!(last.contains("p99 latency"), "{table}");
+    assert_eq!(table.matches(" fio    host read ").count(), 1, "{table}");
+}
