@@ -9,8 +9,9 @@
 #[allow(dead_code)] // each lab test binary uses part of the shared helpers
 mod common;
 
-use common::{json_after, Flavour, Lab};
+use common::{Flavour, Lab};
 use p2pdma_lab::spec::Catalog;
+use serde_json::Value;
 
 /// Shell helpers for the guest scripts.
 ///
@@ -38,6 +39,12 @@ fn script(body: &str) -> String {
     format!(". /root/prelude.sh\n{body}")
 }
 
+/// The JSON value (object or array) the fields of a guest line make up.
+fn json(fields: &[&str]) -> Value {
+    let text = fields.join(" ");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"))
+}
+
 /// The size `fast` declares for its RAM provider, in bytes.
 fn declared_ram_bytes() -> u64 {
     let topology = Catalog::load(None, &[]).unwrap().get("fast").unwrap();
@@ -55,7 +62,7 @@ R=$(ram); A=$(ns fast0); B=$(ns fast1)
 echo "RAM $R $(bdf fast0) $(bdf fast1)"
 echo "MEM $(p2pdma mem info --json)"
 echo "TREE $(p2pdma topo | grep " $R ")"
-echo "MATRIX $(p2pdma topo --matrix --json)"
+echo "MATRIX $(p2pdma topo --matrix --json | tr -d '\n')"
 p2pdma probe --provider $R $A --json > /tmp/probe.json; echo "PROBE $? $(one_line /tmp/probe.json)"
 LEN=16777216; DO=4194304
 fill $A 0 $LEN
@@ -72,7 +79,7 @@ p2pdma copy $A $B --length 1M --dry-run --json > /tmp/auto.json; echo "AUTO $? $
     let (ram, nvme_a, nvme_b) = (ram_line[0], ram_line[1], ram_line[2]);
 
     // mem info: the RAM pool with its declared size, published.
-    let pools = json_after(&run.line("MEM").join(" "));
+    let pools = json(&run.line("MEM"));
     let pools = pools.as_array().expect("mem info prints an array");
     assert_eq!(pools.len(), 3, "two CMBs and the RAM provider: {pools:?}");
     let pool = pools
@@ -92,7 +99,7 @@ p2pdma copy $A $B --length 1M --dry-run --json > /tmp/auto.json; echo "AUTO $? $
         tree.contains(&format!("[p2pmem {mib} MiB free of {mib} MiB]")),
         "not marked as a whole, published provider: {tree}"
     );
-    let matrix = json_after(&run.line("MATRIX").join(" "));
+    let matrix = json(&run.line("MATRIX"));
     let devices: Vec<&str> = matrix["devices"]
         .as_array()
         .unwrap()
@@ -116,7 +123,7 @@ p2pdma copy $A $B --length 1M --dry-run --json > /tmp/auto.json; echo "AUTO $? $
     // probe: the kernel itself DMAs a block into the RAM provider.
     let probe = run.line("PROBE");
     assert_eq!(probe[0], "0");
-    let probe = json_after(&probe[1..].join(" "));
+    let probe = json(&probe[1..]);
     assert_eq!(probe["result"], "ok", "{probe}");
     assert_eq!(probe["matches_host_read"], true, "{probe}");
 
@@ -129,7 +136,7 @@ p2pdma copy $A $B --length 1M --dry-run --json > /tmp/auto.json; echo "AUTO $? $
         "the source range is zeros, not random data"
     );
     assert_eq!(copy[4], copy[5], "bytes before --dst-offset changed");
-    let summary = json_after(&run.line("JSON").join(" "));
+    let summary = json(&run.line("JSON"));
     assert_eq!(summary["mode"], "p2p", "{summary}");
     assert_eq!(summary["provider"], ram, "{summary}");
     assert_eq!(summary["bytes"], 16 << 20, "{summary}");
@@ -144,7 +151,7 @@ p2pdma copy $A $B --length 1M --dry-run --json > /tmp/auto.json; echo "AUTO $? $
     // either, at distance 8 against 4).
     let auto = run.line("AUTO");
     assert_eq!(auto[0], "0");
-    let auto = json_after(&auto[1..].join(" "));
+    let auto = json(&auto[1..]);
     assert_eq!(auto["route"]["provider"], nvme_b, "{auto}");
     run.assert_kernel_log_clean();
 }
@@ -165,7 +172,7 @@ echo "AFTER $(cat /sys/bus/pci/devices/$R/p2pmem/size) $(cat /sys/bus/pci/device
     assert_eq!(run.status, Some(0), "guest script failed");
     let test = run.line("TEST");
     assert_eq!(test[0], "0", "p2pdma did not survive the unbind");
-    let report = json_after(&test[1..].join(" "));
+    let report = json(&test[1..]);
     let unbind = &report["unbind"];
     assert_eq!(unbind["driver"], "p2pdma_ram", "{report}");
     assert_eq!(unbind["is_live_before"], true, "{report}");
@@ -215,7 +222,7 @@ echo "MEM $(p2pdma mem info --json)"
     );
     let test = run.line("TEST");
     assert_eq!(test[0], "0", "p2pdma did not survive the removal");
-    let report = json_after(&test[1..].join(" "));
+    let report = json(&test[1..]);
     let after = &report["while_mapped"];
     assert_eq!(after["exit_code"], 0, "{report}");
     assert_eq!(after["is_live_after"], false, "{report}");
@@ -230,7 +237,7 @@ echo "MEM $(p2pdma mem info --json)"
     );
     assert!(report["available_after"].is_null(), "{report}");
     assert_eq!(report["passed"], true, "{report}");
-    let pools = json_after(&run.line("MEM").join(" "));
+    let pools = json(&run.line("MEM"));
     let pools = pools.as_array().unwrap();
     assert_eq!(pools.len(), 2, "only the two CMBs remain: {pools:?}");
     assert!(pools.iter().all(|p| p["size"] == 16 << 20), "{pools:?}");
