@@ -31,8 +31,8 @@ zeros() { dd if=/dev/zero bs=4096 count=$(($1 / 4096)) 2>/dev/null | md5sum | cu
 one_line() { tr '\n' ' ' < "$1"; }
 "#;
 
-fn fast() -> Lab {
-    Lab::new("fast", Flavour::Standard).file("/root/prelude.sh", PRELUDE)
+fn fast(flavour: Flavour) -> Lab {
+    Lab::new("fast", flavour).file("/root/prelude.sh", PRELUDE)
 }
 
 fn script(body: &str) -> String {
@@ -73,7 +73,7 @@ echo "JSON $(one_line /tmp/out.json)"
 echo "ERR $(one_line /tmp/err.txt)"
 p2pdma copy $A $B --length 1M --dry-run --json > /tmp/auto.json; echo "AUTO $? $(one_line /tmp/auto.json)"
 "#;
-    let run = fast().run(&script(body));
+    let run = fast(Flavour::Standard).run(&script(body));
     assert_eq!(run.status, Some(0), "guest script failed");
     let ram_line = run.line("RAM");
     let (ram, nvme_a, nvme_b) = (ram_line[0], ram_line[1], ram_line[2]);
@@ -159,16 +159,16 @@ p2pdma copy $A $B --length 1M --dry-run --json > /tmp/auto.json; echo "AUTO $? $
 /// Unbinding p2pdma_ram while two buffers are mapped: the kernel's devres teardown zaps
 /// the mappings, reads report the revocation instead of killing the process, and a
 /// rebind publishes the whole pool again.
-#[test]
-#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
-fn unbinding_the_ram_provider_revokes_mapped_buffers_and_rebinding_restores_the_pool() {
+fn unbinding_the_ram_provider_revokes_mapped_buffers_and_rebinding_restores_the_pool(
+    flavour: Flavour,
+) {
     let body = r#"
 R=$(ram)
 p2pdma mem test $R --buffers 2 --size 1048576 --unbind-after-map --json > /tmp/out.json; echo "TEST $? $(one_line /tmp/out.json)"
 i=0; while [ ! -e /sys/bus/pci/devices/$R/p2pmem/size ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 echo "AFTER $(cat /sys/bus/pci/devices/$R/p2pmem/size) $(cat /sys/bus/pci/devices/$R/p2pmem/available) $(cat /sys/bus/pci/devices/$R/p2pmem/published) $(basename $(readlink /sys/bus/pci/devices/$R/driver))"
 "#;
-    let run = fast().run(&script(body));
+    let run = fast(flavour).run(&script(body));
     assert_eq!(run.status, Some(0), "guest script failed");
     let test = run.line("TEST");
     assert_eq!(test[0], "0", "p2pdma did not survive the unbind");
@@ -201,9 +201,7 @@ echo "AFTER $(cat /sys/bus/pci/devices/$R/p2pmem/size) $(cat /sys/bus/pci/device
 /// QEMU deletes the RAM device (`device_del`, the guest's pciehp removes it) while two
 /// buffers are mapped: they are revoked, the process lives, the provider is gone from
 /// `mem info`, and the CMBs are untouched.
-#[test]
-#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
-fn hot_removing_the_ram_provider_revokes_mapped_buffers() {
+fn hot_removing_the_ram_provider_revokes_mapped_buffers(flavour: Flavour) {
     let body = r#"
 R=$(ram)
 p2pdma mem test $R --buffers 2 --size 65536 --json --while-mapped \
@@ -212,7 +210,7 @@ echo "TEST $? $(one_line /tmp/out.json)"
 [ -e /sys/bus/pci/devices/$R ] && echo "STILL-PRESENT $R"
 echo "MEM $(p2pdma mem info --json)"
 "#;
-    let run = fast()
+    let run = fast(flavour)
         .args(&["--fault", "device_del:ram-a@signal:mapped"])
         .run(&script(body));
     assert_eq!(run.status, Some(0), "guest script failed");
@@ -242,4 +240,34 @@ echo "MEM $(p2pdma mem info --json)"
     assert_eq!(pools.len(), 2, "only the two CMBs remain: {pools:?}");
     assert!(pools.iter().all(|p| p["size"] == 16 << 20), "{pools:?}");
     run.assert_kernel_log_clean();
+}
+
+/// The teardown scenarios run on both lab kernels (`standard::NAME`, `debug::NAME`): the
+/// debug kernel's KASAN and lockdep watch the driver's unbind and removal paths.
+macro_rules! on_both_kernels {
+    ($($scenario:ident),* $(,)?) => {
+        mod standard {
+            $(
+                #[test]
+                #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+                fn $scenario() {
+                    super::$scenario(super::Flavour::Standard);
+                }
+            )*
+        }
+        mod debug {
+            $(
+                #[test]
+                #[ignore = "lab: boots a QEMU guest on the debug kernel (built on first use); run with --include-ignored"]
+                fn $scenario() {
+                    super::$scenario(super::Flavour::Debug);
+                }
+            )*
+        }
+    };
+}
+
+on_both_kernels! {
+    unbinding_the_ram_provider_revokes_mapped_buffers_and_rebinding_restores_the_pool,
+    hot_removing_the_ram_provider_revokes_mapped_buffers,
 }
