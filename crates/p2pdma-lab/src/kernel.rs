@@ -285,17 +285,21 @@ pub fn cache_key(source: &KernelSource, flavour: Flavour) -> Result<(String, Str
     hasher.update(b"\0");
     hasher.update(identity.as_bytes());
     hasher.update(b"\0");
-    for fragment in fragments(flavour) {
-        hasher.update(fragment.as_bytes());
-        hasher.update(b"\0");
-    }
-    for driver_file in [RAM_DRIVER_SOURCE, RAM_DRIVER_KCONFIG, RAM_DRIVER_MAKEFILE] {
-        hasher.update(driver_file.as_bytes());
+    for text in keyed_texts(flavour) {
+        hasher.update(text.as_bytes());
         hasher.update(b"\0");
     }
     let digest = hasher.finalize();
     let key: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
     Ok((format!("{flavour}-{key}"), identity))
+}
+
+/// The texts a build's image depends on besides the source: the config fragments and
+/// every file of the lab's driver.
+fn keyed_texts(flavour: Flavour) -> Vec<&'static str> {
+    let mut texts = fragments(flavour);
+    texts.extend([RAM_DRIVER_SOURCE, RAM_DRIVER_KCONFIG, RAM_DRIVER_MAKEFILE]);
+    texts
 }
 
 fn fragments(flavour: Flavour) -> Vec<&'static str> {
@@ -649,6 +653,15 @@ mod tests {
         assert!(once.starts_with("config PCI_P2PDMA\n\tbool \"p2p\"\nendif\n"));
         assert!(once.ends_with(RAM_DRIVER_KCONFIG));
         assert_eq!(with_ram_driver(&once, RAM_DRIVER_KCONFIG), None);
+        for flavour in [Flavour::Standard, Flavour::Debug] {
+            let keyed = keyed_texts(flavour);
+            for driver_file in [RAM_DRIVER_SOURCE, RAM_DRIVER_KCONFIG, RAM_DRIVER_MAKEFILE] {
+                assert!(
+                    keyed.contains(&driver_file),
+                    "not in the {flavour} cache key"
+                );
+            }
+        }
         let makefile = with_ram_driver("obj-y += a.o\n", RAM_DRIVER_MAKEFILE).unwrap();
         assert_eq!(with_ram_driver(&makefile, RAM_DRIVER_MAKEFILE), None);
     }
