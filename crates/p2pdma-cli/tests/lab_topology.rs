@@ -10,15 +10,21 @@
 //! Besides the shipped topologies, `tests/lab_topology_extra.toml` adds ACS cases the
 //! shipped ones do not reach (redirect above the common switch, ACS with an AMD CPU,
 //! redirecting root ports without a common bridge).
+//!
+//! RAM providers (`[[NAME.ram]]`, ivshmem-plain published by the lab kernel's p2pdma_ram
+//! driver) are providers like any CMB: every one the topology declares must appear in the
+//! pairs, once per namespace, and its verdicts are checked like the others.
 
 use std::collections::BTreeMap;
 use std::process::Command;
 
+use p2pdma_lab::spec::Catalog;
 use serde_json::Value;
 
 const GUEST_SCRIPT: &str = r#"
 p2pdma topo --pairs --json
 p2pdma topo --pairs | while read p d rest; do p2pdma probe --provider $p /dev/$d --json; done
+for d in /sys/bus/pci/devices/*; do [ "$(cat $d/vendor):$(cat $d/device)" = 0x1af4:0x1110 ] && echo "RAM $(basename $d)"; done
 dmesg | grep -o 'pci=disable_acs_redir=[0-9a-f:.;]*' | sed 's/^/KERNEL-ACS /'
 true
 "#;
@@ -51,6 +57,7 @@ fn topologies() -> Vec<String> {
 fn predicted_verdicts_equal_what_the_kernel_does_for_every_pair_of_every_topology() {
     let names = topologies();
     assert!(!names.is_empty(), "no lab topologies");
+    let catalog = Catalog::load(None, &[EXTRA_TOPOLOGIES.into()]).expect("topologies load");
     let mut table = String::new();
     let mut total = 0usize;
     let mut disagreements = Vec::new();
@@ -81,9 +88,12 @@ fn predicted_verdicts_equal_what_the_kernel_does_for_every_pair_of_every_topolog
         let mut predicted: BTreeMap<(String, String), Value> = BTreeMap::new();
         let mut probes = Vec::new();
         let mut kernel_acs = Vec::new();
+        let mut rams = Vec::new();
         for line in stdout.lines().map(str::trim) {
             if let Some(value) = line.strip_prefix("KERNEL-ACS pci=disable_acs_redir=") {
                 kernel_acs.push(value.to_owned());
+            } else if let Some(bdf) = line.strip_prefix("RAM ") {
+                rams.push(bdf.to_owned());
             } else if line.starts_with('[') {
                 // `topo --pairs --json`: one document, an array of pairs.
                 let all: Vec<Value> = serde_json::from_str(line)
@@ -111,6 +121,27 @@ fn predicted_verdicts_equal_what_the_kernel_does_for_every_pair_of_every_topolog
             predicted.len(),
             "{topology}: one probe per predicted pair\n{stdout}"
         );
+        let declared_rams = catalog
+            .get(topology)
+            .expect("listed topology")
+            .spec
+            .ram
+            .len();
+        assert_eq!(
+            rams.len(),
+            declared_rams,
+            "{topology}: RAM providers in the guest\n{stdout}"
+        );
+        let namespaces: std::collections::BTreeSet<&String> =
+            predicted.keys().map(|(_, disk)| disk).collect();
+        for ram in &rams {
+            let pairs = predicted.keys().filter(|(p, _)| p == ram).count();
+            assert_eq!(
+                pairs,
+                namespaces.len(),
+                "{topology}: RAM provider {ram} must be paired with every namespace\n{stdout}"
+            );
+        }
         for probe in &probes {
             let provider = probe["provider"].as_str().unwrap().to_owned();
             let client = probe["client"].as_str().unwrap().to_owned();

@@ -26,7 +26,8 @@ use crate::Globals;
 #[derive(Debug, clap::Args)]
 pub struct TopoArgs {
     /// Matrix of verdicts between devices (rows: provider, columns: client), in the
-    /// spirit of `nvidia-smi topo -m`; all NVMe functions when no device is named.
+    /// spirit of `nvidia-smi topo -m`; all NVMe functions and p2pmem providers when no
+    /// device is named.
     #[arg(long, num_args = 0.., value_name = "DEV")]
     matrix: Option<Vec<String>>,
 
@@ -171,8 +172,10 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     }
     if let Some(names) = &args.matrix {
         let devices = if names.is_empty() {
+            // NVMe functions (the clients) and every provider, NVMe or not (a row of its
+            // own: a GPU BAR or the lab's RAM device is a provider but never a client).
             tree.iter()
-                .filter(|f| f.is_nvme())
+                .filter(|f| f.is_nvme() || f.p2pmem.is_some())
                 .map(|f| f.bdf)
                 .collect::<Vec<_>>()
         } else {
@@ -184,7 +187,7 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         };
         if devices.is_empty() {
             bail!(
-                "no NVMe functions in {}: name devices after --matrix",
+                "no NVMe functions or p2pmem providers in {}: name devices after --matrix",
                 root.path().display()
             );
         }
