@@ -159,6 +159,16 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
+/// For a report printed before the command's own status is returned: a closed stdout
+/// must not turn a failure status (a refused probe, a failed check) into success, so the
+/// broken pipe is dropped here and the status stands.
+pub fn unless_broken_pipe(result: anyhow::Result<()>) -> anyhow::Result<()> {
+    match result {
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
 /// Locked stdout: write to it with `writeln!` and `?`, never `println!`.
 pub fn stdout() -> io::StdoutLock<'static> {
     io::stdout().lock()

@@ -5,6 +5,9 @@
 //! - with `--json`, one JSON document whose `error` object carries the same status,
 //! - and, for invocations that name a destination, an unchanged destination (md5 of the
 //!   whole device, which starts full of random bytes, before and after both runs).
+//!
+//! The same guest also runs commands that succeed (probe, mem test, a P2P copy ...) with a
+//! closed stdout: each must end quietly with status 0.
 
 #[allow(dead_code)] // each lab test binary uses part of the shared helpers
 mod common;
@@ -394,10 +397,31 @@ run() {
 }
 "#;
 
+/// Commands that succeed, run with a stdout whose reader is gone (`| true` exits at
+/// once; the command starts writing a second later): each must end quietly with status 0.
+const CLOSED_STDOUT: &[(&str, &str)] = &[
+    ("probe", "probe --provider $PB $A"),
+    ("probe-json", "probe --provider $PB $A --json"),
+    ("mem-test", "mem test $PA --buffers 2"),
+    ("mem-test-json", "mem test $PA --buffers 2 --json"),
+    ("mem-info", "mem info"),
+    ("pairs", "topo --pairs"),
+    ("pairs-json", "topo --pairs --json"),
+    ("copy", "copy $A $B --length 1M --dst-offset 32M --verify"),
+    ("guest-nvme", "lab guest nvme sw0"),
+];
+
 fn script() -> String {
     let mut s = PRELUDE.to_owned();
     for c in CASES {
         s.push_str(&format!("run {} {} {}\n", c.name, c.dst, c.args));
+    }
+    s.push_str(
+        "pipe() { name=$1; shift; (sleep 1; p2pdma \"$@\" 2> /tmp/pipe.err; echo $? > /tmp/pipe.rc) | true; \
+         echo \"PIPE $name $(cat /tmp/pipe.rc) $(wc -c < /tmp/pipe.err) $(one_line /tmp/pipe.err)\"; }\n",
+    );
+    for (name, args) in CLOSED_STDOUT {
+        s.push_str(&format!("pipe {name} {args}\n"));
     }
     s.push_str("echo DONE\n");
     s
@@ -486,6 +510,19 @@ fn bad_input_gets_its_status_one_line_a_json_error_and_writes_nothing() {
             }
             Ok(v) => fail(format!("no error object: {v}")),
             Err(e) => fail(format!("stdout is not one JSON document ({e}): {json}")),
+        }
+    }
+    // The same guest: a closed stdout ends each command quietly with success.
+    let pipes = run.lines("PIPE");
+    assert_eq!(pipes.len(), CLOSED_STDOUT.len(), "closed-stdout runs");
+    for p in &pipes {
+        if p[1] != "0" || p[2] != "0" {
+            failures.push(format!(
+                "closed stdout, {}: exit {}, stderr {}",
+                p[0],
+                p[1],
+                p[3..].join(" ")
+            ));
         }
     }
     eprintln!(
