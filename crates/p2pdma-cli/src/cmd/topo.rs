@@ -108,34 +108,39 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         let verdict = topo.verdict(provider, client);
         let ok = verdict.is_p2p()
             && (ct.kind == p2pdma::resolve::TargetKind::PciFunction || ct.p2p_queue);
-        if args.dot || args.svg {
-            let picture = if args.dot {
-                dot(&tree, Some(&verdict))
+        let printed = (|| -> anyhow::Result<()> {
+            if args.dot || args.svg {
+                let picture = if args.dot {
+                    dot(&tree, Some(&verdict))
+                } else {
+                    svg(&tree, Some(&verdict))
+                };
+                output::stdout().write_all(picture.as_bytes())?;
+            } else if args.json {
+                #[derive(Serialize)]
+                struct Explain<'a> {
+                    provider: &'a Target,
+                    client: &'a Target,
+                    verdict: &'a Verdict,
+                    p2p: bool,
+                }
+                print_json(&Explain {
+                    provider: &pt,
+                    client: &ct,
+                    verdict: &verdict,
+                    p2p: ok,
+                })?;
             } else {
-                svg(&tree, Some(&verdict))
-            };
-            std::io::stdout().lock().write_all(picture.as_bytes())?;
-        } else if args.json {
-            #[derive(Serialize)]
-            struct Explain<'a> {
-                provider: &'a Target,
-                client: &'a Target,
-                verdict: &'a Verdict,
-                p2p: bool,
+                write!(
+                    output::stdout(),
+                    "{}",
+                    explain_text(&tree, &pt, &ct, &verdict)
+                )?;
             }
-            print_json(&Explain {
-                provider: &pt,
-                client: &ct,
-                verdict: &verdict,
-                p2p: ok,
-            })?;
-        } else {
-            write!(
-                output::stdout(),
-                "{}",
-                explain_text(&tree, &pt, &ct, &verdict)
-            )?;
-        }
+            Ok(())
+        })();
+        // A closed stdout does not turn "refused" into success.
+        output::unless_broken_pipe(printed)?;
         return Ok(if ok {
             ExitCode::SUCCESS
         } else {
