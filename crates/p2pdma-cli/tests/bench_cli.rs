@@ -60,6 +60,11 @@ fn data(len: usize, seed: u32) -> Vec<u8> {
 /// and prints nothing on stdout.
 fn assert_one_line_error(out: &Output, expected: &[&str]) {
     assert!(!out.status.success(), "must fail");
+    assert!(
+        matches!(out.status.code(), Some(1 | 3)),
+        "bad input exits 1, an impossible P2P 3: {:?}",
+        out.status.code()
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one line: {stderr}");
@@ -163,6 +168,11 @@ fn both_modes_without_p2p_say_why_and_fail() {
         "1M",
     ]);
     assert_one_line_error(&out, &["p2p mode is impossible", "--mode host"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the exit-code table's P2P refusal"
+    );
 }
 
 #[test]

@@ -218,7 +218,10 @@ echo "DMAR $(dmesg | grep -c 'DMAR: \[DMA Write')"
     assert_ne!(r[1], r[2], "expected QEMU's IOMMU to drop the P2P writes");
     assert!(err.contains("verification failed"), "{err}");
     assert!(err.contains("offset 0 differs"), "{err}");
-    let j = json_after(&lines(&stdout, "JSON")[0].join(" "));
+    assert_eq!(r[0], "5", "a verification mismatch exits 5");
+    // One document on stdout: the error object, carrying the copy's summary.
+    let j = json_after(&lines(&stdout, "JSON")[0].join(" "))["error"].clone();
+    assert_eq!(j["kind"], "verify_mismatch", "{j}");
     assert_eq!(j["mode"], "p2p", "{j}");
     assert_eq!(j["verified"], false, "{j}");
     assert_eq!(j["verification"]["first_difference"], 0, "{j}");
@@ -337,7 +340,7 @@ echo "REMOUNT $(md5sum < /mnt/b/new.bin | cut -d' ' -f1)"
 # A file that cannot fit: the copy stops at ENOSPC and says how far it got.
 p2pdma copy $A /mnt/b/full.bin --length 48M --force --json > /tmp/full.json 2>/tmp/full.err
 rc=$?; END=$(field contiguous_end /tmp/full.json)
-echo "FULL $rc $END $(field kind /tmp/full.json) $(md5 $A 0 $END) $(md5 /mnt/b/full.bin 0 $END)"
+echo "FULL $rc $END $(field failure_kind /tmp/full.json) $(md5 $A 0 $END) $(md5 /mnt/b/full.bin 0 $END)"
 echo "FULLERR $(one_line /tmp/full.err)"
 "#;
     let out = lab("copy-ext4", Some(EXT4_TOPOLOGY), script);
@@ -373,6 +376,10 @@ echo "FULLERR $(one_line /tmp/full.err)"
     let end: u64 = full[1].parse().expect("contiguous_end in the failure JSON");
     assert!(end > 0 && end < 48 << 20, "contiguous_end {end}");
     assert_eq!(full[2], "no_space");
+    assert_eq!(
+        full[0], "4",
+        "some bytes were written: a partial copy exits 4"
+    );
     assert_eq!(
         full[3], full[4],
         "the reported prefix is not the source's bytes"
@@ -490,7 +497,7 @@ p2pdma lab guest unbind cas-b0
 wait $pid; rc=$?
 END=$(field contiguous_end /tmp/out.json)
 TOTAL=$(field bytes_written /tmp/out.json)
-echo "RESULT $rc $END $TOTAL $(field kind /tmp/out.json)"
+echo "RESULT $rc $END $TOTAL $(field failure_kind /tmp/out.json)"
 echo "PREFIX $(md5 $S 0 $END) $(md5 $D 0 $END)"
 REST=$((67108864 - END))
 echo "REST $(md5 $D $END $REST) $(zeros $REST)"
@@ -511,6 +518,10 @@ echo "ERR $(one_line /tmp/err.txt)"
         "queue depth 1 writes in order: one contiguous range"
     );
     assert_eq!(result[3], "provider_gone");
+    assert_eq!(
+        result[0], "4",
+        "some bytes were written: a partial copy exits 4"
+    );
     let prefix = &lines(&stdout, "PREFIX")[0];
     assert_eq!(
         prefix[0], prefix[1],

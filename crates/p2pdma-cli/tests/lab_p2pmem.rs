@@ -248,7 +248,7 @@ fn probe_reports_ok_behind_a_switch_and_refusal_across_the_root_bus() {
     assert!(
         run.stdout
             .contains("p2p-refused, the kernel will not do P2P DMA")
-            && run.stdout.contains("exit=0"),
+            && run.stdout.contains("exit=3"),
         "{}",
         run.stdout
     );

@@ -140,7 +140,9 @@ fn stopped_copy(run: &LabRun, length: u64) -> StoppedCopy {
         rc[0], "0",
         "the copy succeeded: the fault came too late to test anything"
     );
-    let summary = json_after(&run.line("COPY_JSON").join(" "));
+    // The contract: one document, {"error": {...}}, on failure too.
+    let summary = json_after(&run.line("COPY_JSON").join(" "))["error"].clone();
+    assert!(summary.is_object(), "no error object on stdout");
     let stderr = run.line("COPY_ERR").join(" ");
     let written: Vec<(u64, u64)> = summary["written"]
         .as_array()
@@ -257,7 +259,11 @@ echo "POOL_END $(available $P)"
     let with_io = unbind_seconds(&run, "UNBIND");
     let idle = unbind_seconds(&run, "UNBIND_IDLE");
     let copy = stopped_copy(&run, length);
-    assert_eq!(copy.summary["kind"], "provider_gone", "{}", copy.summary);
+    assert_eq!(
+        copy.summary["failure_kind"], "provider_gone",
+        "{}",
+        copy.summary
+    );
     assert!(
         copy.stderr.contains("unbound or removed"),
         "{}",
@@ -303,7 +309,11 @@ echo "PREFIX $(md5 $S 0 $END) $(md5 $D 0 $END)"
 
     let gone = removal_seconds(&run, "GONE");
     let copy = stopped_copy(&run, length);
-    assert_eq!(copy.summary["kind"], "provider_gone", "{}", copy.summary);
+    assert_eq!(
+        copy.summary["failure_kind"], "provider_gone",
+        "{}",
+        copy.summary
+    );
     let prefix = run.line("PREFIX");
     assert_eq!(
         prefix[0], prefix[1],
@@ -338,7 +348,7 @@ fn hot_removing_the_destination_while_a_copy_is_in_flight_loses_nothing(flavour:
 
     let gone = removal_seconds(&run, "GONE");
     let copy = stopped_copy(&run, length);
-    let message = copy.summary["error"].as_str().unwrap();
+    let message = copy.summary["message"].as_str().unwrap();
     assert!(
         message.contains("write of") && message.contains("/dev/nvme"),
         "the failure must be the destination's write: {message}"
@@ -361,7 +371,7 @@ fn hot_removing_the_destination_while_a_copy_is_in_flight_loses_nothing(flavour:
         "FIGURE hot-remove-destination-mid-copy flavour={} removal_s={gone} written={} kind={} unreported_landed={landed}",
         run.flavour().name(),
         copy.summary["bytes_written"],
-        copy.summary["kind"],
+        copy.summary["failure_kind"],
     );
 }
 

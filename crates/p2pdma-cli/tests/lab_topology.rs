@@ -84,18 +84,22 @@ fn predicted_verdicts_equal_what_the_kernel_does_for_every_pair_of_every_topolog
         for line in stdout.lines().map(str::trim) {
             if let Some(value) = line.strip_prefix("KERNEL-ACS pci=disable_acs_redir=") {
                 kernel_acs.push(value.to_owned());
-            } else if line.starts_with('{') {
-                let v: Value = serde_json::from_str(line)
+            } else if line.starts_with('[') {
+                // `topo --pairs --json`: one document, an array of pairs.
+                let all: Vec<Value> = serde_json::from_str(line)
                     .unwrap_or_else(|e| panic!("{topology}: bad JSON {line:?}: {e}"));
-                if let Some(disk) = v["client_disk"].as_str() {
+                for v in all {
+                    let disk = v["client_disk"].as_str().expect("client_disk").to_owned();
                     let key = (
                         v["provider"].as_str().unwrap().to_owned(),
                         format!("/dev/{disk}"),
                     );
                     predicted.insert(key, v);
-                } else {
-                    probes.push(v);
                 }
+            } else if line.starts_with('{') {
+                let v: Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{topology}: bad JSON {line:?}: {e}"));
+                probes.push(v);
             }
         }
         assert!(

@@ -69,12 +69,13 @@ fn matrix_of_the_mixed_topology() {
 }
 
 #[test]
-fn explain_names_the_kernels_acs_fix_and_exits_2_when_refused() {
+fn explain_names_the_kernels_acs_fix_and_exits_3_when_refused() {
     let o = p2pdma(
         &fixture("acs"),
         &["topo", "--explain", "0000:01:00.0", "/dev/nvme1n1"],
     );
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // 3: refused by the kernel's rules (2 is clap's usage error).
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let text = stdout(&o);
     assert!(text.contains("P2P REFUSED"), "{text}");
     assert!(
@@ -249,7 +250,60 @@ legend: [p2pmem ...] P2P memory provider; [ACS redirect RR+CR+EC] sends peer tra
 
 const EXPECTED_SWITCH_EXPLAIN: &str = r#"provider: 0000:03:00.0 = 0000:03:00.0 1b36:0010 NVMe (nvme0 serial sw0)
 client:   /dev/nvme1n1 = 0000:04:00.0 1b36:0010 NVMe (nvme1 serial sw1)
+rules:    Linux 6.12 rules (kernel 6.12.117)
 verdict:  P2P works; by topology: direct (bus address) (PCI_P2PDMA_MAP_BUS_ADDR), distance 4
 path:     0000:03:00.0 -> 0000:02:00.0 -> 0000:01:00.0 (common upstream bridge) -> 0000:02:01.0 -> 0000:04:00.0
 slowest link: 2.5 GT/s x1 above 0000:03:00.0 = 0.25 GB/s per direction
 "#;
+
+/// The `rootbus` fixture with its host bridge turned into an Intel DSA (8086:0b25), which
+/// Linux 7.2's whitelist has and 6.12's does not.
+#[test]
+fn kernel_release_chooses_the_rules_a_verdict_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("rootbus");
+    assert!(Command::new("cp")
+        .args(["-a"])
+        .arg(fixture("rootbus"))
+        .arg(&copy)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::write(
+        copy.join("devices/pci0000:00/0000:00:00.0/device"),
+        "0x0b25\n",
+    )
+    .unwrap();
+    let explain = |release: Option<&str>| {
+        let mut args = vec![
+            "topo",
+            "--explain",
+            "0000:00:04.0",
+            "0000:00:05.0",
+            "--json",
+        ];
+        if let Some(r) = release {
+            args.extend(["--kernel-release", r]);
+        }
+        let o = p2pdma(&copy, &args);
+        let v: Value = serde_json::from_slice(&o.stdout).expect("explain JSON");
+        let verdict = v.get("verdict").unwrap_or(&v).clone();
+        (
+            verdict["map_type"].as_str().unwrap().to_owned(),
+            verdict["rules"].as_str().unwrap().to_owned(),
+        )
+    };
+    // The snapshot says 6.12.117: refused, as that kernel would.
+    let (map, rules) = explain(None);
+    assert_eq!(map, "not_supported");
+    assert!(
+        rules.starts_with("Linux 6.12 rules (kernel 6.12.117)"),
+        "{rules}"
+    );
+    let (map, rules) = explain(Some("7.2.13+deb14-amd64"));
+    assert_eq!(map, "thru_host_bridge");
+    assert!(rules.starts_with("Linux 7.2 rules"), "{rules}");
+    let (map, rules) = explain(Some("9.1.0"));
+    assert_eq!(map, "thru_host_bridge");
+    assert!(rules.contains("newer than any p2pdma has read"), "{rules}");
+}

@@ -4,6 +4,7 @@
 //!
 //! - [`spec`]: the topology file and the QEMU devices it becomes (pure).
 //! - [`kernel`]: building the lab kernel once and caching it outside the repository.
+//! - [`kernel_source`]: the kernel releases the lab ships and fetching their source.
 //! - [`initramfs`]: the guest's root file system (busybox + the static p2pdma binary).
 //! - [`vm`]: booting a topology, running a command, deadlines and fault injection.
 //! - [`qmp`]: the QEMU monitor client used for surprise removal.
@@ -13,6 +14,7 @@
 pub mod host;
 pub mod initramfs;
 pub mod kernel;
+pub mod kernel_source;
 pub mod paths;
 pub mod qmp;
 pub mod spec;

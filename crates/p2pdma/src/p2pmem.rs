@@ -99,11 +99,20 @@ pub enum P2pmemError {
         source: io::Error,
     },
     /// The process may not open the `allocate` file.
-    #[error("no permission to allocate p2pmem from {provider}: opening {} needs write access (run as root)", path.display())]
+    #[error("no permission to allocate p2pmem from {provider}: opening {} needs read and write permission (run as root, or grant a group access with docs/60-p2pdma.rules)", path.display())]
     PermissionDenied {
         /// The provider.
         provider: Bdf,
         /// The `allocate` file.
+        path: PathBuf,
+        /// The error the kernel returned.
+        #[source]
+        source: io::Error,
+    },
+    /// The process may not read a pool attribute (`size`, `available`, `published`).
+    #[error("no permission to read {}: it needs read permission (the kernel makes it world-readable; check the sysfs root given)", path.display())]
+    NoReadPermission {
+        /// The attribute file.
         path: PathBuf,
         /// The error the kernel returned.
         #[source]
@@ -172,23 +181,29 @@ pub enum P2pmemError {
         /// Bytes asked for.
         len: usize,
         /// The error the kernel returned (EREMOTEIO: the kernel refused P2P between the
-        /// two devices; see [`P2pmemError::is_p2p_refusal`]).
+        /// two devices; EINVAL may be, see [`P2pmemError::is_p2p_refusal`]).
         #[source]
         source: io::Error,
     },
 }
 
 impl P2pmemError {
-    /// Whether this is the kernel refusing peer-to-peer DMA between the provider and the
-    /// file's device: EREMOTEIO on Linux 6.2 .. 6.16, EINVAL on kernels with the newer
-    /// DMA mapping path (only meaningful when the I/O was otherwise well aligned).
-    pub fn is_p2p_refusal(&self) -> bool {
+    /// The errno of a failed transfer.
+    pub fn transfer_errno(&self) -> Option<i32> {
         match self {
-            P2pmemError::Transfer { source, .. } => {
-                matches!(source.raw_os_error(), Some(libc::EREMOTEIO | libc::EINVAL))
-            }
-            _ => false,
+            P2pmemError::Transfer { source, .. } => source.raw_os_error(),
+            _ => None,
         }
+    }
+
+    /// Whether this is the kernel refusing peer-to-peer DMA between the provider and the
+    /// file's device. `EREMOTEIO` always is; `EINVAL` is only on Linux >= 6.17 for a pair
+    /// the topology verdict refuses (`verdict_p2p`), see [`crate::refusal::interpret`].
+    pub fn is_p2p_refusal(&self, verdict_p2p: Option<bool>, kernel_release: Option<&str>) -> bool {
+        self.transfer_errno().is_some_and(|errno| {
+            crate::refusal::interpret(errno, verdict_p2p, kernel_release)
+                == crate::refusal::Meaning::P2pRefused
+        })
     }
 }
 
@@ -329,6 +344,11 @@ impl Provider {
             if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::ENODEV)) {
                 P2pmemError::ProviderGone {
                     provider: self.bdf,
+                    source,
+                }
+            } else if matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
+                P2pmemError::NoReadPermission {
+                    path: path.clone(),
                     source,
                 }
             } else {
@@ -654,8 +674,11 @@ mod tests {
             len: 4096,
             source: io::Error::from_raw_os_error(errno),
         };
-        assert!(transfer(libc::EREMOTEIO).is_p2p_refusal());
-        assert!(transfer(libc::EINVAL).is_p2p_refusal());
-        assert!(!transfer(libc::EIO).is_p2p_refusal());
+        assert!(transfer(libc::EREMOTEIO).is_p2p_refusal(None, None));
+        // EINVAL: a refusal only from 6.17 on, and only when the verdict refuses.
+        assert!(transfer(libc::EINVAL).is_p2p_refusal(Some(false), Some("6.17.1")));
+        assert!(!transfer(libc::EINVAL).is_p2p_refusal(Some(false), Some("6.12.117")));
+        assert!(!transfer(libc::EINVAL).is_p2p_refusal(Some(true), Some("6.17.1")));
+        assert!(!transfer(libc::EIO).is_p2p_refusal(Some(false), Some("6.17.1")));
     }
 }

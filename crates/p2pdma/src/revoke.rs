@@ -36,6 +36,13 @@
 //! - the saved previous action lives in a `OnceLock` that is filled *before* the handler
 //!   is installed, so the handler only ever observes it initialised (an atomic load).
 //!
+//! Only a fault the kernel raised for an access (`si_code` `BUS_ADRALN`, `BUS_ADRERR`,
+//! `BUS_OBJERR`, `BUS_MCEERR_AR`) carries a fault address. A SIGBUS sent by a process
+//! (`kill`, `tgkill`, `sigqueue`: `si_code` <= 0) holds the sender's pid and uid where
+//! the address would be, so it is never matched against the table: it goes to the
+//! previous handler, is ignored if SIGBUS was ignored, and otherwise kills the process as
+//! the default action would.
+//!
 //! The replacement memory is readable and writable so that the interrupted access can
 //! finish; the owner of the buffer must make it inaccessible again (`mprotect(PROT_NONE)`)
 //! once it notices the revocation, so that no later I/O silently moves host RAM instead of
@@ -259,9 +266,30 @@ extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context
     unsafe { *errno = saved_errno };
 }
 
+/// `si_code` values of a SIGBUS the kernel raises for a faulting access (Linux
+/// `include/uapi/asm-generic/siginfo.h`); their `si_addr` is the faulting address.
+const BUS_ADRALN: libc::c_int = 1;
+const BUS_ADRERR: libc::c_int = 2;
+const BUS_OBJERR: libc::c_int = 3;
+const BUS_MCEERR_AR: libc::c_int = 4;
+
+/// Whether a SIGBUS with this `si_code` is a fault with an address (not one sent by a
+/// process, `si_code` <= 0, nor `SI_KERNEL`).
+fn is_access_fault(si_code: libc::c_int) -> bool {
+    matches!(
+        si_code,
+        BUS_ADRALN | BUS_ADRERR | BUS_OBJERR | BUS_MCEERR_AR
+    )
+}
+
 fn handle_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
-    // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t; for SIGBUS `si_addr`
-    // is the faulting address.
+    // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t.
+    let code = unsafe { (*info).si_code };
+    if !is_access_fault(code) {
+        chain_sent(signal, info, context);
+        return;
+    }
+    // SAFETY: as above; for an access fault `si_addr` is the faulting address.
     let fault = unsafe { (*info).si_addr() } as usize;
     for slot in &SLOTS {
         let Some((start, len)) = slot.read() else {
@@ -317,6 +345,23 @@ fn chain(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut c_void) 
             let default: libc::sigaction = unsafe { std::mem::zeroed() };
             // SAFETY: `default` is a valid action; the old-action pointer may be null.
             unsafe { libc::sigaction(libc::SIGBUS, &default, ptr::null_mut()) };
+        }
+    }
+}
+
+/// Hands a SIGBUS that is not an access fault (sent with kill, tgkill, sigqueue) to
+/// whoever had SIGBUS before us, or does what its disposition says: ignore it, or die of
+/// it (nothing would re-raise it, unlike a fault, so it is raised again here; it is
+/// blocked while the handler runs and delivered with the default action on return).
+fn chain_sent(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
+    let handler = PREVIOUS_ACTION.get().map(|a| a.sa_sigaction);
+    match handler {
+        Some(libc::SIG_IGN) => {}
+        Some(h) if h != libc::SIG_DFL => chain(signal, info, context),
+        _ => {
+            chain(signal, info, context);
+            // SAFETY: raise is async-signal-safe; SIGBUS now has its default action.
+            unsafe { libc::raise(libc::SIGBUS) };
         }
     }
 }
@@ -390,6 +435,135 @@ mod tests {
         // SAFETY: the address is mapped (the read faults, which is the point).
         let value = unsafe { raw.cast::<u8>().read_volatile() };
         panic!("survived a SIGBUS outside registered ranges (read {value})");
+    }
+
+    #[test]
+    fn only_kernel_fault_codes_carry_an_address() {
+        assert!(is_access_fault(BUS_ADRERR));
+        assert!(is_access_fault(BUS_OBJERR));
+        for sent in [
+            libc::SI_USER,
+            libc::SI_QUEUE,
+            libc::SI_TKILL,
+            libc::SI_KERNEL,
+        ] {
+            assert!(!is_access_fault(sent), "{sent}");
+        }
+    }
+
+    const SENT_CHILD_ENV: &str = "P2PDMA_REVOKE_SENT_SIGBUS_CHILD";
+
+    /// Regression: a SIGBUS sent by a process, whose siginfo claims an address inside a
+    /// registered range, must not revoke the buffer; it goes to the previous handler. The
+    /// same siginfo with the kernel's BUS_ADRERR does revoke (the test can tell). Runs in
+    /// a child process, which owns its signal dispositions.
+    #[test]
+    fn a_user_sent_sigbus_is_not_read_as_a_fault_address() {
+        if std::env::var_os(SENT_CHILD_ENV).is_some() {
+            std::process::exit(sent_sigbus_child());
+        }
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "revoke::tests::a_user_sent_sigbus_is_not_read_as_a_fault_address",
+                "--include-ignored",
+                "--test-threads=1",
+            ])
+            .env(SENT_CHILD_ENV, "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "1: the sent SIGBUS revoked the buffer; 2: it did not reach the previous handler; 3: a real fault code did not revoke; {status:?}"
+        );
+    }
+
+    static PREVIOUS_HANDLER_RAN: AtomicUsize = AtomicUsize::new(0);
+
+    extern "C" fn previous_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut c_void) {
+        PREVIOUS_HANDLER_RAN.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A siginfo as `rt_tgsigqueueinfo` takes it (x86_64/aarch64 layout: the union
+    /// starts at offset 16, `si_addr` first in it).
+    #[repr(C)]
+    struct SentInfo {
+        signo: libc::c_int,
+        errno: libc::c_int,
+        code: libc::c_int,
+        _pad: libc::c_int,
+        addr: usize,
+        _rest: [u8; 128 - 24],
+    }
+
+    /// Sends SIGBUS to this thread with the given si_code and si_addr (a process may
+    /// send itself any si_code).
+    fn send_sigbus(code: libc::c_int, addr: usize) {
+        let info = SentInfo {
+            signo: libc::SIGBUS,
+            errno: 0,
+            code,
+            _pad: 0,
+            addr,
+            _rest: [0; 128 - 24],
+        };
+        // SAFETY: `info` is a 128-byte siginfo the kernel copies in; the target is this
+        // very thread, which has a SIGBUS handler installed.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rt_tgsigqueueinfo,
+                libc::getpid(),
+                libc::gettid(),
+                libc::SIGBUS,
+                &info as *const SentInfo,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "rt_tgsigqueueinfo: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    fn sent_sigbus_child() -> i32 {
+        // SAFETY: all-zero is a valid sigaction to fill in.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = previous_handler as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO;
+        // SAFETY: `action` is initialised and the handler has the SA_SIGINFO signature.
+        let rc = unsafe { libc::sigaction(libc::SIGBUS, &action, ptr::null_mut()) };
+        assert_eq!(rc, 0);
+        install().unwrap();
+        let page = rustix::param::page_size();
+        // SAFETY: a fresh private anonymous mapping nothing else refers to.
+        let raw = unsafe {
+            rustix::mm::mmap_anonymous(
+                ptr::null_mut(),
+                page,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE,
+            )
+        }
+        .unwrap();
+        // SAFETY: the range is our own mapping; replacing its pages harms nothing.
+        let reg = unsafe { register(raw.cast(), page) }.unwrap();
+        send_sigbus(libc::SI_QUEUE, raw as usize + 8);
+        send_sigbus(libc::SI_TKILL, raw as usize + 8);
+        if reg.is_revoked() {
+            return 1;
+        }
+        if PREVIOUS_HANDLER_RAN.load(Ordering::Relaxed) != 2 {
+            return 2;
+        }
+        send_sigbus(BUS_ADRERR, raw as usize + 8);
+        if !reg.is_revoked() {
+            return 3;
+        }
+        0
     }
 
     #[test]

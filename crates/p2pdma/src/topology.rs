@@ -1,8 +1,9 @@
 //! The kernel's P2P rules: map type, distance, path, reasons and provider choice.
 //!
 //! This is `calc_map_type_and_dist()`, `host_bridge_whitelist()`,
-//! `pci_p2pdma_distance_many()` and `pci_p2pmem_find_many()` of Linux 6.12
-//! `drivers/pci/p2pdma.c`, run on a [`PciTree`] instead of live `struct pci_dev`s:
+//! `pci_p2pdma_distance_many()` and `pci_p2pmem_find_many()` of Linux
+//! `drivers/pci/p2pdma.c`, run on a [`PciTree`] instead of live `struct pci_dev`s, with the
+//! whitelist of the release the tree's host facts name ([`crate::kernel_rules`]):
 //!
 //! 1. Walk up from the provider (`pci_upstream_bridge()`, which for a VF starts at its
 //!    PF's bridge). For each function on the way, note it if its ACS Control has RR, CR
@@ -20,14 +21,15 @@
 //! kernel lacks `CONFIG_PCI_P2PDMA`; [`verdict`] reports those too.
 //!
 //! # References
-//! - Linux v6.12 `drivers/pci/p2pdma.c`; `include/linux/pci.h` (`pci_upstream_bridge`)
+//! - Linux v6.12 and v7.2 `drivers/pci/p2pdma.c`; `include/linux/pci.h` (`pci_upstream_bridge`)
 
 use std::collections::HashMap;
 use std::fmt;
 
 use serde::Serialize;
 
-use crate::pci::{Link, PciFunction, PciTree};
+use crate::kernel_rules::RuleChoice;
+use crate::pci::{Link, PciTree};
 use crate::snapshot::KernelP2pdma;
 use crate::Bdf;
 
@@ -284,6 +286,8 @@ pub struct Verdict {
     pub reasons: Vec<Reason>,
     /// The path's slowest link, when link facts are known.
     pub bottleneck: Option<Bottleneck>,
+    /// The kernel rules applied ("Linux 7.2 rules (kernel 7.2.13)").
+    pub rules: String,
 }
 
 impl Verdict {
@@ -307,23 +311,6 @@ impl Verdict {
         })
     }
 }
-
-/// 6.12's `pci_p2pdma_whitelist[]`: Intel vendor 0x8086 device IDs, and whether both
-/// devices must share that host bridge (`REQ_SAME_HOST_BRIDGE`). Newer kernels add more
-/// entries; a 6.12 kernel is what the lab runs and what this mirrors.
-const INTEL_WHITELIST: &[(u16, bool)] = &[
-    (0x3c00, true),
-    (0x3c01, true),
-    (0x2f00, true),
-    (0x2f01, true),
-    (0x2030, false),
-    (0x2031, false),
-    (0x2032, false),
-    (0x2033, false),
-    (0x2020, false),
-    (0x09a2, false),
-];
-const PCI_VENDOR_ID_INTEL: u16 = 0x8086;
 
 /// The core of `calc_map_type_and_dist()` on two upward chains (each starting at the
 /// function itself), with `redirects(f)` answering `pci_bridge_has_acs_redir(f)`.
@@ -355,11 +342,20 @@ pub struct Topology<'a> {
     /// Per root bus: whitelist entry of its host bridge (`Some(requires_same)`) or `None`.
     whitelist: Vec<Option<bool>>,
     cpu_supports: bool,
+    rules: RuleChoice,
 }
 
 impl<'a> Topology<'a> {
-    /// Indexes `tree`.
+    /// Indexes `tree`, judged by the rules of the kernel release in its host facts.
     pub fn new(tree: &'a PciTree) -> Self {
+        Self::with_rules(
+            tree,
+            RuleChoice::for_release(tree.host.kernel_release.as_deref()),
+        )
+    }
+
+    /// Indexes `tree`, judged by `rules` ("what would that kernel do on this machine").
+    pub fn with_rules(tree: &'a PciTree, rules: RuleChoice) -> Self {
         let bdfs: Vec<Bdf> = tree.functions.keys().copied().collect();
         let index: HashMap<Bdf, usize> = bdfs.iter().enumerate().map(|(i, b)| (*b, i)).collect();
         let chains = bdfs
@@ -387,7 +383,7 @@ impl<'a> Topology<'a> {
             .iter()
             .map(|name| {
                 let dev = tree.host_bridge_device(name)?;
-                whitelist_entry(dev)
+                rules.rules.whitelist_entry(dev.vendor, dev.device)
             })
             .collect();
         Topology {
@@ -399,7 +395,13 @@ impl<'a> Topology<'a> {
             root_bus,
             whitelist,
             cpu_supports: tree.host.cpu_supports_p2pdma().unwrap_or(false),
+            rules,
         }
+    }
+
+    /// The kernel rules the verdicts follow.
+    pub fn rules(&self) -> &RuleChoice {
+        &self.rules
     }
 
     /// The tree.
@@ -531,6 +533,7 @@ impl<'a> Topology<'a> {
             common_upstream: None,
             reasons: Vec::new(),
             bottleneck: None,
+            rules: self.rules.to_string(),
         };
         let (a, b) = match (self.index.get(&provider), self.index.get(&client)) {
             (Some(a), Some(b)) => (*a, *b),
@@ -798,16 +801,6 @@ impl Cell {
             (MapType::NotSupported, d, _) => format!("NO{d}"),
         }
     }
-}
-
-fn whitelist_entry(dev: &PciFunction) -> Option<bool> {
-    if dev.vendor != PCI_VENDOR_ID_INTEL {
-        return None;
-    }
-    INTEL_WHITELIST
-        .iter()
-        .find(|(id, _)| *id == dev.device)
-        .map(|(_, same)| *same)
 }
 
 fn cpu_description(host: &crate::snapshot::HostFacts) -> String {

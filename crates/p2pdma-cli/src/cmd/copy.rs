@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -25,6 +26,8 @@ use p2pdma::topology::MapType;
 use p2pdma::Bdf;
 use serde::Serialize;
 
+use crate::exit::Kind;
+use crate::output::{self, Failure};
 use crate::Globals;
 
 /// When to copy through host memory instead of device memory.
@@ -73,7 +76,9 @@ pub struct CopyArgs {
     /// Bytes per chunk: one device-memory buffer, one read, one write.
     #[arg(long, value_name = "SIZE", default_value_t = DEFAULT_CHUNK_SIZE, value_parser = size)]
     pub chunk_size: u64,
-    /// Chunks in flight (buffers allocated); reads of the next chunks overlap writes.
+    /// Reads and writes in flight, N of each. A bounce copy allocates 2N host buffers so
+    /// both directions run at full depth; a P2P copy allocates N device-memory buffers
+    /// (p2pmem pools are small), which its reads and writes share.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_QUEUE_DEPTH)]
     pub queue_depth: u32,
     /// Re-read both ranges through host memory and compare xxh3-128 digests.
@@ -113,9 +118,7 @@ pub enum Half {
     Write,
 }
 
-fn size(text: &str) -> Result<u64, String> {
-    plan::parse_size(text).map_err(|e| e.to_string())
-}
+use super::size;
 
 /// What `--json` prints after a copy.
 #[derive(Debug, Serialize)]
@@ -126,6 +129,8 @@ struct Summary<'a> {
     dst_offset: u64,
     bytes: u64,
     seconds: f64,
+    /// User + system CPU seconds of the process while the engine ran.
+    cpu_seconds: f64,
     throughput_bytes_per_sec: f64,
     mode: Mode,
     provider: Option<Bdf>,
@@ -137,6 +142,8 @@ struct Summary<'a> {
     only: Option<Half>,
     verified: Option<bool>,
     verification: Option<Verification>,
+    /// Wall time of `--verify` (re-reading and comparing both ranges).
+    verify_seconds: Option<f64>,
 }
 
 /// The engine's buffers: device memory for P2P, host memory for a bounce copy.
@@ -168,23 +175,28 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         force: args.force,
     };
     let plan = plan::validate(&src.facts, &dst.facts, &request)?;
-    let (route, sides) = decide_route(globals, &args, &src, &dst)?;
+    let (route, sides, kernel_release) = decide_route(globals, &args, &src, &dst)?;
 
     if args.dry_run {
         print_dry_run(&args, &src, &dst, &plan, &route, &sides)?;
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(note) = &route.bounce_reason {
-        if !args.json && args.bounce != Bounce::Always {
+        if !args.json && !globals.quiet && args.bounce != Bounce::Always {
             eprintln!("p2pdma: copying through host memory: {note}");
         }
     }
 
+    let direction = match args.only {
+        None => Direction::Copy,
+        Some(Half::Read) => Direction::ReadOnly,
+        Some(Half::Write) => Direction::WriteOnly,
+    };
     // Buffers first: if the pool cannot supply them, nothing has been opened or created.
     let buffers = match route.mode {
         Mode::P2p => Buffers::Device(allocate_p2p(globals, &route, &plan)?),
         Mode::Bounce => Buffers::Host(
-            (0..plan.queue_depth)
+            (0..engine::buffers_wanted(direction, &plan))
                 .map(|_| HostBuffer::new(plan.chunk_size as usize))
                 .collect::<Result<Vec<_>, _>>()
                 .context("allocating the host bounce buffers")?,
@@ -201,13 +213,8 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         path: &args.dst,
     };
 
-    let bar = progress_bar(plan.length, "copy");
+    let bar = progress_bar(plan.length, "copy", globals.quiet);
     let mut progress = |n| bar.set_position(n);
-    let direction = match args.only {
-        None => Direction::Copy,
-        Some(Half::Read) => Direction::ReadOnly,
-        Some(Half::Write) => Direction::WriteOnly,
-    };
     let result = match buffers {
         Buffers::Device(b) => {
             engine::run_one_way(direction, src_end, dst_end, &plan, b, &mut progress)
@@ -219,14 +226,19 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
     let report = match result {
         Ok(report) => report,
-        Err(e) => {
-            if args.json {
-                print_failure_json(&e, &route)?;
+        Err(mut e) => {
+            let einval = reinterpret_einval(&mut e, &route, kernel_release.as_deref());
+            let (kind, summary) = failure_summary(&e, &route);
+            let mut err = explain_engine_error(e, &route, &plan, dst.facts.kind);
+            if let Some(why) = einval {
+                err = err.context(format!(
+                    "an I/O on device memory failed with EINVAL, reported as an I/O error, not a P2P refusal: {why}"
+                ));
             }
-            return Err(explain_engine_error(e, &route, &plan, dst.facts.kind));
+            return Err(Failure::new(kind, err).with_details(&summary).into());
         }
     };
-    if route.mode == Mode::P2p && route.p2p_expected == Some(false) {
+    if route.mode == Mode::P2p && route.p2p_expected == Some(false) && !globals.quiet {
         eprintln!(
             "p2pdma: note: the topology verdict predicted that the kernel would refuse P2P ({}), but it allowed it; please report this with `p2pdma snapshot`",
             route.why_not.as_deref().unwrap_or("no reason recorded")
@@ -237,19 +249,24 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     }
 
     let verification = if args.verify {
-        let bar = progress_bar(plan.length, "verify");
+        let bar = progress_bar(plan.length, "verify", globals.quiet);
+        let started = Instant::now();
         let v = verify(src_end, dst_end, &plan, &mut |n| bar.set_position(n))?;
         bar.finish_and_clear();
-        Some(v)
+        Some((v, started.elapsed()))
     } else {
         None
     };
 
-    print_summary(&args, &plan, &route, &report, verification.as_ref())?;
+    let summary = summary(&args, &plan, &route, &report, verification.as_ref());
+    let verification = verification.map(|(v, _)| v);
     match verification {
         Some(v) if !v.matched() => {
             let at = v.first_difference.unwrap_or(0);
-            anyhow::bail!(
+            if !args.json {
+                print_summary(&args, &route, &summary)?;
+            }
+            let err = anyhow::anyhow!(
                 "verification failed: {} offset {} differs from {} offset {} (xxh3-128 {:032x} vs {:032x})",
                 args.dst.display(),
                 plan.dst_offset + at,
@@ -257,9 +274,16 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
                 plan.src_offset + at,
                 v.dst_digest,
                 v.src_digest
-            )
+            );
+            // With --json the summary rides in the error object: one document.
+            Err(Failure::new(Kind::VerifyMismatch, err)
+                .with_details(&summary)
+                .into())
         }
-        _ => Ok(ExitCode::SUCCESS),
+        _ => {
+            print_summary(&args, &route, &summary)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -274,8 +298,8 @@ fn flush_destination(file: &File, dst: &Inspected) -> anyhow::Result<()> {
     })
 }
 
-fn progress_bar(len: u64, what: &'static str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
+fn progress_bar(len: u64, what: &'static str, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
@@ -353,12 +377,12 @@ fn no_space_advice(path: &Path, dst_kind: EndpointKind) -> String {
     }
 }
 
-/// What `--json` prints when the copy stops part-way: enough for a script to know
-/// exactly which destination bytes changed.
+/// The details of the error object when the copy stops part-way: enough for a script to
+/// know exactly which destination bytes changed.
 #[derive(Debug, Serialize)]
 struct FailureSummary {
-    error: String,
-    kind: Option<FailureKind>,
+    /// What the first failed request's errno means here.
+    failure_kind: Option<FailureKind>,
     mode: Mode,
     provider: Option<Bdf>,
     /// Destination byte ranges whose writes completed, as [start, end) pairs.
@@ -368,43 +392,38 @@ struct FailureSummary {
     contiguous_end: Option<u64>,
 }
 
-/// The error and its causes on one line, as `main` prints them.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
-fn print_failure_json(err: &EngineError, route: &Route) -> anyhow::Result<()> {
+/// The kind of a stopped copy (partial when any destination byte was written, else
+/// refused when the kernel refused P2P) and what the error object says about it.
+fn failure_summary(err: &EngineError, route: &Route) -> (Kind, FailureSummary) {
     let written = match err {
         EngineError::Stopped { written, .. } | EngineError::RingFailed { written, .. } => {
             Some(written)
         }
         _ => None,
     };
+    let failure_kind = match err {
+        EngineError::Stopped { failure, .. } => Some(failure.kind),
+        _ => None,
+    };
+    let bytes_written = written.map_or(0, |w| w.ranges.total());
+    let kind = if bytes_written > 0 {
+        Kind::PartialCopy
+    } else if failure_kind == Some(FailureKind::P2pRefused) {
+        Kind::P2pRefused
+    } else {
+        Kind::Failure
+    };
     let summary = FailureSummary {
-        error: error_chain(err),
-        kind: match err {
-            EngineError::Stopped { failure, .. } => Some(failure.kind),
-            _ => None,
-        },
+        failure_kind,
         mode: route.mode,
         provider: route.provider,
         written: written
             .map(|w| w.ranges.ranges().iter().map(|r| [r.start, r.end]).collect())
             .unwrap_or_default(),
-        bytes_written: written.map_or(0, |w| w.ranges.total()),
+        bytes_written,
         contiguous_end: written.map(|w| w.contiguous_end()),
     };
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, &summary)?;
-    writeln!(out)?;
-    Ok(())
+    (kind, summary)
 }
 
 fn refusal_advice(route: &Route) -> String {
@@ -487,18 +506,44 @@ fn pci_side(root: &SysfsRoot, role: &'static str, inspected: &Inspected) -> Side
     }
 }
 
+/// The engine reads EINVAL on device memory as a P2P refusal; that holds only on Linux
+/// 6.17 and later, for a pair the topology refuses ([`p2pdma::refusal::interpret`]). Otherwise the
+/// failure becomes an I/O error, and the reason is returned for the message.
+fn reinterpret_einval(
+    err: &mut EngineError,
+    route: &Route,
+    kernel_release: Option<&str>,
+) -> Option<String> {
+    let EngineError::Stopped { failure, .. } = err else {
+        return None;
+    };
+    if failure.kind != FailureKind::P2pRefused
+        || failure.source.raw_os_error() != Some(libc::EINVAL)
+    {
+        return None;
+    }
+    match p2pdma::refusal::interpret(libc::EINVAL, route.p2p_expected, kernel_release) {
+        p2pdma::refusal::Meaning::P2pRefused => None,
+        p2pdma::refusal::Meaning::IoError { why } => {
+            failure.kind = FailureKind::Other;
+            Some(why)
+        }
+    }
+}
+
+/// Decides the route; also returns the kernel release the PCI tree was read with.
 fn decide_route(
     globals: &Globals,
     args: &CopyArgs,
     src: &Inspected,
     dst: &Inspected,
-) -> anyhow::Result<(Route, [Side; 2])> {
+) -> anyhow::Result<(Route, [Side; 2], Option<String>)> {
     let root = SysfsRoot::new(&globals.sysfs);
     let sides = [
         pci_side(&root, "source", src),
         pci_side(&root, "destination", dst),
     ];
-    let tree = match PciTree::read(&root) {
+    let tree = match globals.read_tree(&root) {
         Ok(tree) => tree,
         // A bounce copy does not need the PCI tree, nor does explaining that a side
         // cannot do P2P at all.
@@ -522,7 +567,8 @@ fn decide_route(
         args.bounce.into(),
         args.provider,
     )?;
-    Ok((route, sides))
+    let release = tree.host.kernel_release.clone();
+    Ok((route, sides, release))
 }
 
 /// One p2pmem buffer per chunk in flight.
@@ -657,8 +703,11 @@ fn print_dry_run(
     route: &Route,
     sides: &[Side; 2],
 ) -> anyhow::Result<()> {
-    let buffer_bytes = plan.chunk_size * u64::from(plan.queue_depth);
-    let mut out = std::io::stdout().lock();
+    let buffers = match route.mode {
+        Mode::P2p => u64::from(plan.queue_depth),
+        Mode::Bounce => engine::buffers_wanted(Direction::Copy, plan) as u64,
+    };
+    let buffer_bytes = plan.chunk_size * buffers;
     if args.json {
         let dry = DryRun {
             src,
@@ -668,10 +717,9 @@ fn print_dry_run(
             buffer_bytes,
             route,
         };
-        serde_json::to_writer_pretty(&mut out, &dry)?;
-        writeln!(out)?;
-        return Ok(());
+        return Ok(output::print_json(&dry, true)?);
     }
+    let mut out = output::stdout();
     writeln!(
         out,
         "plan: copy {} ({} bytes) from {} [{}..{}) to {} [{}..{})",
@@ -720,72 +768,78 @@ fn print_dry_run(
     Ok(())
 }
 
-fn print_summary(
-    args: &CopyArgs,
+fn summary<'a>(
+    args: &'a CopyArgs,
     plan: &CopyPlan,
     route: &Route,
     report: &EngineReport,
-    verification: Option<&Verification>,
-) -> anyhow::Result<()> {
+    verification: Option<&(Verification, Duration)>,
+) -> Summary<'a> {
+    let verify_seconds = verification.map(|(_, t)| t.as_secs_f64());
+    let verification = verification.map(|(v, _)| v);
     let seconds = report.elapsed.as_secs_f64();
     let throughput = if seconds > 0.0 {
         report.bytes as f64 / seconds
     } else {
         0.0
     };
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        let summary = Summary {
-            src: &args.src,
-            dst: &args.dst,
-            src_offset: plan.src_offset,
-            dst_offset: plan.dst_offset,
-            bytes: report.bytes,
-            seconds,
-            throughput_bytes_per_sec: throughput,
-            mode: route.mode,
-            provider: route.provider,
-            path: route.path.clone(),
-            bounce_reason: route.bounce_reason.clone(),
-            chunk_size: plan.chunk_size,
-            queue_depth: plan.queue_depth,
-            short_transfers: report.short_transfers,
-            only: args.only,
-            verified: verification.map(|v| v.matched()),
-            verification: verification.copied(),
-        };
-        serde_json::to_writer(&mut out, &summary)?;
-        writeln!(out)?;
-        return Ok(());
+    Summary {
+        src: &args.src,
+        dst: &args.dst,
+        src_offset: plan.src_offset,
+        dst_offset: plan.dst_offset,
+        bytes: report.bytes,
+        seconds,
+        cpu_seconds: (report.cpu_user + report.cpu_system).as_secs_f64(),
+        throughput_bytes_per_sec: throughput,
+        mode: route.mode,
+        provider: route.provider,
+        path: route.path.clone(),
+        bounce_reason: route.bounce_reason.clone(),
+        chunk_size: plan.chunk_size,
+        queue_depth: plan.queue_depth,
+        short_transfers: report.short_transfers,
+        only: args.only,
+        verified: verification.map(|v| v.matched()),
+        verification: verification.copied(),
+        verify_seconds,
     }
+}
+
+fn print_summary(args: &CopyArgs, route: &Route, summary: &Summary) -> anyhow::Result<()> {
+    if args.json {
+        return Ok(output::print_json(summary, false)?);
+    }
+    let mut out = output::stdout();
     let what = match args.only {
         None => format!(
             "copied {} from {} to {}",
-            HumanBytes(report.bytes),
+            HumanBytes(summary.bytes),
             args.src.display(),
             args.dst.display()
         ),
         Some(Half::Read) => format!(
             "read {} from {} (--only read)",
-            HumanBytes(report.bytes),
+            HumanBytes(summary.bytes),
             args.src.display()
         ),
         Some(Half::Write) => format!(
             "wrote {} to {} (--only write)",
-            HumanBytes(report.bytes),
+            HumanBytes(summary.bytes),
             args.dst.display()
         ),
     };
     writeln!(
         out,
-        "{what} in {seconds:.3} s ({}/s), {}",
-        HumanBytes(throughput as u64),
+        "{what} in {:.3} s ({}/s), {}",
+        summary.seconds,
+        HumanBytes(summary.throughput_bytes_per_sec as u64),
         match route.mode {
             Mode::P2p => format!("P2P through {}", provider_name(route)),
             Mode::Bounce => "through host memory".to_owned(),
         }
     )?;
-    if let Some(v) = verification {
+    if let Some(v) = &summary.verification {
         if v.matched() {
             writeln!(
                 out,
@@ -800,6 +854,92 @@ fn print_summary(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stopped(errno: i32, kind: FailureKind) -> EngineError {
+        EngineError::Stopped {
+            written: p2pdma::copy::Written {
+                path: "/dev/nvme1n1".into(),
+                dst_offset: 0,
+                ranges: Default::default(),
+            },
+            failure: p2pdma::copy::IoFailure {
+                op: p2pdma::copy::Op::Write,
+                path: "/dev/nvme1n1".into(),
+                offset: 0,
+                len: 4096,
+                kind,
+                source: std::io::Error::from_raw_os_error(errno),
+            },
+        }
+    }
+
+    fn route(p2p_expected: Option<bool>) -> Route {
+        Route {
+            mode: Mode::P2p,
+            provider: None,
+            provider_reason: None,
+            pool: None,
+            verdicts: Vec::new(),
+            path: Vec::new(),
+            bottleneck: None,
+            bounce_reason: None,
+            p2p_expected,
+            why_not: None,
+        }
+    }
+
+    fn kind_of(e: &EngineError) -> FailureKind {
+        match e {
+            EngineError::Stopped { failure, .. } => failure.kind,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn einval_on_device_memory_is_a_refusal_only_on_new_kernels_with_a_refusing_verdict() {
+        let mut e = stopped(libc::EINVAL, FailureKind::P2pRefused);
+        let why = reinterpret_einval(&mut e, &route(Some(false)), Some("6.12.117"));
+        assert!(why.unwrap().contains("EREMOTEIO"));
+        assert_eq!(kind_of(&e), FailureKind::Other);
+        let (kind, _) = failure_summary(&e, &route(Some(false)));
+        assert_eq!(
+            kind,
+            Kind::Failure,
+            "nothing written, not a refusal: exit 1"
+        );
+
+        let mut e = stopped(libc::EINVAL, FailureKind::P2pRefused);
+        assert_eq!(
+            reinterpret_einval(&mut e, &route(Some(false)), Some("6.17.2")),
+            None
+        );
+        assert_eq!(kind_of(&e), FailureKind::P2pRefused);
+        assert_eq!(failure_summary(&e, &route(Some(false))).0, Kind::P2pRefused);
+
+        let mut e = stopped(libc::EINVAL, FailureKind::P2pRefused);
+        assert!(reinterpret_einval(&mut e, &route(Some(true)), Some("6.17.2")).is_some());
+        assert_eq!(kind_of(&e), FailureKind::Other);
+
+        let mut e = stopped(libc::EREMOTEIO, FailureKind::P2pRefused);
+        assert_eq!(
+            reinterpret_einval(&mut e, &route(Some(true)), Some("6.12.1")),
+            None
+        );
+        assert_eq!(kind_of(&e), FailureKind::P2pRefused);
+    }
+
+    #[test]
+    fn a_stop_after_some_bytes_landed_is_a_partial_copy_whatever_the_cause() {
+        let mut e = stopped(libc::EREMOTEIO, FailureKind::P2pRefused);
+        if let EngineError::Stopped { written, .. } = &mut e {
+            written.ranges.insert(0..8192);
+        }
+        let (kind, summary) = failure_summary(&e, &route(Some(true)));
+        assert_eq!(kind, Kind::PartialCopy);
+        assert_eq!(summary.bytes_written, 8192);
+        assert_eq!(summary.written, vec![[0, 8192]]);
+        assert_eq!(Kind::PartialCopy.code(), 4);
+    }
 
     #[test]
     fn no_space_on_a_block_device_means_it_went_away_not_that_it_is_full() {

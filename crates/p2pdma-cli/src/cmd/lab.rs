@@ -9,14 +9,15 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use p2pdma_lab::kernel::{self, BuildEvent, Flavour, KernelSource};
+use p2pdma_lab::kernel_source::LabRelease;
 use p2pdma_lab::spec::Catalog;
 use p2pdma_lab::vm::{self, Accel, Fault, RunRequest};
 use p2pdma_lab::{host, paths};
 
 use crate::Globals;
 
-/// Exit status of `lab run` when the lab itself failed (as opposed to the guest command).
-pub const LAB_FAILURE: u8 = 125;
+use crate::exit::{Kind, LAB_FAILURE};
+use crate::output::{self, Failure};
 
 /// The lab's subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -50,14 +51,24 @@ pub struct SetupArgs {
 /// Where the kernel comes from (shared by `kernel`, `run` and `demo`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct KernelChoice {
-    /// Kernel source: a tree or a tarball (default: Debian's linux-source-6.12).
-    #[arg(long, value_name = "DIR|TARBALL")]
+    /// Kernel source: a tree or a tarball (default: the --release's Debian source).
+    #[arg(long, value_name = "DIR|TARBALL", conflicts_with = "release")]
     source: Option<PathBuf>,
+    /// Which kernel release the lab builds: 6.12 (Debian bookworm's linux-source-6.12) or
+    /// 7.2 (Debian sid's linux-source-7.2, fetched once into the cache through a private
+    /// apt configuration).
+    #[arg(
+        long,
+        value_name = "RELEASE",
+        default_value = "6.12",
+        env = "P2PDMA_LAB_RELEASE"
+    )]
+    release: String,
     /// Which kernel configuration.
     #[arg(long, value_enum, default_value_t = FlavourArg::Standard)]
     flavour: FlavourArg,
     /// Boot this bzImage instead of the cached lab kernel.
-    #[arg(long, value_name = "BZIMAGE", env = "P2PDMA_LAB_KERNEL", conflicts_with_all = ["source", "flavour"])]
+    #[arg(long, value_name = "BZIMAGE", env = "P2PDMA_LAB_KERNEL", conflicts_with_all = ["source", "flavour", "release"])]
     kernel: Option<PathBuf>,
 }
 
@@ -154,8 +165,8 @@ pub struct RunArgs {
     /// Write the run's facts (timings, status, logs) as JSON to this file.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
-    /// Say nothing but the guest's output and errors.
-    #[arg(long, short)]
+    /// Say nothing but the guest's output and errors (the global --quiet, -q).
+    #[arg(skip)]
     quiet: bool,
     /// The shell command to run in the guest (joined with spaces, run by busybox sh).
     #[arg(last = true, required = true, value_name = "COMMAND")]
@@ -217,16 +228,19 @@ pub fn run(cmd: LabCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
     match cmd {
         LabCommand::Setup(args) => setup(args),
         LabCommand::Kernel(args) => {
-            let kernel = ensure_kernel(&args.choice, args.jobs, false)?;
+            let kernel = ensure_kernel(&args.choice, args.jobs, globals.quiet)?;
             if args.print_path {
-                println!("{}", kernel.display());
+                writeln!(output::stdout(), "{}", kernel.display())?;
             } else {
-                println!("lab kernel: {}", kernel.display());
+                writeln!(output::stdout(), "lab kernel: {}", kernel.display())?;
             }
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Topologies(args) => topologies(args),
-        LabCommand::Run(args) => lab_run(args),
+        LabCommand::Run(mut args) => {
+            args.quiet |= globals.quiet;
+            lab_run(args)
+        }
         LabCommand::Demo(args) => demo(args),
         LabCommand::Bench(args) => bench(args),
         LabCommand::Guest(g) => guest(g, globals),
@@ -236,24 +250,36 @@ pub fn run(cmd: LabCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
 fn setup(args: SetupArgs) -> anyhow::Result<ExitCode> {
     let reqs = host::check();
     for r in &reqs {
-        println!(
+        writeln!(
+            output::stdout(),
             "{} {:<40} {:<28} ({})",
             if r.present { "ok     " } else { "missing" },
             r.check,
             r.purpose,
             r.debian_package
-        );
+        )?;
     }
     let missing = host::missing_packages(&reqs);
     if missing.is_empty() {
-        println!("the lab has everything it needs");
+        writeln!(output::stdout(), "the lab has everything it needs")?;
         return Ok(ExitCode::SUCCESS);
     }
     if args.check {
-        println!("missing Debian packages: {}", missing.join(" "));
+        writeln!(
+            output::stdout(),
+            "missing Debian packages: {}",
+            missing.join(" ")
+        )?;
         return Ok(ExitCode::FAILURE);
     }
-    host::install(&missing)?;
+    let plan = host::install(&missing, &p2pdma_lab::paths::cache_root().join("apt"))?;
+    if !plan.backports.is_empty() {
+        writeln!(
+            output::stdout(),
+            "from backports (bookworm's versions would replace packages already here): {}",
+            plan.backports.join(" ")
+        )?;
+    }
     let still: Vec<_> = host::check().into_iter().filter(|r| !r.present).collect();
     if !still.is_empty() {
         bail!(
@@ -261,7 +287,7 @@ fn setup(args: SetupArgs) -> anyhow::Result<ExitCode> {
             still.iter().map(|r| r.check).collect::<Vec<_>>().join(", ")
         );
     }
-    println!("installed: {}", missing.join(" "));
+    writeln!(output::stdout(), "installed: {}", missing.join(" "))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -282,7 +308,15 @@ fn ensure_kernel(
     }
     let source = match &choice.source {
         Some(path) => KernelSource::from_path(path)?,
-        None => KernelSource::debian_default(),
+        None => {
+            let release = LabRelease::named(&choice.release)?;
+            let mut note = |line: &str| {
+                if !quiet {
+                    eprintln!("lab kernel: {line}");
+                }
+            };
+            KernelSource::Tarball(release.ensure_tarball(&mut note)?)
+        }
     };
     if let KernelSource::Tarball(t) = &source {
         if !t.exists() {
@@ -367,10 +401,10 @@ impl BuildProgress {
 fn topologies(args: TopologiesArgs) -> anyhow::Result<ExitCode> {
     let catalog = Catalog::load(paths::user_topologies().as_deref(), &args.files)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&catalog.all())?);
+        output::print_json(&catalog.all(), true)?;
     } else {
         for t in catalog.all() {
-            println!("{:<14} {}", t.name, t.spec.description);
+            writeln!(output::stdout(), "{:<14} {}", t.name, t.spec.description)?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -432,10 +466,7 @@ fn choose_accel(arg: AccelArg, kernel: &Path) -> Accel {
 fn lab_run(args: RunArgs) -> anyhow::Result<ExitCode> {
     match lab_run_inner(args) {
         Ok(code) => Ok(code),
-        Err(err) => {
-            eprintln!("p2pdma: lab error: {err:#}");
-            Ok(ExitCode::from(LAB_FAILURE))
-        }
+        Err(err) => Err(Failure::new(Kind::Lab, err.context("lab")).into()),
     }
 }
 
@@ -537,8 +568,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let outcome = match vm::run(&request) {
         Ok(o) => o,
         Err(err) => {
-            eprintln!("p2pdma: lab error: {:#}", anyhow::Error::from(err));
-            return Ok(ExitCode::from(LAB_FAILURE));
+            return Err(Failure::new(Kind::Lab, anyhow::Error::from(err).context("lab")).into())
         }
     };
     eprintln!(
@@ -580,11 +610,17 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let guest_binary = guest_binary()?;
     let mut figures = Vec::new();
     if !args.json {
-        println!("boot-to-command time: QEMU start until the guest has every NVMe namespace and runs the command");
-        println!(
+        writeln!(output::stdout(), "boot-to-command time: QEMU start until the guest has every NVMe namespace and runs the command")?;
+        writeln!(
+            output::stdout(),
             "{:<14} {:>4} {:>8} {:>8} {:>8} {:>14}",
-            "topology", "runs", "min s", "median s", "max s", "guest uptime s"
-        );
+            "topology",
+            "runs",
+            "min s",
+            "median s",
+            "max s",
+            "guest uptime s"
+        )?;
     }
     for name in names {
         let topology = catalog.get(&name)?;
@@ -604,7 +640,9 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     accel,
                 )
             };
-            let outcome = vm::run(&request).with_context(|| format!("booting {name}"))?;
+            let outcome = vm::run(&request)
+                .with_context(|| format!("booting {name}"))
+                .map_err(|e| Failure::new(Kind::Lab, e))?;
             boots.push(outcome.boot_seconds);
             uptimes.push(outcome.guest_uptime_at_ready);
             let _ = std::fs::remove_dir_all(&out_dir);
@@ -621,7 +659,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             guest_uptime_median: uptimes[uptimes.len() / 2],
         };
         if !args.json {
-            println!(
+            writeln!(
+                output::stdout(),
                 "{:<14} {:>4} {:>8.2} {:>8.2} {:>8.2} {:>14.2}",
                 f.topology,
                 f.runs,
@@ -629,12 +668,12 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 f.boot_seconds_median,
                 f.boot_seconds_max,
                 f.guest_uptime_median
-            );
+            )?;
         }
         figures.push(f);
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&figures)?);
+        output::print_json(&figures, true)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -702,14 +741,15 @@ fn guest(cmd: GuestCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
         }
         GuestCommand::Nvme { serial } => {
             let (bdf, ctrl, namespaces) = nvme_by_serial(&globals.sysfs, &serial)?;
-            println!(
+            writeln!(
+                output::stdout(),
                 "{bdf} /dev/{ctrl} {}",
                 namespaces
                     .iter()
                     .map(|n| format!("/dev/{n}"))
                     .collect::<Vec<_>>()
                     .join(" ")
-            );
+            )?;
         }
         GuestCommand::Unbind { device } => {
             let bdf = resolve_function(&globals.sysfs, &device)?;

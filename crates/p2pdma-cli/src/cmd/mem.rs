@@ -1,5 +1,6 @@
 //! `p2pdma mem`: look at p2pmem pools and check that one really holds data.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -9,6 +10,8 @@ use p2pdma::p2pmem::{self, P2pBuffer, P2pmemError, Provider};
 use p2pdma::Bdf;
 use serde::Serialize;
 
+use crate::exit::Kind;
+use crate::output::{self, ErrorObject};
 use crate::Globals;
 
 /// The `mem` subcommands.
@@ -30,6 +33,10 @@ pub struct InfoArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Print the pools in the Prometheus text format, for node_exporter's textfile
+    /// collector (gauges labelled by BDF and driver).
+    #[arg(long, conflicts_with = "json")]
+    prometheus: bool,
 }
 
 /// Arguments of `p2pdma mem test`.
@@ -38,8 +45,8 @@ pub struct TestArgs {
     /// The provider to test (PCI address, e.g. 0000:01:00.0).
     #[arg(value_name = "BDF")]
     provider: Bdf,
-    /// Bytes per buffer (rounded up to the page size).
-    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    /// Bytes per buffer (rounded up to the page size); k, M, G, T suffixes (binary).
+    #[arg(long, default_value = "1M", value_name = "SIZE", value_parser = super::size_usize)]
     size: usize,
     /// How many buffers to hold at once.
     #[arg(long, default_value_t = 1, value_name = "N")]
@@ -65,6 +72,8 @@ pub struct TestArgs {
 #[derive(Debug, Serialize)]
 struct PoolInfo {
     provider: Bdf,
+    /// The provider's driver (`driver` link), if bound.
+    driver: Option<String>,
     size: u64,
     available: u64,
     published: bool,
@@ -85,34 +94,103 @@ fn info(args: InfoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     };
     let mut pools = Vec::new();
     for bdf in bdfs {
-        let provider = Provider::open(&globals.sysfs, bdf)?;
-        pools.push(PoolInfo {
-            provider: bdf,
-            size: provider.size()?,
-            available: provider.available()?,
-            published: provider.published()?,
-        });
+        pools.push(pool_info(&globals.sysfs, bdf)?);
     }
     if args.json {
-        println!("{}", serde_json::to_string(&pools)?);
+        output::print_json(&pools, false)?;
+    } else if args.prometheus {
+        write!(output::stdout(), "{}", prometheus_text(&pools))?;
     } else if pools.is_empty() {
-        println!("no p2pmem providers under {}", globals.sysfs.display());
+        writeln!(
+            output::stdout(),
+            "no p2pmem providers under {}",
+            globals.sysfs.display()
+        )?;
     } else {
-        println!(
+        writeln!(
+            output::stdout(),
             "{:<14} {:>12} {:>12} published",
-            "provider", "size", "available"
-        );
+            "provider",
+            "size",
+            "available"
+        )?;
         for p in &pools {
-            println!(
+            writeln!(
+                output::stdout(),
                 "{:<14} {:>12} {:>12} {}",
                 p.provider,
                 p.size,
                 p.available,
                 if p.published { "yes" } else { "no" }
-            );
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `mem info` shows of one provider.
+fn pool_info(sysfs: &Path, bdf: Bdf) -> anyhow::Result<PoolInfo> {
+    let provider = Provider::open(sysfs, bdf)?;
+    let driver_link = sysfs
+        .join("bus/pci/devices")
+        .join(bdf.to_string())
+        .join("driver");
+    let driver = std::fs::read_link(driver_link)
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    Ok(PoolInfo {
+        provider: bdf,
+        driver,
+        size: provider.size()?,
+        available: provider.available()?,
+        published: provider.published()?,
+    })
+}
+
+/// The pools in the Prometheus text exposition format (version 0.0.4), one gauge family
+/// per pool attribute, each sample labelled `bdf` and `driver` (empty when unbound).
+fn prometheus_text(pools: &[PoolInfo]) -> String {
+    use std::fmt::Write as _;
+    type Family = (&'static str, &'static str, fn(&PoolInfo) -> u64);
+    let families: [Family; 3] = [
+        (
+            "p2pdma_pool_size_bytes",
+            "Size of the p2pmem pool of a PCI device (sysfs p2pmem/size).",
+            |p| p.size,
+        ),
+        (
+            "p2pdma_pool_available_bytes",
+            "Free bytes in the p2pmem pool of a PCI device (sysfs p2pmem/available); an allocation needs one contiguous run.",
+            |p| p.available,
+        ),
+        (
+            "p2pdma_pool_published",
+            "1 if the device publishes its p2pmem to other drivers (sysfs p2pmem/published), else 0.",
+            |p| u64::from(p.published),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for p in pools {
+            let _ = writeln!(
+                out,
+                "{name}{{bdf=\"{}\",driver=\"{}\"}} {}",
+                p.provider,
+                label_value(p.driver.as_deref().unwrap_or("")),
+                value(p)
+            );
+        }
+    }
+    out
+}
+
+/// A label value with `\`, `"` and newlines escaped, as the text format requires.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Everything `mem test` saw, printed as JSON with `--json`.
@@ -139,6 +217,10 @@ struct TestReport {
     passed: bool,
     /// What failed, one line each.
     failures: Vec<String>,
+    /// When a check failed: the contract's error object (kind `failure`, the failures
+    /// joined in `message`), so a script finds `error` in every failed run's document.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorObject>,
 }
 
 #[derive(Debug, Serialize)]
@@ -332,6 +414,18 @@ fn test(args: TestArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         ));
     }
     report.passed = report.failures.is_empty();
+    if !report.passed {
+        report.error = Some(ErrorObject {
+            kind: Kind::Failure,
+            message: format!(
+                "mem test of {} failed: {}",
+                report.provider,
+                report.failures.join("; ")
+            ),
+            exit_code: Kind::Failure.code(),
+            details: Default::default(),
+        });
+    }
     print_test_report(&report, args.json)?;
     Ok(if report.passed {
         ExitCode::SUCCESS
@@ -476,20 +570,26 @@ fn unbind_and_check(
 
 fn print_test_report(report: &TestReport, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(report)?);
+        output::print_json(report, false)?;
         return Ok(());
     }
-    println!(
+    writeln!(
+        output::stdout(),
         "{}: pool {} bytes, {} free before the test",
-        report.provider, report.pool_size, report.available_before
-    );
+        report.provider,
+        report.pool_size,
+        report.available_before
+    )?;
     for (i, a) in report.allocations.iter().enumerate() {
-        println!(
+        writeln!(
+            output::stdout(),
             "  buffer {i}: {} bytes mapped, {} free after",
-            a.len, a.available_after
-        );
+            a.len,
+            a.available_after
+        )?;
     }
-    println!(
+    writeln!(
+        output::stdout(),
         "  pattern: {} bytes written ({:.1} MiB/s) and read back ({:.1} MiB/s) through the CPU: {}",
         report.pattern_bytes,
         report.cpu_write_mib_per_s,
@@ -499,15 +599,17 @@ fn print_test_report(report: &TestReport, json: bool) -> anyhow::Result<()> {
         } else {
             "identical"
         }
-    );
+    )?;
     if let Some(e) = &report.exhaustion {
-        println!(
+        writeln!(
+            output::stdout(),
             "  exhaustion: {} more buffers, then: {}",
-            e.extra_buffers, e.error
-        );
+            e.extra_buffers,
+            e.error
+        )?;
     }
     if let Some(u) = &report.unbind {
-        println!(
+        writeln!(output::stdout(),
             "  unbind from {}: live after unbind {}, reads {:?}, {} SIGBUS revocations, io_ptr {}, rebound {}, live after rebind {}",
             u.driver,
             u.is_live_after_unbind,
@@ -516,21 +618,95 @@ fn print_test_report(report: &TestReport, json: bool) -> anyhow::Result<()> {
             u.io_ptr_result,
             u.rebound,
             u.is_live_after_rebind
-        );
+        )?;
     }
     if let Some(w) = &report.while_mapped {
-        println!(
+        writeln!(
+            output::stdout(),
             "  while mapped, `{}` exited {:?}: live after {}, buffers {:?}, {} SIGBUS revocations",
-            w.command, w.exit_code, w.is_live_after, w.read_results, w.sigbus_revocations
-        );
+            w.command,
+            w.exit_code,
+            w.is_live_after,
+            w.read_results,
+            w.sigbus_revocations
+        )?;
     }
     match report.available_after {
-        Some(free) => println!("  {free} free after dropping every buffer"),
-        None => println!("  the provider is gone after the test"),
+        Some(free) => writeln!(
+            output::stdout(),
+            "  {free} free after dropping every buffer"
+        )?,
+        None => writeln!(output::stdout(), "  the provider is gone after the test")?,
     }
     for f in &report.failures {
-        println!("  FAILED: {f}");
+        writeln!(output::stdout(), "  FAILED: {f}")?;
     }
-    println!("{}", if report.passed { "passed" } else { "FAILED" });
+    writeln!(
+        output::stdout(),
+        "{}",
+        if report.passed { "passed" } else { "FAILED" }
+    )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2pdma::sysfs::builder::{FunctionSpec, SysfsBuilder};
+
+    #[test]
+    fn prometheus_text_of_a_fixture_has_help_type_and_labelled_gauges() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = SysfsBuilder::new(dir.path()).unwrap();
+        b.add(
+            None,
+            "0000:00:00.0",
+            FunctionSpec::host_bridge(0x8086, 0x29c0),
+        )
+        .unwrap();
+        let rp = b
+            .add(None, "0000:00:01.0", FunctionSpec::root_port())
+            .unwrap();
+        b.add(
+            Some(rp),
+            "0000:01:00.0",
+            FunctionSpec::nvme()
+                .p2pmem_full(16 << 20, 12 << 20, true)
+                .driver("nvme"),
+        )
+        .unwrap();
+        b.add(
+            Some(rp),
+            "0000:01:00.1",
+            // A memory device with no driver bound: an empty driver label.
+            FunctionSpec::endpoint(0x1b36, 0x0011, 0x050000).p2pmem_full(1 << 20, 1 << 20, false),
+        )
+        .unwrap();
+        let pools: Vec<PoolInfo> = p2pmem::list(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|bdf| pool_info(dir.path(), bdf).unwrap())
+            .collect();
+        let text = prometheus_text(&pools);
+        let expected = "\
+# HELP p2pdma_pool_size_bytes Size of the p2pmem pool of a PCI device (sysfs p2pmem/size).
+# TYPE p2pdma_pool_size_bytes gauge
+p2pdma_pool_size_bytes{bdf=\"0000:01:00.0\",driver=\"nvme\"} 16777216
+p2pdma_pool_size_bytes{bdf=\"0000:01:00.1\",driver=\"\"} 1048576
+# HELP p2pdma_pool_available_bytes Free bytes in the p2pmem pool of a PCI device (sysfs p2pmem/available); an allocation needs one contiguous run.
+# TYPE p2pdma_pool_available_bytes gauge
+p2pdma_pool_available_bytes{bdf=\"0000:01:00.0\",driver=\"nvme\"} 12582912
+p2pdma_pool_available_bytes{bdf=\"0000:01:00.1\",driver=\"\"} 1048576
+# HELP p2pdma_pool_published 1 if the device publishes its p2pmem to other drivers (sysfs p2pmem/published), else 0.
+# TYPE p2pdma_pool_published gauge
+p2pdma_pool_published{bdf=\"0000:01:00.0\",driver=\"nvme\"} 1
+p2pdma_pool_published{bdf=\"0000:01:00.1\",driver=\"\"} 0
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 }

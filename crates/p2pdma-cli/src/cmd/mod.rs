@@ -4,5 +4,18 @@ pub mod bench;
 pub mod copy;
 pub mod lab;
 pub mod mem;
+pub mod operator;
 pub mod probe;
 pub mod topo;
+
+/// Parses a SIZE argument: a byte count with an optional k, M, G or T suffix (binary:
+/// 1M = 1048576), as every option that takes a size accepts.
+pub fn size(text: &str) -> Result<u64, String> {
+    p2pdma::copy::parse_size(text).map_err(|e| e.to_string())
+}
+
+/// [`size`] for a size held in memory (a buffer length).
+pub fn size_usize(text: &str) -> Result<usize, String> {
+    let n = size(text)?;
+    usize::try_from(n).map_err(|_| format!("'{text}' is too large for this machine"))
+}

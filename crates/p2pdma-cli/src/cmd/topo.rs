@@ -14,6 +14,8 @@ use p2pdma::topology::{Cell, MapType, Reason, Topology, Verdict};
 use p2pdma::Bdf;
 use serde::Serialize;
 
+use crate::exit::Kind;
+use crate::output;
 use crate::Globals;
 
 /// Arguments of `p2pdma topo`.
@@ -29,7 +31,7 @@ pub struct TopoArgs {
     matrix: Option<Vec<String>>,
 
     /// Explain what the kernel does when CLIENT does DMA into PROVIDER's p2pmem.
-    /// Exit status 0 if P2P works, 2 if the kernel refuses.
+    /// Exit status 0 if P2P works, 3 if the kernel refuses.
     #[arg(long, num_args = 2, value_names = ["PROVIDER", "CLIENT"])]
     explain: Option<Vec<String>>,
 
@@ -39,7 +41,8 @@ pub struct TopoArgs {
     choose: Option<Vec<String>>,
 
     /// Every (provider, NVMe namespace) pair with its predicted verdict, one per line:
-    /// `PROVIDER DISK CLIENT p2p|refused MAP_TYPE` (with --json: one JSON object per line).
+    /// `PROVIDER DISK CLIENT p2p|refused MAP_TYPE` (with --json: one JSON array of
+    /// objects, on one line, like every other --json output: one document).
     /// The lab's ground-truth check runs `p2pdma probe` on each.
     #[arg(long)]
     pairs: bool,
@@ -70,7 +73,8 @@ pub struct SnapshotArgs {
 
 fn load(globals: &Globals) -> anyhow::Result<(SysfsRoot, PciTree)> {
     let root = SysfsRoot::new(&globals.sysfs);
-    let tree = PciTree::read(&root)
+    let tree = globals
+        .read_tree(&root)
         .with_context(|| format!("reading the PCI tree from {}", root.path().display()))?;
     Ok((root, tree))
 }
@@ -90,11 +94,7 @@ fn resolve_pci(root: &SysfsRoot, tree: &PciTree, name: &str) -> anyhow::Result<(
 }
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    // As io::Error, so a closed pipe (`| head`) is recognised as such by main.
-    serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::from)?;
-    writeln!(out)?;
-    Ok(())
+    Ok(output::print_json(value, true)?)
 }
 
 /// Runs `p2pdma topo`.
@@ -129,12 +129,16 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
                 p2p: ok,
             })?;
         } else {
-            print!("{}", explain_text(&tree, &pt, &ct, &verdict));
+            write!(
+                output::stdout(),
+                "{}",
+                explain_text(&tree, &pt, &ct, &verdict)
+            )?;
         }
         return Ok(if ok {
             ExitCode::SUCCESS
         } else {
-            ExitCode::from(2)
+            Kind::P2pRefused.exit()
         });
     }
     if let Some(names) = &args.choose {
@@ -146,12 +150,13 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         if args.json {
             print_json(&choice)?;
         } else {
-            println!(
+            writeln!(
+                output::stdout(),
                 "provider: {} {}",
                 choice.provider,
                 tree.functions[&choice.provider].describe()
-            );
-            println!("why: {}", choice.explanation);
+            )?;
+            writeln!(output::stdout(), "why: {}", choice.explanation)?;
             for c in &choice.candidates {
                 let state = match (c.published, c.distance, c.refused_by) {
                     (false, _, _) => "not published (the kernel skips it)".to_owned(),
@@ -159,7 +164,7 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
                     (true, None, Some(client)) => format!("refused for {client}"),
                     (true, None, None) => "refused".to_owned(),
                 };
-                println!("  candidate {}: {state}", c.provider);
+                writeln!(output::stdout(), "  candidate {}: {state}", c.provider)?;
             }
         }
         return Ok(ExitCode::SUCCESS);
@@ -203,29 +208,27 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
                 cells: &cells,
             })?;
         } else {
-            print!("{}", matrix_text(&tree, &devices, &cells));
+            write!(output::stdout(), "{}", matrix_text(&tree, &devices, &cells))?;
         }
         return Ok(ExitCode::SUCCESS);
     }
     if args.pairs {
         let pairs = pairs(&root, &tree, &topo)?;
         if args.json {
-            // One object per line, so guest scripts and tests can mix it with other output.
-            let mut out = std::io::stdout().lock();
-            for p in &pairs {
-                serde_json::to_writer(&mut out, p).map_err(std::io::Error::from)?;
-                writeln!(out)?;
-            }
+            // One document on one line, so guest scripts can mix it with other output.
+            output::print_json(&pairs, false)?;
         } else {
+            let mut out = output::stdout();
             for p in &pairs {
-                println!(
+                writeln!(
+                    out,
                     "{} {} {} {} {}",
                     p.provider,
                     p.client_disk,
                     p.client,
                     if p.p2p { "p2p" } else { "refused" },
                     serde_json::to_string(&p.map_type)?
-                );
+                )?;
             }
         }
         return Ok(ExitCode::SUCCESS);
@@ -241,7 +244,7 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     } else if args.json {
         print_json(&tree)?;
     } else {
-        print!("{}", tree_text(&tree));
+        write!(output::stdout(), "{}", tree_text(&tree))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -472,6 +475,7 @@ fn explain_text(tree: &PciTree, pt: &Target, ct: &Target, v: &Verdict) -> String
     };
     let _ = writeln!(out, "provider: {}", describe(pt, v.provider));
     let _ = writeln!(out, "client:   {}", describe(ct, v.client));
+    let _ = writeln!(out, "rules:    {}", v.rules);
     let client_ok = client_queue_ok(ct);
     let verdict = if v.is_p2p() && client_ok {
         "P2P works"
@@ -779,7 +783,8 @@ pub fn snapshot(args: SnapshotArgs, globals: &Globals) -> anyhow::Result<ExitCod
             args.out.display()
         )
     })?;
-    eprintln!(
+    if !globals.quiet {
+        eprintln!(
         "p2pdma: wrote {} ({} PCI functions, {} files, {} links{}); use it with: p2pdma --sysfs {} topo",
         args.out.display(),
         summary.functions,
@@ -788,6 +793,7 @@ pub fn snapshot(args: SnapshotArgs, globals: &Globals) -> anyhow::Result<ExitCod
         if args.no_serials { ", serial numbers left out" } else { "" },
         args.out.display()
     );
+    }
     // A snapshot taken without root has 64-byte config files: say so now, not in the bug report.
     let taken = PciTree::read(&SysfsRoot::new(&args.out))
         .with_context(|| format!("reading back {}", args.out.display()))?;

@@ -139,6 +139,8 @@ pub struct BenchRequest {
     pub fio: bool,
     /// Allow growing (or creating) a destination regular file, as `copy --force`.
     pub force: bool,
+    /// Judge P2P by this kernel release's rules instead of the running kernel's.
+    pub kernel_release: Option<String>,
 }
 
 /// Why a request was refused before anything was opened.
@@ -402,6 +404,7 @@ mod tests {
             repeat: 3,
             fio: false,
             force: false,
+            kernel_release: None,
         }
     }
 

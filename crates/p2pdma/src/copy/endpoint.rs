@@ -50,6 +50,28 @@ pub enum EndpointError {
         #[source]
         source: BlockdevError,
     },
+    /// Neither the filesystem (`STATX_DIOALIGN`) nor the block device underneath
+    /// (`queue/logical_block_size`) says what O_DIRECT alignment a file needs: refused
+    /// rather than guessed.
+    #[error("cannot learn the O_DIRECT alignment of {}: the filesystem does not report STATX_DIOALIGN and {why}; copy from or to a file on an NVMe filesystem, or name the block device", path.display())]
+    UnknownAlignment {
+        /// The file (or, for a file still to be created, its directory).
+        path: PathBuf,
+        /// Why the block device's logical block size could not be read.
+        why: String,
+    },
+    /// The disk a partition belongs to could not be found, so overlap with the other
+    /// endpoint (which may name the whole disk) cannot be ruled out.
+    #[error("cannot find the disk that partition {} belongs to ({}): overlap with the other endpoint cannot be checked; name the whole disk with offsets instead", path.display(), link.display())]
+    UnknownDisk {
+        /// The partition's device node.
+        path: PathBuf,
+        /// The sysfs file that should name the disk's device number.
+        link: PathBuf,
+        /// Why reading it failed.
+        #[source]
+        source: io::Error,
+    },
     /// Opening with O_DIRECT failed.
     #[error("cannot open {} for O_DIRECT {how}{hint}", path.display())]
     Open {
@@ -109,7 +131,7 @@ pub fn inspect(sysfs: &Path, path: &Path, role: Role) -> Result<Inspected, Endpo
         inspect_block_device(sysfs, path)
     } else if kind.is_file() {
         let device = filesystem_device(sysfs, meta.dev());
-        let block_size = dio_alignment(path, device.as_ref());
+        let block_size = dio_alignment(path, device.as_ref())?;
         Ok(Inspected {
             facts: EndpointFacts {
                 path: path.to_owned(),
@@ -125,7 +147,7 @@ pub fn inspect(sysfs: &Path, path: &Path, role: Role) -> Result<Inspected, Endpo
                 mounted: None,
                 holders: Vec::new(),
             },
-            block_device: device,
+            block_device: device.ok(),
         })
     } else {
         Err(EndpointError::Unsupported {
@@ -166,7 +188,13 @@ fn inspect_block_device(sysfs: &Path, path: &Path) -> Result<Inspected, Endpoint
         .collect();
     // A partition's bytes are its disk's bytes from partition_start on.
     let disk = match device.partition_start_bytes {
-        Some(_) => whole_disk(sysfs, &device.name).unwrap_or(device.dev),
+        Some(_) => whole_disk(sysfs, &device.name).map_err(|(link, source)| {
+            EndpointError::UnknownDisk {
+                path: path.to_owned(),
+                link,
+                source,
+            }
+        })?,
         None => device.dev,
     };
     let block_size = u64::from(device.logical_block_size)
@@ -201,7 +229,16 @@ fn inspect_missing(sysfs: &Path, path: &Path) -> Result<Inspected, EndpointError
         source,
     })?;
     let device = filesystem_device(sysfs, meta.dev());
-    let block_size = dio_alignment(&parent, device.as_ref());
+    // A directory reports no STATX_DIOALIGN; a nameless O_TMPFILE in it asks the
+    // filesystem without creating anything visible.
+    let block_size = alignment_from(
+        tmpfile_dio_offset_align(&parent),
+        device.as_ref().map(|d| d.logical_block_size),
+    )
+    .map_err(|why| EndpointError::UnknownAlignment {
+        path: parent.clone(),
+        why: why.clone(),
+    })?;
     Ok(Inspected {
         facts: EndpointFacts {
             path: path.to_owned(),
@@ -214,41 +251,96 @@ fn inspect_missing(sysfs: &Path, path: &Path) -> Result<Inspected, EndpointError
             mounted: None,
             holders: Vec::new(),
         },
-        block_device: device,
+        block_device: device.ok(),
     })
 }
 
-/// The block device holding a filesystem, by its `st_dev`.
-fn filesystem_device(sysfs: &Path, st_dev: u64) -> Option<BlockDevice> {
+/// The block device holding a filesystem, by its `st_dev`, or why it cannot be read.
+fn filesystem_device(sysfs: &Path, st_dev: u64) -> Result<BlockDevice, String> {
     let dev = DevNumber {
         major: rustix::fs::major(st_dev),
         minor: rustix::fs::minor(st_dev),
     };
     let link = sysfs.join("dev/block").join(dev.to_string());
-    let name = std::fs::read_link(link).ok()?;
-    BlockDevice::read(sysfs, name.file_name()?.to_str()?).ok()
+    let name = std::fs::read_link(&link).map_err(|e| {
+        format!(
+            "its device {dev} has no block device in sysfs ({}: {e})",
+            link.display()
+        )
+    })?;
+    let name = name
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("{} does not name a block device", link.display()))?;
+    BlockDevice::read(sysfs, name).map_err(|e| {
+        let mut text = format!("reading block device {name} failed: {e}");
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        text
+    })
 }
 
-/// The whole disk a partition belongs to: `<sysfs>/class/block/<part>/../dev`.
-fn whole_disk(sysfs: &Path, partition: &str) -> Option<DevNumber> {
-    let text =
-        std::fs::read_to_string(sysfs.join("class/block").join(partition).join("../dev")).ok()?;
-    DevNumber::parse(&text)
+/// The whole disk a partition belongs to: `<sysfs>/class/block/<part>/../dev`, or the
+/// file that could not be read and why.
+fn whole_disk(sysfs: &Path, partition: &str) -> Result<DevNumber, (PathBuf, io::Error)> {
+    let link = sysfs.join("class/block").join(partition).join("../dev");
+    let text = std::fs::read_to_string(&link).map_err(|e| (link.clone(), e))?;
+    DevNumber::parse(&text).ok_or_else(|| {
+        (
+            link,
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unexpected content {:?}", text.trim()),
+            ),
+        )
+    })
 }
 
 /// O_DIRECT offset alignment for a file: the filesystem's `STATX_DIOALIGN` answer if it
-/// gives one, and never less than the logical block size of the device underneath.
-fn dio_alignment(path: &Path, device: Option<&BlockDevice>) -> u64 {
-    let from_device = device.map_or(512, |d| u64::from(d.logical_block_size));
-    statx_dio_offset_align(path)
-        .unwrap_or(0)
-        .max(from_device)
-        .max(1)
+/// gives one, and never less than the logical block size of the device underneath. When
+/// neither can be learned the file is refused: a guessed 512 would let a misaligned copy
+/// start.
+fn dio_alignment(path: &Path, device: Result<&BlockDevice, &String>) -> Result<u64, EndpointError> {
+    alignment_from(
+        statx_dio_offset_align(path),
+        device.map(|d| d.logical_block_size),
+    )
+    .map_err(|why| EndpointError::UnknownAlignment {
+        path: path.to_owned(),
+        why: why.clone(),
+    })
+}
+
+/// The alignment a file needs from what the filesystem and the device say.
+fn alignment_from(statx: Option<u64>, device: Result<u32, &String>) -> Result<u64, &String> {
+    match (statx, device) {
+        (None, Err(why)) => Err(why),
+        (statx, device) => Ok(statx.unwrap_or(0).max(device.map_or(0, u64::from)).max(1)),
+    }
 }
 
 /// `stx_dio_offset_align` (Linux >= 6.1), `None` if the kernel or filesystem does not say.
 fn statx_dio_offset_align(path: &Path) -> Option<u64> {
     let stx = rustix::fs::statx(CWD, path, AtFlags::empty(), StatxFlags::DIOALIGN).ok()?;
+    (stx.stx_mask & StatxFlags::DIOALIGN.bits() != 0 && stx.stx_dio_offset_align > 0)
+        .then_some(u64::from(stx.stx_dio_offset_align))
+}
+
+/// `stx_dio_offset_align` of an unnamed temporary file in `dir` (it vanishes when
+/// closed), `None` if the directory is not writable or the filesystem does not say.
+fn tmpfile_dio_offset_align(dir: &Path) -> Option<u64> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .ok()?;
+    let stx = rustix::fs::statx(&fd, "", AtFlags::EMPTY_PATH, StatxFlags::DIOALIGN).ok()?;
     (stx.stx_mask & StatxFlags::DIOALIGN.bits() != 0 && stx.stx_dio_offset_align > 0)
         .then_some(u64::from(stx.stx_dio_offset_align))
 }
@@ -288,7 +380,9 @@ pub fn open(facts: &EndpointFacts, role: Role) -> Result<File, EndpointError> {
                 Some(libc::EBUSY) => {
                     ": it is in use (mounted or opened exclusively by another program)"
                 }
-                Some(libc::EACCES | libc::EPERM) => ": permission denied; run as root",
+                Some(libc::EACCES | libc::EPERM) => {
+                    ": permission denied; run as root, or grant a group access to NVMe block devices with docs/60-p2pdma.rules"
+                }
                 Some(libc::EINVAL) => ": the filesystem does not support O_DIRECT",
                 Some(libc::EEXIST) => ": it appeared after it was checked; run again",
                 _ => "",
@@ -329,6 +423,35 @@ mod tests {
         assert!(!p.exists(), "inspecting must not create it");
         open(&d.facts, Role::Destination).unwrap();
         assert!(p.exists());
+    }
+
+    #[test]
+    fn alignment_is_refused_when_neither_the_filesystem_nor_the_device_says() {
+        let why = "its device 0:42 has no block device in sysfs".to_owned();
+        assert_eq!(alignment_from(None, Err(&why)), Err(&why));
+        assert_eq!(alignment_from(Some(4096), Err(&why)), Ok(4096));
+        assert_eq!(alignment_from(None, Ok(4096)), Ok(4096));
+        assert_eq!(alignment_from(Some(512), Ok(4096)), Ok(4096));
+    }
+
+    #[test]
+    fn a_partition_whose_disk_cannot_be_found_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = whole_disk(dir.path(), "nvme0n1p1").unwrap_err();
+        assert!(e.0.ends_with("class/block/nvme0n1p1/../dev"), "{e:?}");
+        let part = dir.path().join("class/block/nvme0n1p1");
+        std::fs::create_dir_all(&part).unwrap();
+        std::fs::write(dir.path().join("class/block/dev"), "garbage\n").unwrap();
+        let e = whole_disk(dir.path(), "nvme0n1p1").unwrap_err();
+        assert!(e.1.to_string().contains("garbage"), "{e:?}");
+        std::fs::write(dir.path().join("class/block/dev"), "259:0\n").unwrap();
+        assert_eq!(
+            whole_disk(dir.path(), "nvme0n1p1").unwrap(),
+            DevNumber {
+                major: 259,
+                minor: 0
+            }
+        );
     }
 
     #[test]

@@ -1,22 +1,34 @@
 //! `--verify`: re-read both ranges through host memory and compare xxh3-128 digests.
 //!
-//! The reads are O_DIRECT into an aligned host buffer, so they come from the devices, not
+//! The reads are O_DIRECT into aligned host buffers, so they come from the devices, not
 //! from a page cache the copy never touched, and they do not use device memory, so a
-//! faulty P2P path cannot hide its own mistakes.
+//! faulty P2P path cannot hide its own mistakes. Both ranges are read at once through one
+//! io_uring (several chunks of each side in flight, registered buffers), and each chunk
+//! is hashed and compared as soon as both of its sides are in, while the next chunks are
+//! being read.
 
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use serde::Serialize;
 use xxhash_rust::xxh3::Xxh3;
 
-use super::engine::Endpoint;
+use super::engine::{Endpoint, Op, Pipeline, DST, SRC};
 use super::host_buffer::{HostBuffer, HostBufferError};
 use super::plan::CopyPlan;
 
-/// Largest buffer used per side while verifying.
-const VERIFY_BUFFER: u64 = 8 << 20;
+/// Smallest read used while verifying (the copy's chunk size if larger).
+const VERIFY_MIN_STEP: u64 = 1 << 20;
+/// Largest read used while verifying.
+const VERIFY_MAX_STEP: u64 = 8 << 20;
+/// Chunks of each side in flight at least (the copy's queue depth if larger)...
+const VERIFY_MIN_DEPTH: u64 = 4;
+/// ... and at most.
+const VERIFY_MAX_DEPTH: u64 = 16;
+/// Host memory per side for verification buffers, at most.
+const VERIFY_MAX_BUFFERS: u64 = 64 << 20;
+/// How many times one read is retried after EINTR/EAGAIN before giving up.
+const MAX_RETRIES: u32 = 16;
 
 /// Why verification could not be carried out (a mismatch is not an error: see
 /// [`Verification::first_difference`]).
@@ -25,6 +37,15 @@ pub enum VerifyError {
     /// No host memory for the read buffers.
     #[error("cannot allocate the verification buffers")]
     Buffer(#[source] HostBufferError),
+    /// io_uring is unavailable (old kernel, `kernel.io_uring_disabled`, seccomp).
+    #[error("cannot set up an io_uring with {entries} entries to re-read both ranges")]
+    Ring {
+        /// Ring size asked for.
+        entries: u32,
+        /// The error from io_uring_setup or io_uring_enter.
+        #[source]
+        source: io::Error,
+    },
     /// A re-read failed.
     #[error("re-reading {len} bytes at offset {offset} of {} for verification failed", path.display())]
     Read {
@@ -64,6 +85,19 @@ fn hex128<S: serde::Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&format_args!("{v:032x}"))
 }
 
+/// Where one chunk of the ranges is in its trip.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// Chunk number.
+    index: u64,
+    /// Bytes of the chunk (the last one may be shorter).
+    len: u64,
+    /// Bytes read so far, per side.
+    done: [u64; 2],
+    /// Retries of the current read, per side.
+    retries: [u32; 2],
+}
+
 /// Re-reads `plan`'s source and destination ranges (files opened with O_DIRECT and read
 /// access) and compares them. Calls `progress` with the bytes compared so far.
 pub fn verify(
@@ -72,60 +106,149 @@ pub fn verify(
     plan: &CopyPlan,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Verification, VerifyError> {
-    let step = plan
-        .length
-        .min(VERIFY_BUFFER.max(plan.block_size))
-        .next_multiple_of(plan.block_size);
-    let mut src_buf = HostBuffer::new(step as usize).map_err(VerifyError::Buffer)?;
-    let mut dst_buf = HostBuffer::new(step as usize).map_err(VerifyError::Buffer)?;
     let mut src_hash = Xxh3::new();
     let mut dst_hash = Xxh3::new();
     let mut first_difference = None;
+    if plan.length == 0 {
+        return Ok(Verification {
+            src_digest: src_hash.digest128(),
+            dst_digest: dst_hash.digest128(),
+            first_difference,
+        });
+    }
+    let block = plan.block_size.max(1);
+    let step = plan
+        .chunk_size
+        .clamp(VERIFY_MIN_STEP, VERIFY_MAX_STEP)
+        .next_multiple_of(block)
+        .min(plan.length.next_multiple_of(block));
+    let chunks = plan.length.div_ceil(step);
+    // Chunks a side may read ahead of the comparison: twice the depth, so one side being
+    // slower for a while does not hold the other back (within VERIFY_MAX_BUFFERS).
+    let depth = u64::from(plan.queue_depth).clamp(VERIFY_MIN_DEPTH, VERIFY_MAX_DEPTH);
+    let pairs = (2 * depth).min(VERIFY_MAX_BUFFERS / step).clamp(1, chunks) as usize;
+    // Reads in flight per side.
+    let depth = (depth as usize).min(pairs);
+    // Slot 2p holds pair p's source chunk, slot 2p + 1 its destination chunk.
+    let buffers = (0..2 * pairs)
+        .map(|_| HostBuffer::new(step as usize))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(VerifyError::Buffer)?;
+    let entries = (2 * pairs as u32).next_power_of_two();
+    let mut pipeline = Pipeline::new([src.file, dst.file], buffers, entries)
+        .map_err(|source| VerifyError::Ring { entries, source })?;
+    let ends = [src, dst];
+    let starts = [plan.src_offset, plan.dst_offset];
+    let read = |pipeline: &mut Pipeline<'_, HostBuffer>, pair: usize, side: usize, p: &Pending| {
+        let done = p.done[side];
+        pipeline.queue(
+            Op::Read,
+            side,
+            2 * pair + side,
+            done as usize,
+            (p.len - done) as usize,
+            starts[side] + p.index * step + done,
+        );
+    };
 
-    let mut pos = 0;
-    while pos < plan.length {
-        let len = (plan.length - pos).min(step) as usize;
-        read_exact(
-            src,
-            plan.src_offset + pos,
-            &mut src_buf.as_mut_slice()[..len],
-        )?;
-        read_exact(
-            dst,
-            plan.dst_offset + pos,
-            &mut dst_buf.as_mut_slice()[..len],
-        )?;
-        let a = &src_buf.as_slice()[..len];
-        let b = &dst_buf.as_slice()[..len];
-        src_hash.update(a);
-        dst_hash.update(b);
-        // Slice equality is a memcmp; the byte search only runs on a mismatch.
-        if first_difference.is_none() && a != b {
-            first_difference = a
-                .iter()
-                .zip(b)
-                .position(|(x, y)| x != y)
-                .map(|i| pos + i as u64);
+    // Chunk i always uses pair i % pairs; a pair is free once its chunk was compared.
+    let mut pending: Vec<Option<Pending>> = vec![None; pairs];
+    let mut next_read = [0u64; 2];
+    let mut in_flight = [0usize; 2];
+    let mut next_hash = 0u64;
+    let mut completions = Vec::with_capacity(2 * pairs);
+    while next_hash < chunks {
+        // Each side reads ahead on its own, up to `depth` reads and `pairs` chunks.
+        for side in [SRC, DST] {
+            while in_flight[side] < depth
+                && next_read[side] < chunks
+                && next_read[side] < next_hash + pairs as u64
+            {
+                let index = next_read[side];
+                let pair = (index % pairs as u64) as usize;
+                let p = pending[pair].get_or_insert(Pending {
+                    index,
+                    len: step.min(plan.length - index * step),
+                    done: [0; 2],
+                    retries: [0; 2],
+                });
+                let p = *p;
+                read(&mut pipeline, pair, side, &p);
+                in_flight[side] += 1;
+                next_read[side] += 1;
+            }
         }
-        pos += len as u64;
-        progress(pos);
+        // Hash and compare, in order, every chunk whose two sides are in.
+        let pair = (next_hash % pairs as u64) as usize;
+        if let Some(p) = pending[pair].filter(|p| p.done == [p.len; 2]) {
+            let (a, b) = pipeline
+                .pair_mut(2 * pair, 2 * pair + 1)
+                .expect("both reads of a complete chunk have completed");
+            let len = p.len as usize;
+            let (a, b) = (&a.as_slice()[..len], &b.as_slice()[..len]);
+            src_hash.update(a);
+            dst_hash.update(b);
+            // Slice equality is a memcmp; the byte search only runs on a mismatch.
+            if first_difference.is_none() && a != b {
+                first_difference = a
+                    .iter()
+                    .zip(b)
+                    .position(|(x, y)| x != y)
+                    .map(|i| p.index * step + i as u64);
+            }
+            pending[pair] = None;
+            next_hash += 1;
+            progress((next_hash * step).min(plan.length));
+            continue;
+        }
+
+        completions.clear();
+        pipeline
+            .submit_and_wait(&mut completions)
+            .map_err(|source| VerifyError::Ring { entries, source })?;
+        for &(slot, result) in &completions {
+            let (pair, side) = (slot / 2, slot % 2);
+            let p = pending[pair]
+                .as_mut()
+                .expect("a completion for a pair without a chunk");
+            let error = match result {
+                r if r > 0 => {
+                    p.done[side] += r as u64;
+                    p.retries[side] = 0;
+                    if p.done[side] < p.len {
+                        let p = *p;
+                        read(&mut pipeline, pair, side, &p);
+                    } else {
+                        in_flight[side] -= 1;
+                    }
+                    continue;
+                }
+                0 => io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the read returned 0 bytes: the range ends past the end",
+                ),
+                r if (-r == libc::EINTR || -r == libc::EAGAIN) && p.retries[side] < MAX_RETRIES => {
+                    p.retries[side] += 1;
+                    let p = *p;
+                    read(&mut pipeline, pair, side, &p);
+                    continue;
+                }
+                r => io::Error::from_raw_os_error(-r),
+            };
+            // Dropping the pipeline stops it and reaps what is in flight.
+            return Err(VerifyError::Read {
+                path: ends[side].path.to_owned(),
+                offset: starts[side] + p.index * step,
+                len: p.len,
+                source: error,
+            });
+        }
     }
     Ok(Verification {
         src_digest: src_hash.digest128(),
         dst_digest: dst_hash.digest128(),
         first_difference,
     })
-}
-
-fn read_exact(end: Endpoint<'_>, offset: u64, buf: &mut [u8]) -> Result<(), VerifyError> {
-    end.file
-        .read_exact_at(buf, offset)
-        .map_err(|source| VerifyError::Read {
-            path: end.path.to_owned(),
-            offset,
-            len: buf.len() as u64,
-            source,
-        })
 }
 
 #[cfg(test)]
@@ -191,6 +314,49 @@ mod tests {
         assert_eq!(diff.first_difference, Some((9 << 20) + 12345));
         assert_eq!(last, 10 << 20);
         assert_ne!(diff.src_digest, diff.dst_digest);
+    }
+
+    /// Both sides are read in parallel, several chunks at once, and compared as they come
+    /// in: the report must still name the earliest difference and digest the ranges in
+    /// order, whatever order the reads complete in.
+    #[test]
+    fn reads_in_parallel_still_name_the_earliest_of_several_differences() {
+        let dir = tempfile::tempdir().unwrap();
+        let a_path = dir.path().join("a");
+        let b_path = dir.path().join("b");
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let data: Vec<u8> = (0..(12u32 << 20) + 8192)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        std::fs::write(&a_path, &data).unwrap();
+        let mut other = data.clone();
+        for at in [(11 << 20) + 5, (7 << 20) + 4095, (3 << 20) + 17] {
+            other[at] ^= 0x01;
+        }
+        std::fs::write(&b_path, &other).unwrap();
+        let (a, b) = (open(&a_path), open(&b_path));
+        let ea = Endpoint {
+            file: &a,
+            path: &a_path,
+        };
+        let eb = Endpoint {
+            file: &b,
+            path: &b_path,
+        };
+        let len = data.len() as u64;
+        let mut p = plan(0, 0, len);
+        p.queue_depth = 16;
+        let v = verify(ea, eb, &p, &mut |_| {}).unwrap();
+        assert_eq!(v.first_difference, Some((3 << 20) + 17));
+        assert_eq!(v.src_digest, xxhash_rust::xxh3::xxh3_128(&data));
+        assert_eq!(v.dst_digest, xxhash_rust::xxh3::xxh3_128(&other));
+        let same = verify(ea, ea, &p, &mut |_| {}).unwrap();
+        assert!(same.matched());
     }
 
     #[test]

@@ -665,3 +665,61 @@ fn acs_on_the_endpoints_themselves_counts_as_the_kernel_checks_every_function() 
         functions: bdfs(&["01:00.0", "01:00.1"])
     }));
 }
+
+fn with_release(release: &str) -> HostFacts {
+    HostFacts {
+        kernel_release: Some(release.to_owned()),
+        ..intel()
+    }
+}
+
+#[test]
+fn a_host_bridge_on_7_2s_whitelist_but_not_6_12s_is_judged_by_the_release() {
+    // Intel DSA (SPR) and any Google device entered the whitelist after 6.12.
+    for ids in [(0x8086, 0x0b25), (0x8086, 0x4948), (0x1ae0, 0x0123)] {
+        let verdict_on = |release: &str| {
+            let (_d, tree) = standard(Opts {
+                host_bridge: Some(ids),
+                facts: Some(with_release(release)),
+                ..Opts::default()
+            });
+            v(&tree, "03:00.0", "05:00.0")
+        };
+        let old = verdict_on("6.12.117-p2pdma");
+        let new = verdict_on("7.2.13+deb14-amd64");
+        assert_eq!(old.map_type, MapType::NotSupported, "{ids:04x?} on 6.12");
+        assert_eq!(new.map_type, MapType::ThruHostBridge, "{ids:04x?} on 7.2");
+        assert!(old.rules.starts_with("Linux 6.12 rules"), "{}", old.rules);
+        assert!(new.rules.starts_with("Linux 7.2 rules"), "{}", new.rules);
+    }
+}
+
+#[test]
+fn same_host_bridge_entries_are_honoured_by_every_release() {
+    for release in ["6.12.117", "7.2.13"] {
+        let (_d, mut tree) = two_host_bridges(0x3c00);
+        tree.host = with_release(release);
+        assert_eq!(
+            verdict(&tree, bdf("01:00.0"), bdf("81:00.0")).map_type,
+            MapType::NotSupported,
+            "{release}"
+        );
+    }
+}
+
+#[test]
+fn asking_for_another_release_changes_only_the_rules() {
+    let (_d, tree) = standard(Opts {
+        host_bridge: Some((0x8086, 0x0cfe)),
+        facts: Some(with_release("6.12.117")),
+        ..Opts::default()
+    });
+    let live = Topology::new(&tree);
+    let what_if = Topology::with_rules(&tree, RuleChoice::for_release(Some("7.2.13")));
+    let (p, c) = (bdf("03:00.0"), bdf("05:00.0"));
+    assert_eq!(live.verdict(p, c).map_type, MapType::NotSupported);
+    assert_eq!(what_if.verdict(p, c).map_type, MapType::ThruHostBridge);
+    // A direct pair does not depend on the whitelist.
+    let (p, c) = (bdf("03:00.0"), bdf("04:00.0"));
+    assert_eq!(live.verdict(p, c).map_type, what_if.verdict(p, c).map_type);
+}
