@@ -75,7 +75,8 @@ pub struct BenchArgs {
     /// Block sizes: a list (64k,1M,4M) or a doubling sweep (4k..4M).
     #[arg(long, value_name = "LIST", default_value = "1M")]
     pub bs: String,
-    /// Requests in flight per job: a list (4,16).
+    /// Requests in flight per job: a list (4,16). For copy, per direction (that many
+    /// reads and that many writes, as the copy engine's --queue-depth and fio's pair).
     #[arg(long, value_name = "LIST", default_value = "4")]
     pub iodepth: String,
     /// Jobs (threads), each on its own slice of the range.
