@@ -339,3 +339,26 @@ fn fio_runs_beside_and_the_table_ends_with_ratios() {
     assert!(last.contains("p99 latency"), "{table}");
     assert_eq!(table.matches(" fio    host read ").count(), 1, "{table}");
 }
+
+/// The output contract: with `--json`, a failure is one JSON error object on stdout with
+/// the exit-code table's kind and status.
+#[test]
+fn json_failures_follow_the_output_contract() {
+    let c = Case::new();
+    let src = c.file("src", &data(1 << 20, 10));
+    let src = src.to_str().unwrap();
+    let out = c.bench(&["--workload", "read", "--src", src, "--bs", "0", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(v["error"]["kind"], "invalid_input", "{v}");
+    assert_eq!(v["error"]["exit_code"], 1, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("--bs"),
+        "{v}"
+    );
+
+    let out = c.bench(&["--workload", "read", "--src", src, "--size", "1M", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(v["error"]["kind"], "p2p_refused", "{v}");
+}
