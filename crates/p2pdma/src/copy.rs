@@ -5,10 +5,14 @@
 //! verdicts, bounce or not), then run by [`engine`], which pipelines O_DIRECT reads and
 //! writes through a few buffers: p2pmem buffers ([`p2p_buffer::P2pSlot`]) for a P2P copy,
 //! so the data goes device to device, or [`host_buffer::HostBuffer`]s for a bounce copy
-//! through host RAM. [`verify`] re-reads both ranges through host memory afterwards.
+//! through host RAM. [`verify`] re-reads both ranges through host memory afterwards, both
+//! at once, hashing as the chunks come in.
 //!
 //! # References
-//! - io_uring_enter(2) (`IORING_OP_READ`, `IORING_OP_WRITE`), open(2) (`O_DIRECT`)
+//! - io_uring_enter(2) (`IORING_OP_READ`, `IORING_OP_WRITE`, `IORING_OP_READ_FIXED`,
+//!   `IORING_OP_WRITE_FIXED`), io_uring_register(2) (`IORING_REGISTER_FILES`,
+//!   `IORING_REGISTER_BUFFERS`), io_uring_setup(2) (`IORING_SETUP_DEFER_TASKRUN`),
+//!   open(2) (`O_DIRECT`), fallocate(2)
 //! - statx(2) (`STATX_DIOALIGN`)
 
 pub mod endpoint;
