@@ -121,7 +121,7 @@ pub struct BenchRequest {
     pub provider: Option<Bdf>,
     /// Block sizes, one case each (bytes per request; per buffer).
     pub block_sizes: Vec<u64>,
-    /// Queue depths, one case each (requests in flight per job).
+    /// Queue depths, one case each (requests in flight per job; for copy, per direction).
     pub iodepths: Vec<u32>,
     /// Jobs (threads), each on its own slice of the range with its own ring and buffers.
     pub jobs: u32,
