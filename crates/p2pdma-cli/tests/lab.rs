@@ -528,3 +528,53 @@ fn the_same_copy_on_rootbus_fails_with_the_kernels_p2p_error() {
         "the partial-write report is missing: {err}"
     );
 }
+
+/// README's first command ends in `lab demo`: every step must run and say what it saw.
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn the_demo_runs_every_step_and_shows_measured_speed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_p2pdma"))
+        .args(["lab", "demo", "--out"])
+        .arg(dir.path().join("run"))
+        .output()
+        .expect("p2pdma lab demo starts");
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n--- stderr:\n{}",
+        text(&out.stderr)
+    );
+    for step in 1..=9 {
+        assert!(
+            stdout.contains(&format!("\n== {step}. ")),
+            "step {step} missing:\n{stdout}"
+        );
+    }
+    // The bench table ends in its ratio lines, p2p and host, with fio beside.
+    let ratios: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("p2pdma/fio throughput"))
+        .collect();
+    assert_eq!(ratios.len(), 2, "{stdout}");
+    assert!(
+        ratios[0].contains(" p2p: ") && ratios[1].contains(" host: "),
+        "{ratios:?}"
+    );
+    assert!(stdout.contains("P2P through 0000:"), "{stdout}");
+    assert_eq!(stdout.matches("verified: xxh3-128").count(), 2, "{stdout}");
+    let sums: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("source      ")
+                .or_else(|| l.strip_prefix("destination "))
+        })
+        .collect();
+    assert_eq!(sums.len(), 2, "{stdout}");
+    assert_eq!(sums[0], sums[1], "{stdout}");
+    assert!(
+        stdout.contains("Revoked") || stdout.contains("revoked"),
+        "{stdout}"
+    );
+}
