@@ -750,11 +750,12 @@ impl Ctx<'_> {
                 },
             )?);
         }
-        // As many buffers as the engine uses at this depth (it keeps up to `depth` reads
-        // and `depth` writes in flight, each in its own buffer).
+        // The engine keeps `depth` reads and `depth` writes in flight, each in its own
+        // buffer, as fio's copy-equivalent (a read job and a write job, each at `depth`)
+        // does; fewer buffers would make reads wait for writes.
         for plan in &plans {
-            let count = engine::buffers_wanted(Direction::Copy, plan) as u32;
-            per_job.push(self.buffers(mode, count, bs, false)?);
+            let wanted = engine::buffers_wanted(Direction::Copy, plan);
+            per_job.push(self.buffers(mode, u32::try_from(wanted).unwrap_or(depth), bs, false)?);
         }
         let runtime = self.req.runtime;
         let ends = (
