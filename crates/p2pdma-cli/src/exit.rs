@@ -75,7 +75,7 @@ Exit status:
   0    success (a probe or --explain that found P2P working)
   1    failure: bad input, missing permission, I/O error (the error line says which)
   2    usage: the command line did not parse
-  3    P2P refused by the kernel's rules (probe, topo --explain, copy; nothing written)
+  3    P2P refused by the kernel's rules (probe, topo --explain, copy, bench; nothing written)
   4    partial copy: some destination bytes were written (the error lists them)
   5    verification mismatch: the copy completed but the bytes differ
   125  lab failure: no boot, timeout, kernel panic, QEMU error

@@ -60,6 +60,11 @@ fn data(len: usize, seed: u32) -> Vec<u8> {
 /// and prints nothing on stdout.
 fn assert_one_line_error(out: &Output, expected: &[&str]) {
     assert!(!out.status.success(), "must fail");
+    assert!(
+        matches!(out.status.code(), Some(1 | 3)),
+        "bad input exits 1, an impossible P2P 3: {:?}",
+        out.status.code()
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one line: {stderr}");
@@ -163,6 +168,11 @@ fn both_modes_without_p2p_say_why_and_fail() {
         "1M",
     ]);
     assert_one_line_error(&out, &["p2p mode is impossible", "--mode host"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the exit-code table's P2P refusal"
+    );
 }
 
 #[test]
@@ -328,4 +338,27 @@ fn fio_runs_beside_and_the_table_ends_with_ratios() {
     );
     assert!(last.contains("p99 latency"), "{table}");
     assert_eq!(table.matches(" fio    host read ").count(), 1, "{table}");
+}
+
+/// The output contract: with `--json`, a failure is one JSON error object on stdout with
+/// the exit-code table's kind and status.
+#[test]
+fn json_failures_follow_the_output_contract() {
+    let c = Case::new();
+    let src = c.file("src", &data(1 << 20, 10));
+    let src = src.to_str().unwrap();
+    let out = c.bench(&["--workload", "read", "--src", src, "--bs", "0", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(v["error"]["kind"], "invalid_input", "{v}");
+    assert_eq!(v["error"]["exit_code"], 1, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("--bs"),
+        "{v}"
+    );
+
+    let out = c.bench(&["--workload", "read", "--src", src, "--size", "1M", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(v["error"]["kind"], "p2p_refused", "{v}");
 }

@@ -127,7 +127,7 @@ pub enum BenchError {
     #[error(transparent)]
     Route(#[from] RouteError),
     /// The provider's pool cannot hold the buffers of a case.
-    #[error("the p2pmem pool of {provider} has {available} bytes free, but {what} needs {needed} (jobs x iodepth x bs); use a smaller --bs, --iodepth or --jobs")]
+    #[error("the p2pmem pool of {provider} has {available} bytes free, but {what} needs {needed} (jobs x iodepth x bs, twice that for copy); use a smaller --bs, --iodepth or --jobs")]
     PoolTooSmall {
         /// The provider.
         provider: Bdf,

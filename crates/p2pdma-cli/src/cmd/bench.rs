@@ -7,10 +7,15 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use p2pdma::bench::{self, spec, BenchRequest, Modes, Pattern, Workload};
+use p2pdma::bench::{self, spec, BenchError, BenchRequest, Modes, Pattern, Workload};
+use p2pdma::copy::endpoint::EndpointError;
 use p2pdma::copy::plan;
+use p2pdma::copy::route::RouteError;
+use p2pdma::p2pmem::P2pmemError;
 use p2pdma::Bdf;
 
+use crate::exit::Kind;
+use crate::output::Failure;
 use crate::Globals;
 
 /// What moves.
@@ -70,7 +75,8 @@ pub struct BenchArgs {
     /// Block sizes: a list (64k,1M,4M) or a doubling sweep (4k..4M).
     #[arg(long, value_name = "LIST", default_value = "1M")]
     pub bs: String,
-    /// Requests in flight per job: a list (4,16).
+    /// Requests in flight per job: a list (4,16). For copy, per direction (that many
+    /// reads and that many writes, as the copy engine's --queue-depth and fio's pair).
     #[arg(long, value_name = "LIST", default_value = "4")]
     pub iodepth: String,
     /// Jobs (threads), each on its own slice of the range.
@@ -108,18 +114,20 @@ pub struct BenchArgs {
 
 impl BenchArgs {
     /// The checked request.
-    pub fn request(&self) -> anyhow::Result<BenchRequest> {
+    pub fn request(&self, globals: &Globals) -> anyhow::Result<BenchRequest> {
         let size = self
             .size
             .as_deref()
             .map(plan::parse_size)
             .transpose()
-            .map_err(|e| anyhow::anyhow!("--size: {e}"))?;
+            .map_err(|e| Failure::new(Kind::InvalidInput, anyhow::anyhow!("--size: {e}")))?;
+        let invalid = |e: spec::SpecError| Failure::new(Kind::InvalidInput, e);
         let runtime = self
             .runtime
             .as_deref()
             .map(spec::parse_duration)
-            .transpose()?;
+            .transpose()
+            .map_err(invalid)?;
         let request = BenchRequest {
             workload: match self.workload {
                 WorkloadArg::Read => Workload::Read,
@@ -134,8 +142,8 @@ impl BenchArgs {
                 ModeArg::Both => Modes::Both,
             },
             provider: self.provider,
-            block_sizes: spec::parse_block_sizes(&self.bs)?,
-            iodepths: spec::parse_iodepths(&self.iodepth)?,
+            block_sizes: spec::parse_block_sizes(&self.bs).map_err(invalid)?,
+            iodepths: spec::parse_iodepths(&self.iodepth).map_err(invalid)?,
             jobs: self.jobs,
             pattern: match self.pattern {
                 PatternArg::Seq => Pattern::Seq,
@@ -147,8 +155,11 @@ impl BenchArgs {
             repeat: self.repeat,
             fio: self.fio,
             force: self.force,
+            kernel_release: globals.kernel_release.clone(),
         };
-        request.check()?;
+        request
+            .check()
+            .map_err(|e| Failure::new(Kind::InvalidInput, e))?;
         Ok(request)
     }
 }
@@ -171,8 +182,8 @@ impl bench::Progress for Bar {
     }
 }
 
-fn bar() -> Bar {
-    if !std::io::stderr().is_terminal() {
+fn bar(quiet: bool) -> Bar {
+    if quiet || !std::io::stderr().is_terminal() {
         return Bar(ProgressBar::hidden());
     }
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
@@ -182,18 +193,48 @@ fn bar() -> Bar {
     Bar(bar)
 }
 
+/// The exit-code table's kind of a benchmark error.
+fn kind(e: &BenchError) -> Kind {
+    match e {
+        BenchError::Spec(_)
+        | BenchError::Plan(_)
+        | BenchError::UnalignedBlockSize { .. }
+        | BenchError::UnalignedSize { .. }
+        | BenchError::TargetTooSmall { .. }
+        | BenchError::NoRange { .. }
+        | BenchError::RangeTooSmall { .. }
+        | BenchError::PoolTooSmall { .. } => Kind::InvalidInput,
+        BenchError::Endpoint(
+            EndpointError::MissingSource { .. } | EndpointError::Unsupported { .. },
+        ) => Kind::InvalidInput,
+        BenchError::Route(RouteError::SideNotP2p { .. }) => Kind::P2pRefused,
+        BenchError::Route(_) => Kind::InvalidInput,
+        BenchError::P2pImpossible { .. } | BenchError::P2pRefused { .. } => Kind::P2pRefused,
+        BenchError::P2pmem {
+            source: P2pmemError::PermissionDenied { .. } | P2pmemError::NoReadPermission { .. },
+            ..
+        } => Kind::PermissionDenied,
+        _ => Kind::Failure,
+    }
+}
+
 pub fn run(args: BenchArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
-    let request = args.request()?;
+    let request = args.request(globals)?;
     if let Some(plot) = &args.plot {
         if plot.extension().and_then(|e| e.to_str()) != Some("svg") {
-            anyhow::bail!(
-                "--plot {}: the plot is SVG; give a file name ending in .svg",
-                plot.display()
-            );
+            return Err(Failure::new(
+                Kind::InvalidInput,
+                anyhow::anyhow!(
+                    "--plot {}: the plot is SVG; give a file name ending in .svg",
+                    plot.display()
+                ),
+            )
+            .into());
         }
     }
-    let mut progress = bar();
-    let report = bench::run(&globals.sysfs, &request, &mut progress)?;
+    let mut progress = bar(globals.quiet);
+    let report = bench::run(&globals.sysfs, &request, &mut progress)
+        .map_err(|e| Failure::new(kind(&e), e))?;
     if let Some(plot) = &args.plot {
         let svg = bench::plot::svg(&report)?;
         std::fs::write(plot, svg).with_context(|| format!("writing {}", plot.display()))?;

@@ -17,7 +17,7 @@ use super::report::{
 use super::spec::{BenchRequest, MemKind, Pattern, Workload};
 use super::BenchError;
 use crate::copy::endpoint::{self, Inspected, Role};
-use crate::copy::engine::{self, Endpoint, EngineError, FailureKind, IoRegion, Op};
+use crate::copy::engine::{self, Direction, Endpoint, EngineError, FailureKind, IoRegion, Op};
 use crate::copy::plan::{self, CopyRequest, EndpointFacts, EndpointKind, StorageId};
 use crate::copy::route::{self, Bounce, RouteError, Side};
 use crate::copy::{HostBuffer, P2pSlot};
@@ -445,12 +445,15 @@ fn choose_provider(
     dst: Option<&Inspected>,
 ) -> Result<ProviderChoice, BenchError> {
     let root = SysfsRoot::new(sysfs);
-    let tree = PciTree::read(&root).map_err(|e| BenchError::P2pImpossible {
+    let mut tree = PciTree::read(&root).map_err(|e| BenchError::P2pImpossible {
         why: format!(
             "the PCI tree under {} cannot be read ({e})",
             sysfs.display()
         ),
     })?;
+    if let Some(release) = &req.kernel_release {
+        tree.host.kernel_release = Some(release.clone());
+    }
     let providers: Vec<_> = tree.providers().map(|f| f.bdf).collect();
     if let Some(bdf) = req.provider {
         if !providers.contains(&bdf) {
@@ -518,7 +521,9 @@ fn check_pool(provider: &Provider, req: &BenchRequest) -> Result<(), BenchError>
     let bs = req.block_sizes.iter().copied().max().unwrap_or(0);
     let depth = u64::from(req.iodepths.iter().copied().max().unwrap_or(0));
     let jobs = u64::from(req.jobs);
-    let ours = jobs * depth * bs.div_ceil(page) * page;
+    // The copy engine keeps `depth` reads and `depth` writes in flight, each in a buffer.
+    let per_depth = if req.workload == Workload::Copy { 2 } else { 1 };
+    let ours = jobs * per_depth * depth * bs.div_ceil(page) * page;
     let mut needs = vec![(ours, "the largest case".to_owned())];
     if req.fio {
         let per_job = (depth * bs + page).div_ceil(page) * page;
@@ -744,11 +749,12 @@ impl Ctx<'_> {
                     force: self.req.force,
                 },
             )?);
-            // The engine keeps `depth` reads and `depth` writes in flight, each in its own
-            // buffer, as fio's copy-equivalent (a read job and a write job, each at
-            // `depth`) does; fewer buffers would make reads wait for writes.
-            let plan = plans.last().expect("just pushed");
-            let wanted = engine::buffers_wanted(engine::Direction::Copy, plan);
+        }
+        // The engine keeps `depth` reads and `depth` writes in flight, each in its own
+        // buffer, as fio's copy-equivalent (a read job and a write job, each at `depth`)
+        // does; fewer buffers would make reads wait for writes.
+        for plan in &plans {
+            let wanted = engine::buffers_wanted(Direction::Copy, plan);
             per_job.push(self.buffers(mode, u32::try_from(wanted).unwrap_or(depth), bs, false)?);
         }
         let runtime = self.req.runtime;

@@ -121,7 +121,7 @@ pub struct BenchRequest {
     pub provider: Option<Bdf>,
     /// Block sizes, one case each (bytes per request; per buffer).
     pub block_sizes: Vec<u64>,
-    /// Queue depths, one case each (requests in flight per job).
+    /// Queue depths, one case each (requests in flight per job; for copy, per direction).
     pub iodepths: Vec<u32>,
     /// Jobs (threads), each on its own slice of the range with its own ring and buffers.
     pub jobs: u32,
@@ -139,6 +139,8 @@ pub struct BenchRequest {
     pub fio: bool,
     /// Allow growing (or creating) a destination regular file, as `copy --force`.
     pub force: bool,
+    /// Judge P2P by this kernel release's rules instead of the running kernel's.
+    pub kernel_release: Option<String>,
 }
 
 /// Why a request was refused before anything was opened.
@@ -402,6 +404,7 @@ mod tests {
             repeat: 3,
             fio: false,
             force: false,
+            kernel_release: None,
         }
     }
 
