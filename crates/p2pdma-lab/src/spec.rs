@@ -667,7 +667,13 @@ impl Topology {
 
     /// Kernel command line arguments this topology needs.
     pub fn kernel_args(&self) -> Vec<String> {
-        let mut args = Vec::new();
+        // PRP lists instead of SGLs: QEMU's NVMe refuses an SGL-described request of two
+        // or more segments whose data lies in the controller's own CMB (status 0x12,
+        // Invalid Use of CMB), and whether the block layer merges two adjacent requests
+        // into one is a matter of timing, so lab runs would fail now and then for a
+        // reason that is QEMU's (BENCHMARKS.md, "bench" section). Topologies that want
+        // SGLs pass `nvme.sgl_threshold=N` in their kernel_args; the last one counts.
+        let mut args = vec!["nvme.sgl_threshold=0".to_owned()];
         if self.spec.iommu {
             args.push("intel_iommu=on".to_owned());
         }
@@ -814,7 +820,10 @@ mod tests {
             topo.qemu_items()[0],
             QemuItem::Device("intel-iommu,intremap=off".into())
         );
-        assert_eq!(topo.kernel_args(), ["intel_iommu=on"]);
+        assert_eq!(
+            topo.kernel_args(),
+            ["nvme.sgl_threshold=0", "intel_iommu=on"]
+        );
     }
 
     #[test]
