@@ -19,7 +19,6 @@ use p2pdma::copy::{
 };
 use p2pdma::p2pmem::{P2pmemError, Provider};
 use p2pdma::pci::PciTree;
-use p2pdma::resolve::resolve;
 use p2pdma::snapshot::HostFacts;
 use p2pdma::sysfs::SysfsRoot;
 use p2pdma::topology::MapType;
@@ -470,42 +469,6 @@ fn provider_name(route: &Route) -> String {
     }
 }
 
-/// The PCI side of each endpoint: its controller, or why it cannot do P2P. A destination
-/// that does not exist yet is looked up through its directory.
-fn pci_side(root: &SysfsRoot, role: &'static str, inspected: &Inspected) -> Side {
-    let path = &inspected.facts.path;
-    let lookup = if inspected.facts.kind == EndpointKind::MissingFile {
-        match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        }
-    } else {
-        path.clone()
-    };
-    match resolve(root, &lookup.to_string_lossy()) {
-        Ok(target) => Side {
-            role,
-            path: path.clone(),
-            controller: target.bdf,
-            not_p2p_because: if target.p2p_queue {
-                None
-            } else {
-                Some(
-                    target
-                        .not_p2p_because
-                        .unwrap_or_else(|| "its block queue does not support P2PDMA".to_owned()),
-                )
-            },
-        },
-        Err(e) => Side {
-            role,
-            path: path.clone(),
-            controller: None,
-            not_p2p_because: Some(e.to_string()),
-        },
-    }
-}
-
 /// The engine reads EINVAL on device memory as a P2P refusal; that holds only on Linux
 /// 6.17 and later, for a pair the topology refuses ([`p2pdma::refusal::interpret`]). Otherwise the
 /// failure becomes an I/O error, and the reason is returned for the message.
@@ -540,8 +503,8 @@ fn decide_route(
 ) -> anyhow::Result<(Route, [Side; 2], Option<String>)> {
     let root = SysfsRoot::new(&globals.sysfs);
     let sides = [
-        pci_side(&root, "source", src),
-        pci_side(&root, "destination", dst),
+        endpoint::pci_side(&root, "source", src),
+        endpoint::pci_side(&root, "destination", dst),
     ];
     let tree = match globals.read_tree(&root) {
         Ok(tree) => tree,

@@ -19,11 +19,10 @@ use super::BenchError;
 use crate::copy::endpoint::{self, Inspected, Role};
 use crate::copy::engine::{self, Direction, Endpoint, EngineError, FailureKind, IoRegion, Op};
 use crate::copy::plan::{self, CopyRequest, EndpointFacts, EndpointKind, StorageId};
-use crate::copy::route::{self, Bounce, RouteError, Side};
+use crate::copy::route::{self, Bounce, RouteError};
 use crate::copy::{HostBuffer, P2pSlot};
 use crate::p2pmem::Provider;
 use crate::pci::PciTree;
-use crate::resolve::resolve;
 use crate::sysfs::SysfsRoot;
 
 /// Hears about each finished run (a progress bar, or nothing).
@@ -401,41 +400,6 @@ fn check_targets(
     Ok(size)
 }
 
-/// The PCI side of a target: its controller, or why it cannot do P2P.
-fn pci_side(root: &SysfsRoot, role: &'static str, inspected: &Inspected) -> Side {
-    let path = &inspected.facts.path;
-    let lookup = if inspected.facts.kind == EndpointKind::MissingFile {
-        match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        }
-    } else {
-        path.clone()
-    };
-    match resolve(root, &lookup.to_string_lossy()) {
-        Ok(target) => Side {
-            role,
-            path: path.clone(),
-            controller: target.bdf,
-            not_p2p_because: if target.p2p_queue {
-                None
-            } else {
-                Some(
-                    target
-                        .not_p2p_because
-                        .unwrap_or_else(|| "its block queue does not support P2PDMA".to_owned()),
-                )
-            },
-        },
-        Err(e) => Side {
-            role,
-            path: path.clone(),
-            controller: None,
-            not_p2p_because: Some(e.to_string()),
-        },
-    }
-}
-
 /// The provider, chosen as `copy` chooses (`--provider`, else the destination's or the
 /// source's own memory, else the closest published one), or why p2p is impossible.
 fn choose_provider(
@@ -475,8 +439,8 @@ fn choose_provider(
     let a = src.or(dst).expect("check() requires a target");
     let b = dst.or(src).expect("check() requires a target");
     let sides = [
-        pci_side(&root, "source", a),
-        pci_side(&root, "destination", b),
+        endpoint::pci_side(&root, "source", a),
+        endpoint::pci_side(&root, "destination", b),
     ];
     let route = route::decide(&tree, &sides[0], &sides[1], Bounce::Never, req.provider).map_err(
         |e| match e {

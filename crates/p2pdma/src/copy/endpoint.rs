@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, StatxFlags, CWD};
 
 use super::plan::{EndpointFacts, EndpointKind, StorageId};
+use super::route::Side;
 use crate::blockdev::{BlockDevice, BlockdevError, DevNumber};
+use crate::resolve::resolve;
+use crate::sysfs::SysfsRoot;
 
 /// Why an endpoint could not be inspected or opened.
 #[derive(Debug, thiserror::Error)]
@@ -389,6 +392,42 @@ pub fn open(facts: &EndpointFacts, role: Role) -> Result<File, EndpointError> {
             },
             source,
         })
+}
+
+/// The PCI side of an endpoint for the route decision: its controller, or why it cannot do
+/// P2P. A destination that does not exist yet is looked up through its directory.
+pub fn pci_side(root: &SysfsRoot, role: &'static str, inspected: &Inspected) -> Side {
+    let path = &inspected.facts.path;
+    let lookup = if inspected.facts.kind == EndpointKind::MissingFile {
+        match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        }
+    } else {
+        path.clone()
+    };
+    match resolve(root, &lookup.to_string_lossy()) {
+        Ok(target) => Side {
+            role,
+            path: path.clone(),
+            controller: target.bdf,
+            not_p2p_because: if target.p2p_queue {
+                None
+            } else {
+                Some(
+                    target
+                        .not_p2p_because
+                        .unwrap_or_else(|| "its block queue does not support P2PDMA".to_owned()),
+                )
+            },
+        },
+        Err(e) => Side {
+            role,
+            path: path.clone(),
+            controller: None,
+            not_p2p_because: Some(e.to_string()),
+        },
+    }
 }
 
 #[cfg(test)]
