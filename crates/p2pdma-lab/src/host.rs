@@ -160,14 +160,7 @@ impl PrivateApt {
     /// Debian mirror: for `apt-get download` of a package from a newer suite, never for
     /// installing.
     pub fn for_download(dir: &Path, suite: &str) -> Result<PrivateApt, SetupError> {
-        let parts = dir.join("sources.list.d");
-        let lists = dir.join("lists/partial");
-        for d in [&parts, &lists] {
-            fs::create_dir_all(d).map_err(|source| SetupError::PrivateConfig {
-                path: d.clone(),
-                source,
-            })?;
-        }
+        let parts = create_private_dirs(dir)?;
         let system: String = system_source_files(Path::new("/etc/apt"))
             .iter()
             .filter_map(|f| fs::read_to_string(f).ok())
@@ -206,14 +199,7 @@ impl PrivateApt {
     }
 
     fn create_from(dir: &Path, etc_apt: &Path, codename: &str) -> Result<PrivateApt, SetupError> {
-        let parts = dir.join("sources.list.d");
-        let lists = dir.join("lists/partial");
-        for d in [&parts, &lists] {
-            fs::create_dir_all(d).map_err(|source| SetupError::PrivateConfig {
-                path: d.clone(),
-                source,
-            })?;
-        }
+        let parts = create_private_dirs(dir)?;
         let mut sources = String::new();
         for file in system_source_files(etc_apt) {
             if let Ok(text) = fs::read_to_string(&file) {
@@ -355,6 +341,15 @@ impl PrivateApt {
         }
         Ok(())
     }
+}
+
+/// `DIR/sources.list.d` and `DIR/lists/partial`; the first is returned.
+fn create_private_dirs(dir: &Path) -> Result<PathBuf, SetupError> {
+    let parts = dir.join("sources.list.d");
+    for d in [parts.clone(), dir.join("lists/partial")] {
+        fs::create_dir_all(&d).map_err(|source| SetupError::PrivateConfig { path: d, source })?;
+    }
+    Ok(parts)
 }
 
 /// Which packages come from which suite.

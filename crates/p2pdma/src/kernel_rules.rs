@@ -103,21 +103,11 @@ const WHITELIST_6_12: &[WhitelistEntry] = &[
     intel(0x09a2, false),
 ];
 
-/// Linux 7.2 (read from 7.2.13): 6.12's entries plus Intel DSA, IAX/IAA and QAT devices
-/// (`PCI_DEVICE_ID_INTEL_DSA_SPR0` 0x0b25, `IAX_SPR0` 0x0cfe, `DSA_GNRD` 0x11fb,
+/// What Linux 7.2 (read from 7.2.13) adds to 6.12's table: Intel DSA, IAX/IAA and QAT
+/// devices (`PCI_DEVICE_ID_INTEL_DSA_SPR0` 0x0b25, `IAX_SPR0` 0x0cfe, `DSA_GNRD` 0x11fb,
 /// `DSA_DMR` 0x1212, `IAA_DMR` 0x1216, `QAT_4XXX` 0x4940, `QAT_401XX` 0x4942, `QAT_402XX`
 /// 0x4944, `QAT_420XX` 0x4946, `QAT_6XXX` 0x4948) and every Google device.
-const WHITELIST_7_2: &[WhitelistEntry] = &[
-    intel(0x3c00, true),
-    intel(0x3c01, true),
-    intel(0x2f00, true),
-    intel(0x2f01, true),
-    intel(0x2030, false),
-    intel(0x2031, false),
-    intel(0x2032, false),
-    intel(0x2033, false),
-    intel(0x2020, false),
-    intel(0x09a2, false),
+const ADDED_IN_7_2: &[WhitelistEntry] = &[
     intel(0x0b25, false),
     intel(0x0cfe, false),
     intel(0x11fb, false),
@@ -145,19 +135,20 @@ pub const USERSPACE_P2PDMA_SINCE: KernelVersion = KernelVersion::new(6, 2, 0);
 pub struct KernelRules {
     /// The release the rules were read from.
     pub version: KernelVersion,
-    /// `pci_p2pdma_whitelist[]`.
-    pub whitelist: &'static [WhitelistEntry],
+    /// `pci_p2pdma_whitelist[]`, as the tables that make it up (a release's table is
+    /// the previous one's plus what it added).
+    pub whitelist: &'static [&'static [WhitelistEntry]],
 }
 
 /// Every rule set p2pdma knows, oldest first.
 pub const KNOWN_RULES: &[KernelRules] = &[
     KernelRules {
         version: KernelVersion::new(6, 12, 117),
-        whitelist: WHITELIST_6_12,
+        whitelist: &[WHITELIST_6_12],
     },
     KernelRules {
         version: KernelVersion::new(7, 2, 13),
-        whitelist: WHITELIST_7_2,
+        whitelist: &[WHITELIST_6_12, ADDED_IN_7_2],
     },
 ];
 
@@ -177,6 +168,7 @@ impl KernelRules {
     pub fn whitelist_entry(&self, vendor: u16, device: u16) -> Option<bool> {
         self.whitelist
             .iter()
+            .flat_map(|table| table.iter())
             .find(|e| e.vendor == vendor && e.device.is_none_or(|d| d == device))
             .map(|e| e.same_host_bridge)
     }
