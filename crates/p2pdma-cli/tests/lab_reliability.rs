@@ -1,7 +1,9 @@
 //! The seed thread's teardown races, exercised in the lab: the p2pmem provider unbound or
 //! hot-removed while buffers are mapped and while O_DIRECT I/O through them is in flight,
-//! the destination removed mid-copy, a process killed with I/O in flight, and repeated
-//! map/unbind/rebind cycles. Nothing may crash, hang or be lost:
+//! the destination removed mid-copy, a process killed with I/O in flight, repeated
+//! map/unbind/rebind cycles, O_DIRECT reads into p2pmem racing repeated unbinds; and
+//! the pool and concurrency limits: many processes exhausting one pool, eight verified
+//! copies at once. Nothing may crash, hang or be lost:
 //!
 //! - every unbind and removal returns within a deadline (timed in the guest);
 //! - a copy that stops reports exactly which destination bytes it wrote, those bytes are
