@@ -1015,6 +1015,29 @@ fn kernel_log_check_catches_bug_reports_and_passes_a_clean_boot() {
     }
 }
 
+#[test]
+fn mbr_tail_has_the_entries_and_the_boot_signature() {
+    let cmd = mbr_printf(&[(2048, 131072)]);
+    let body = cmd
+        .strip_prefix("printf '")
+        .and_then(|c| c.strip_suffix('\''))
+        .unwrap();
+    let bytes: Vec<u8> = body
+        .split('\\')
+        .skip(1)
+        .map(|o| u8::from_str_radix(o, 8).unwrap())
+        .collect();
+    assert_eq!(bytes.len(), 66);
+    assert_eq!(bytes[4], 0x83);
+    assert_eq!(bytes[8..12], 2048u32.to_le_bytes());
+    assert_eq!(bytes[12..16], 131072u32.to_le_bytes());
+    assert!(
+        bytes[16..64].iter().all(|&b| b == 0),
+        "unused entries are empty"
+    );
+    assert_eq!(bytes[64..], [0x55, 0xaa]);
+}
+
 /// The pciehp lock-order report lockdep prints on hot removal (RELIABILITY.md), shortened.
 const PCIEHP_LOCKDEP_REPORT: &str = "\
 [   38.034751] ======================================================

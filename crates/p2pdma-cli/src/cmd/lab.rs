@@ -967,7 +967,7 @@ fn read_loop(args: &ReadLoopArgs, globals: &Globals) -> anyhow::Result<ExitCode>
                         Err(e) => {
                             use p2pdma::p2pmem::P2pmemError as E;
                             match e {
-                                E::NoP2pmem { .. } | E::ProviderGone { .. } | E::Revoked { .. } => {
+                                E::NoP2pmem { .. } | E::ProviderGone { .. } => {
                                     ReadLoopCounters::bump(&counters.gone)
                                 }
                                 // The pool or its attributes vanish mid-way through the
@@ -1150,4 +1150,79 @@ fn hold(args: &HoldArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_patterns_are_never_zero_and_differ_between_buffers() {
+        for offset in 0..4096 {
+            assert_ne!(hold_pattern(0, offset), 0);
+            assert_ne!(hold_pattern(3, offset), 0);
+        }
+        let a: Vec<u8> = (0..4096).map(|o| hold_pattern(0, o)).collect();
+        let b: Vec<u8> = (0..4096).map(|o| hold_pattern(1, o)).collect();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn read_offsets_spread_over_the_span() {
+        let mut state = 0x1234_5678_9abc_def1;
+        let slots = 1024;
+        let hit: std::collections::HashSet<u64> =
+            (0..4096).map(|_| next_random(&mut state) % slots).collect();
+        assert!(hit.len() > 900, "only {} of {slots} slots hit", hit.len());
+    }
+
+    #[test]
+    fn read_loop_and_hold_parse() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            guest: GuestCommand,
+        }
+        let cli = Cli::try_parse_from([
+            "x",
+            "read-loop",
+            "0000:05:00.0",
+            "/dev/nvme0n1",
+            "--threads",
+            "4",
+            "--size",
+            "4k",
+            "--span",
+            "4M",
+            "--stop-file",
+            "/tmp/stop",
+        ])
+        .unwrap();
+        match cli.guest {
+            GuestCommand::ReadLoop(a) => {
+                assert_eq!((a.threads, a.size, a.span), (4, 4096, 4 << 20));
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "x",
+            "hold",
+            "0000:05:00.0",
+            "--buffers",
+            "4",
+            "--size",
+            "1M",
+            "--ready-file",
+            "/tmp/r",
+            "--release-file",
+            "/tmp/q",
+            "--json",
+        ])
+        .unwrap();
+        match cli.guest {
+            GuestCommand::Hold(a) => assert_eq!((a.buffers, a.size, a.json), (4, 1 << 20, true)),
+            other => panic!("{other:?}"),
+        }
+    }
 }
