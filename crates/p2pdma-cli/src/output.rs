@@ -73,7 +73,7 @@ pub struct ErrorReport {
 pub struct ErrorObject {
     /// The failure's kind (see the exit-code table).
     pub kind: Kind,
-    /// The one-line message `p2pdma: error:` prints on stderr.
+    /// The message `p2pdma: error:` prints on stderr, on one line.
     pub message: String,
     /// The process's exit status.
     pub exit_code: u8,
@@ -159,6 +159,16 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
+/// For a report printed before the command's own status is returned: a closed stdout
+/// must not turn a failure status (a refused probe, a failed check) into success, so the
+/// broken pipe is dropped here and the status stands.
+pub fn unless_broken_pipe(result: anyhow::Result<()>) -> anyhow::Result<()> {
+    match result {
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
 /// Locked stdout: write to it with `writeln!` and `?`, never `println!`.
 pub fn stdout() -> io::StdoutLock<'static> {
     io::stdout().lock()
@@ -195,13 +205,15 @@ pub fn argv_wants_json(args: impl IntoIterator<Item = std::ffi::OsString>) -> bo
         .any(|a| a == "--json")
 }
 
-/// Reports an error: one line on stderr and, with `--json`, the [`ErrorReport`] on
-/// stdout. Returns the exit status.
+/// Reports an error: on stderr and, with `--json`, the [`ErrorReport`] (its message on
+/// one line) on stdout. Returns the exit status.
 pub fn report_error(err: &anyhow::Error, json: bool) -> u8 {
     let object = describe(err);
     let code = object.exit_code;
     let mut stderr = io::stderr().lock();
-    let _ = writeln!(stderr, "p2pdma: error: {}", object.message);
+    // The text as the error has it: one line, except where a cause carries an excerpt
+    // meant to be read as lines (a lab failure's kernel log tail); JSON gets it joined.
+    let _ = writeln!(stderr, "p2pdma: error: {err:#}");
     if json {
         // A closed stdout leaves the stderr line as the report.
         let _ = print_json(&ErrorReport { error: object }, false);

@@ -338,6 +338,17 @@ fn a_closed_stdout_ends_every_command_quietly_with_success() {
             vec!["copy", &src, &dst, "--bounce", "always", "--dry-run"],
         ),
     ];
+    // A status other than success survives a closed stdout: refused stays 3.
+    let out = closed_stdout(
+        &fixture("acs"),
+        &["topo", "--explain", "0000:01:00.0", "/dev/nvme1n1"],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for (root, args) in &cases {
         let out = closed_stdout(root, args);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -35,7 +35,8 @@ fn lab_run(topology: &str, extra: &[&str], command: &str) -> Output {
 }
 
 /// Prints, for every NVMe controller, `nvme SERIAL BDF CHAIN P2PMEM_SIZE PUBLISHED`, where
-/// CHAIN is the comma-separated BDFs from the root bus down to the controller; and for
+/// CHAIN is the comma-separated BDFs from the root bus down to the controller; for every
+/// ivshmem-plain RAM device (1af4:1110), `ram BDF CHAIN P2PMEM_SIZE PUBLISHED DRIVER`; and for
 /// every bridge `bridge BDF MAX_SPEED MAX_WIDTH` (the link capability: QEMU's NVMe
 /// endpoints train at 2.5 GT/s x1 whatever the port offers, so the current link says
 /// nothing about the topology file).
@@ -47,6 +48,14 @@ for c in /sys/class/nvme/nvme*; do
   chain=$(echo $dev | tr '/' '\n' | grep -E '^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$' | paste -sd, -)
   if [ -d $dev/p2pmem ]; then size=$(cat $dev/p2pmem/size); pub=$(cat $dev/p2pmem/published); else size=none; pub=none; fi
   echo "nvme $serial $bdf $chain $size $pub"
+done
+for d in /sys/bus/pci/devices/*; do
+  [ "$(cat $d/vendor):$(cat $d/device)" = 0x1af4:0x1110 ] || continue
+  dev=$(readlink -f $d)
+  chain=$(echo $dev | tr '/' '\n' | grep -E '^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$' | paste -sd, -)
+  if [ -d $dev/p2pmem ]; then size=$(cat $dev/p2pmem/size); pub=$(cat $dev/p2pmem/published); else size=none; pub=none; fi
+  drv=none; [ -e $dev/driver ] && drv=$(basename $(readlink $dev/driver))
+  echo "ram $(basename $dev) $chain $size $pub $drv"
 done
 for d in /sys/bus/pci/devices/*; do
   case $(cat $d/class) in 0x0604*)
@@ -62,15 +71,27 @@ struct GuestNvme {
     published: Option<bool>,
 }
 
-fn describe(
-    topology: &str,
-) -> (
-    HashMap<String, GuestNvme>,
-    HashMap<String, (String, String)>,
-) {
+/// An ivshmem-plain RAM device as the guest sees it.
+#[derive(Debug)]
+struct GuestRam {
+    bdf: String,
+    chain: Vec<String>,
+    p2pmem_size: Option<u64>,
+    published: Option<bool>,
+    driver: String,
+}
+
+struct Guest {
+    nvmes: HashMap<String, GuestNvme>,
+    rams: Vec<GuestRam>,
+    bridges: HashMap<String, (String, String)>,
+}
+
+fn describe(topology: &str) -> Guest {
     let out = lab_run(topology, &[], DESCRIBE_GUEST);
     assert!(out.status.success(), "{topology}: guest command failed");
     let mut nvmes = HashMap::new();
+    let mut rams = Vec::new();
     let mut bridges = HashMap::new();
     for line in text(&out.stdout).lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -85,13 +106,24 @@ fn describe(
                     },
                 );
             }
+            ["ram", bdf, chain, size, published, driver] => rams.push(GuestRam {
+                bdf: bdf.to_string(),
+                chain: chain.split(',').map(str::to_owned).collect(),
+                p2pmem_size: size.parse().ok(),
+                published: (*published != "none").then(|| *published == "1"),
+                driver: driver.to_string(),
+            }),
             ["bridge", bdf, speed, width] => {
                 bridges.insert(bdf.to_string(), (speed.to_string(), width.to_string()));
             }
             _ => {}
         }
     }
-    (nvmes, bridges)
+    Guest {
+        nvmes,
+        rams,
+        bridges,
+    }
 }
 
 /// The chain of bridge ids from the root bus down to `parent`.
@@ -114,7 +146,11 @@ fn bridge_chain<'a>(topology: &'a Topology, mut parent: &'a str) -> Vec<String> 
 fn check_topology_in_guest(name: &str) {
     let catalog = Catalog::load(None, &[]).unwrap();
     let topology = catalog.get(name).unwrap();
-    let (nvmes, bridges) = describe(name);
+    let Guest {
+        nvmes,
+        mut rams,
+        bridges,
+    } = describe(name);
     assert_eq!(
         nvmes.len(),
         topology.spec.nvme.len(),
@@ -161,6 +197,47 @@ fn check_topology_in_guest(name: &str) {
                 nvme.serial
             );
         }
+    }
+    // RAM providers: each declared one is a guest function below the declared bridges,
+    // bound to the lab kernel's p2pdma_ram driver, with its whole size published.
+    assert_eq!(
+        rams.len(),
+        topology.spec.ram.len(),
+        "{name}: guest RAM devices {rams:?}"
+    );
+    for ram in &topology.spec.ram {
+        let expected = bridge_chain(&topology, &ram.parent);
+        let fits = |guest: &GuestRam| {
+            guest.chain.len() == expected.len() + 1
+                && expected
+                    .iter()
+                    .zip(&guest.chain)
+                    .all(|(id, bdf)| id_to_bdf.get(id).is_none_or(|known| known == bdf))
+        };
+        let at = rams.iter().position(fits).unwrap_or_else(|| {
+            panic!(
+                "{name}: no RAM device below {expected:?} (known bridges {id_to_bdf:?}) in {rams:?}"
+            )
+        });
+        let guest = rams.remove(at);
+        for (id, bdf) in expected.iter().zip(&guest.chain) {
+            id_to_bdf.entry(id.clone()).or_insert_with(|| bdf.clone());
+        }
+        assert_eq!(
+            guest.p2pmem_size,
+            Some(u64::from(ram.size_mib) << 20),
+            "{name}/{} ({}): p2pmem size",
+            ram.id,
+            guest.bdf
+        );
+        assert_eq!(
+            guest.published,
+            Some(true),
+            "{name}/{} ({}): not published",
+            ram.id,
+            guest.bdf
+        );
+        assert_eq!(guest.driver, "p2pdma_ram", "{name}/{}", ram.id);
     }
     let distinct: std::collections::HashSet<_> = id_to_bdf.values().collect();
     assert_eq!(
@@ -218,6 +295,7 @@ topology_tests! {
     topology_multifunction_boots_as_declared => "multifunction",
     topology_slow_link_boots_as_declared => "slow-link",
     topology_ext4_boots_as_declared => "ext4",
+    topology_fast_boots_as_declared => "fast",
 }
 
 #[test]
@@ -448,5 +526,55 @@ fn the_same_copy_on_rootbus_fails_with_the_kernels_p2p_error() {
     assert!(
         err.contains("0 B of"),
         "the partial-write report is missing: {err}"
+    );
+}
+
+/// README's first command ends in `lab demo`: every step must run and say what it saw.
+#[test]
+#[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+fn the_demo_runs_every_step_and_shows_measured_speed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_p2pdma"))
+        .args(["lab", "demo", "--out"])
+        .arg(dir.path().join("run"))
+        .output()
+        .expect("p2pdma lab demo starts");
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n--- stderr:\n{}",
+        text(&out.stderr)
+    );
+    for step in 1..=9 {
+        assert!(
+            stdout.contains(&format!("\n== {step}. ")),
+            "step {step} missing:\n{stdout}"
+        );
+    }
+    // The bench table ends in its ratio lines, p2p and host, with fio beside.
+    let ratios: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("p2pdma/fio throughput"))
+        .collect();
+    assert_eq!(ratios.len(), 2, "{stdout}");
+    assert!(
+        ratios[0].contains(" p2p: ") && ratios[1].contains(" host: "),
+        "{ratios:?}"
+    );
+    assert!(stdout.contains("P2P through 0000:"), "{stdout}");
+    assert_eq!(stdout.matches("verified: xxh3-128").count(), 2, "{stdout}");
+    let sums: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("source      ")
+                .or_else(|| l.strip_prefix("destination "))
+        })
+        .collect();
+    assert_eq!(sums.len(), 2, "{stdout}");
+    assert_eq!(sums[0], sums[1], "{stdout}");
+    assert!(
+        stdout.contains("Revoked") || stdout.contains("revoked"),
+        "{stdout}"
     );
 }

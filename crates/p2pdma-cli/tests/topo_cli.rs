@@ -307,3 +307,49 @@ fn kernel_release_chooses_the_rules_a_verdict_follows() {
     assert_eq!(map, "thru_host_bridge");
     assert!(rules.contains("newer than any p2pdma has read"), "{rules}");
 }
+
+/// Issue 7: a provider that is not an NVMe (the lab's ivshmem-plain RAM, class 0x0500) is
+/// marked in the tree, gets a matrix row of its own, and competes in the provider choice
+/// by the kernel's rule like any other.
+#[test]
+fn a_ram_provider_is_a_provider_like_any_cmb() {
+    let o = p2pdma(&fixture("fast"), &["topo"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("0000:05:00.0 1af4:1110 RAM [p2pmem 256 MiB free of 256 MiB] (p2pdma_ram)"),
+        "{text}"
+    );
+
+    let o = p2pdma(&fixture("fast"), &["topo", "--matrix"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .take(4)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["nvme0", "nvme1", "0000:05:00.0"]);
+    assert_eq!(rows[3], ["0000:05:00.0*", "BUS4", "BUS4", "X"]);
+
+    let o = p2pdma(&fixture("fast"), &["mem", "info", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pools: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(pools[2]["provider"], "0000:05:00.0");
+    assert_eq!(pools[2]["size"], 256 << 20);
+    assert_eq!(pools[2]["published"], true);
+
+    // The kernel's pci_p2pmem_find_many() rule: total distance to the clients, so each
+    // controller's own CMB (4) beats the RAM behind a third port (8).
+    let o = p2pdma(
+        &fixture("fast"),
+        &["topo", "--choose", "0000:03:00.0", "0000:04:00.0"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.starts_with("provider: 0000:03:00.0"), "{text}");
+    assert!(
+        text.contains("candidate 0000:05:00.0: total distance 8"),
+        "{text}"
+    );
+}

@@ -251,6 +251,11 @@ impl PrivateApt {
             ),
             "-o".into(),
             format!("Dir::State::Lists={}", self.dir.join("lists").display()),
+            // The private lists live under the invoking user's cache, which apt's
+            // unprivileged `_apt` user cannot enter; apt would fall back to the invoking
+            // user anyway, with a warning per file.
+            "-o".into(),
+            "APT::Sandbox::User=root".into(),
         ]
     }
 

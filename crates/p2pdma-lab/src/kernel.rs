@@ -4,6 +4,12 @@
 //! `debug` flavour, `lab/kernel/debug.config`). The cache key is a hash of the source's
 //! identity, the fragments' text and the build recipe's version, so editing a fragment or
 //! switching source builds anew while a second call with the same inputs returns at once.
+//!
+//! Every tree it builds gets the lab's own driver, `p2pdma_ram` (`lab/kernel/p2pdma-ram`):
+//! its source goes to `drivers/pci/p2pdma_ram.c` and its Kconfig and Makefile lines are
+//! appended to `drivers/pci/`'s. A `--source DIR` tree is not touched: the build works on a
+//! hard-linked mirror of it and replaces (never edits through a link) the three files.
+//! The driver's text is part of the cache key.
 
 use std::fmt;
 use std::fs;
@@ -21,11 +27,19 @@ use crate::paths;
 pub const BASE_FRAGMENT: &str = include_str!("../../../lab/kernel/p2pdma.config");
 /// Extra options of the `debug` flavour: KASAN, VM and lock debugging.
 pub const DEBUG_FRAGMENT: &str = include_str!("../../../lab/kernel/debug.config");
+/// The lab's p2pmem driver for QEMU's ivshmem-plain RAM (copied to `drivers/pci/`).
+pub const RAM_DRIVER_SOURCE: &str = include_str!("../../../lab/kernel/p2pdma-ram/p2pdma_ram.c");
+/// Its Kconfig entry, appended to `drivers/pci/Kconfig`.
+pub const RAM_DRIVER_KCONFIG: &str = include_str!("../../../lab/kernel/p2pdma-ram/Kconfig");
+/// Its Makefile line, appended to `drivers/pci/Makefile`.
+pub const RAM_DRIVER_MAKEFILE: &str = include_str!("../../../lab/kernel/p2pdma-ram/Makefile");
+/// The Kconfig symbol that marks a tree that already has the driver.
+const RAM_DRIVER_SYMBOL: &str = "config PCI_P2PDMA_LAB_RAM";
 /// Where Debian's `linux-source-6.12` package puts its tarball.
 pub const DEBIAN_SOURCE_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
 const DEBIAN_SOURCE_PACKAGE: &str = "linux-source-6.12";
 /// Bumped whenever the build steps change in a way that changes the image.
-const RECIPE_VERSION: &str = "p2pdma-lab-kernel-recipe-1";
+const RECIPE_VERSION: &str = "p2pdma-lab-kernel-recipe-2";
 
 /// Errors while finding the source or building the kernel.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +75,17 @@ pub enum KernelError {
         missing: String,
         /// The build log.
         log: PathBuf,
+    },
+    /// The lab's driver could not be added to the tree being built.
+    #[error("cannot add the lab's p2pdma_ram driver: {what} {path} (is it a Linux source tree with drivers/pci/?)")]
+    DriverPatch {
+        /// What was being done.
+        what: &'static str,
+        /// On which file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// A tool could not be started.
     #[error("cannot run `{tool}`: install it (`p2pdma lab setup` does)")]
@@ -260,13 +285,21 @@ pub fn cache_key(source: &KernelSource, flavour: Flavour) -> Result<(String, Str
     hasher.update(b"\0");
     hasher.update(identity.as_bytes());
     hasher.update(b"\0");
-    for fragment in fragments(flavour) {
-        hasher.update(fragment.as_bytes());
+    for text in keyed_texts(flavour) {
+        hasher.update(text.as_bytes());
         hasher.update(b"\0");
     }
     let digest = hasher.finalize();
     let key: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
     Ok((format!("{flavour}-{key}"), identity))
+}
+
+/// The texts a build's image depends on besides the source: the config fragments and
+/// every file of the lab's driver.
+fn keyed_texts(flavour: Flavour) -> Vec<&'static str> {
+    let mut texts = fragments(flavour);
+    texts.extend([RAM_DRIVER_SOURCE, RAM_DRIVER_KCONFIG, RAM_DRIVER_MAKEFILE]);
+    texts
 }
 
 fn fragments(flavour: Flavour) -> Vec<&'static str> {
@@ -380,8 +413,37 @@ fn build_in(
             )?;
             src
         }
-        KernelSource::Directory(dir) => dir.clone(),
+        KernelSource::Directory(dir) => {
+            // A hard-linked mirror (a full copy across file systems) so that adding the
+            // driver never writes into the user's tree.
+            on_event(BuildEvent::Stage(format!(
+                "mirroring {} (hard links)",
+                dir.display()
+            )));
+            let src = work.join("src");
+            let linked = Command::new("cp")
+                .arg("-al")
+                .arg(dir)
+                .arg(&src)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !linked {
+                let _ = fs::remove_dir_all(&src);
+                run(
+                    "cp -a",
+                    Command::new("cp").arg("-a").arg(dir).arg(&src),
+                    on_event,
+                )?;
+            }
+            src
+        }
     };
+    on_event(BuildEvent::Stage(
+        "adding the p2pdma_ram driver to drivers/pci".into(),
+    ));
+    add_ram_driver(&src)?;
     let out = work.join("out");
     fs::create_dir_all(&out).map_err(cache_err("cannot create", &out))?;
     let make = |args: &[&str]| {
@@ -438,6 +500,52 @@ fn build_in(
     let config_copy = dir.join("config");
     fs::write(&config_copy, &config).map_err(cache_err("cannot write", &config_copy))?;
     Ok(bzimage)
+}
+
+/// Puts the lab's `p2pdma_ram` driver into the tree at `src` (idempotent).
+///
+/// Files are replaced by rename, never written through, so a hard-linked mirror of
+/// someone's tree leaves the original untouched.
+fn add_ram_driver(src: &Path) -> Result<(), KernelError> {
+    let pci = src.join("drivers/pci");
+    let replace = |path: &Path, text: &str| -> Result<(), KernelError> {
+        let err = |what| {
+            let path = path.to_owned();
+            move |source| KernelError::DriverPatch { what, path, source }
+        };
+        let partial = path.with_extension("p2pdma-partial");
+        fs::write(&partial, text).map_err(err("cannot write"))?;
+        fs::rename(&partial, path).map_err(err("cannot rename onto"))
+    };
+    let append = |name: &str, addition: &str| -> Result<(), KernelError> {
+        let path = pci.join(name);
+        let text = fs::read_to_string(&path).map_err(|source| KernelError::DriverPatch {
+            what: "cannot read",
+            path: path.clone(),
+            source,
+        })?;
+        match with_ram_driver(&text, addition) {
+            Some(patched) => replace(&path, &patched),
+            None => Ok(()),
+        }
+    };
+    append("Kconfig", RAM_DRIVER_KCONFIG)?;
+    append("Makefile", RAM_DRIVER_MAKEFILE)?;
+    replace(&pci.join("p2pdma_ram.c"), RAM_DRIVER_SOURCE)
+}
+
+/// `text` (drivers/pci's Kconfig or Makefile) with `addition` appended, or `None` when the
+/// tree already has the driver.
+fn with_ram_driver(text: &str, addition: &str) -> Option<String> {
+    if text.contains(RAM_DRIVER_SYMBOL) || text.contains("p2pdma_ram.o") {
+        return None;
+    }
+    let mut patched = text.to_owned();
+    if !patched.ends_with('\n') {
+        patched.push('\n');
+    }
+    patched.push_str(addition);
+    Some(patched)
 }
 
 fn run_step(
@@ -530,6 +638,61 @@ mod tests {
             assert!(BASE_FRAGMENT.lines().any(|l| l == opt), "{opt}");
         }
         assert!(DEBUG_FRAGMENT.contains("CONFIG_KASAN=y"));
+    }
+
+    #[test]
+    fn the_ram_driver_is_in_the_base_fragment_and_appended_once() {
+        assert!(BASE_FRAGMENT
+            .lines()
+            .any(|l| l == "CONFIG_PCI_P2PDMA_LAB_RAM=y"));
+        assert!(RAM_DRIVER_KCONFIG.contains(RAM_DRIVER_SYMBOL));
+        assert!(RAM_DRIVER_MAKEFILE.contains("$(CONFIG_PCI_P2PDMA_LAB_RAM)"));
+        assert!(RAM_DRIVER_SOURCE.starts_with("// SPDX-License-Identifier: GPL-2.0\n"));
+        let kconfig = "config PCI_P2PDMA\n\tbool \"p2p\"\nendif";
+        let once = with_ram_driver(kconfig, RAM_DRIVER_KCONFIG).unwrap();
+        assert!(once.starts_with("config PCI_P2PDMA\n\tbool \"p2p\"\nendif\n"));
+        assert!(once.ends_with(RAM_DRIVER_KCONFIG));
+        assert_eq!(with_ram_driver(&once, RAM_DRIVER_KCONFIG), None);
+        for flavour in [Flavour::Standard, Flavour::Debug] {
+            let keyed = keyed_texts(flavour);
+            for driver_file in [RAM_DRIVER_SOURCE, RAM_DRIVER_KCONFIG, RAM_DRIVER_MAKEFILE] {
+                assert!(
+                    keyed.contains(&driver_file),
+                    "not in the {flavour} cache key"
+                );
+            }
+        }
+        let makefile = with_ram_driver("obj-y += a.o\n", RAM_DRIVER_MAKEFILE).unwrap();
+        assert_eq!(with_ram_driver(&makefile, RAM_DRIVER_MAKEFILE), None);
+    }
+
+    #[test]
+    fn adding_the_driver_to_a_mirror_leaves_the_linked_original_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = dir.path().join("orig/drivers/pci");
+        fs::create_dir_all(&original).unwrap();
+        fs::write(original.join("Kconfig"), "config PCI\n").unwrap();
+        fs::write(original.join("Makefile"), "obj-y += pci.o\n").unwrap();
+        let mirror = dir.path().join("mirror/drivers/pci");
+        fs::create_dir_all(&mirror).unwrap();
+        for name in ["Kconfig", "Makefile"] {
+            fs::hard_link(original.join(name), mirror.join(name)).unwrap();
+        }
+        add_ram_driver(&dir.path().join("mirror")).unwrap();
+        add_ram_driver(&dir.path().join("mirror")).unwrap();
+        assert_eq!(
+            fs::read_to_string(original.join("Kconfig")).unwrap(),
+            "config PCI\n"
+        );
+        assert!(!original.join("p2pdma_ram.c").exists());
+        let kconfig = fs::read_to_string(mirror.join("Kconfig")).unwrap();
+        assert_eq!(kconfig.matches(RAM_DRIVER_SYMBOL).count(), 1);
+        assert_eq!(
+            fs::read_to_string(mirror.join("p2pdma_ram.c")).unwrap(),
+            RAM_DRIVER_SOURCE
+        );
+        let err = add_ram_driver(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("p2pdma_ram"), "{err}");
     }
 
     #[test]

@@ -143,6 +143,33 @@ pub struct Nvme {
     pub format: Option<DiskFormat>,
 }
 
+/// A RAM-backed p2pmem provider: QEMU's `ivshmem-plain` device on a `memory-backend-ram`
+/// object, which the lab kernel's `p2pdma_ram` driver publishes as p2pmem. DMA into it is
+/// a memory copy in QEMU, unlike an NVMe CMB, which QEMU serves as MMIO.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ram {
+    /// QEMU id of the ivshmem-plain device, also used for `device_del` fault injection.
+    pub id: String,
+    /// `pcie.0` or a root port or switch downstream port id.
+    pub parent: String,
+    /// Slot (and function) on the parent bus.
+    #[serde(default)]
+    pub addr: Option<String>,
+    /// Size of the memory (BAR 2) in MiB: a power of two (QEMU sizes BARs so).
+    pub size_mib: u32,
+}
+
+/// The largest RAM provider a topology may declare, in MiB.
+pub const MAX_RAM_MIB: u32 = 2048;
+
+impl Ram {
+    /// The id of the `memory-backend-ram` object behind this device.
+    pub fn memdev_id(&self) -> String {
+        format!("mem-{}", self.id)
+    }
+}
+
 fn default_disk_mib() -> u64 {
     64
 }
@@ -179,6 +206,9 @@ pub struct TopologySpec {
     /// NVMe controllers.
     #[serde(default)]
     pub nvme: Vec<Nvme>,
+    /// RAM-backed p2pmem providers (ivshmem-plain).
+    #[serde(default)]
+    pub ram: Vec<Ram>,
 }
 
 /// QEMU's `qemu64` model calls itself AuthenticAMD family 0xf unless told otherwise; an
@@ -204,6 +234,8 @@ pub struct Topology {
 /// A QEMU device to create, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QemuItem {
+    /// `-object <args>`.
+    Object(String),
     /// `-device <args>`.
     Device(String),
     /// A disk image for an NVMe namespace: `-drive` plus the image to create.
@@ -473,6 +505,48 @@ fn validate(name: &str, spec: &TopologySpec) -> Result<(), SpecError> {
             )));
         }
     }
+    for ram in &spec.ram {
+        if !valid_id(&ram.id) {
+            return Err(invalid(format!(
+                "ram id '{}' must be lowercase letters, digits and '-', starting with a letter",
+                ram.id
+            )));
+        }
+        if !ids.insert(ram.id.as_str()) {
+            return Err(invalid(format!("id '{}' is used twice", ram.id)));
+        }
+        match parent_kind(&kinds, &ram.parent) {
+            ParentKind::RootBus
+            | ParentKind::Bridge(BridgeKind::RootPort)
+            | ParentKind::Bridge(BridgeKind::SwitchDownstream) => {}
+            ParentKind::Bridge(BridgeKind::SwitchUpstream) => {
+                return Err(invalid(format!(
+                    "ram '{}' cannot sit on switch upstream port '{}': put it on a downstream port",
+                    ram.id, ram.parent
+                )))
+            }
+            ParentKind::Unknown => {
+                return Err(invalid(format!(
+                    "ram '{}' names parent '{}', which is neither pcie.0 nor a declared bridge",
+                    ram.id, ram.parent
+                )))
+            }
+        }
+        if let Some(addr) = &ram.addr {
+            if !valid_addr(addr) {
+                return Err(invalid(format!(
+                    "ram '{}': addr '{addr}' is not SLOT or SLOT.FUNCTION",
+                    ram.id
+                )));
+            }
+        }
+        if !ram.size_mib.is_power_of_two() || ram.size_mib > MAX_RAM_MIB {
+            return Err(invalid(format!(
+                "ram '{}': size_mib {} must be a power of two from 1 to {MAX_RAM_MIB} (it becomes a PCI BAR)",
+                ram.id, ram.size_mib
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -561,7 +635,34 @@ impl Topology {
             }
             items.push(QemuItem::Device(args));
         }
+        for ram in &self.spec.ram {
+            items.push(QemuItem::Object(format!(
+                "memory-backend-ram,id={},size={}M",
+                ram.memdev_id(),
+                ram.size_mib
+            )));
+            let mut args = format!(
+                "ivshmem-plain,id={},memdev={},bus={}",
+                ram.id,
+                ram.memdev_id(),
+                ram.parent
+            );
+            if let Some(addr) = &ram.addr {
+                args.push_str(&format!(",addr={addr}"));
+            }
+            items.push(QemuItem::Device(args));
+        }
         items
+    }
+
+    /// The ids of the devices `device_del` can remove: NVMe controllers and RAM providers.
+    pub fn removable_ids(&self) -> Vec<&str> {
+        self.spec
+            .nvme
+            .iter()
+            .map(|n| n.id.as_str())
+            .chain(self.spec.ram.iter().map(|r| r.id.as_str()))
+            .collect()
     }
 
     /// Kernel command line arguments this topology needs.
@@ -602,6 +703,7 @@ mod tests {
             "cascade",
             "acs",
             "slow-link",
+            "fast",
         ] {
             assert!(
                 names.iter().any(|n| n == wanted),
@@ -618,7 +720,7 @@ mod tests {
             .into_iter()
             .filter_map(|i| match i {
                 QemuItem::Device(d) => Some(d),
-                QemuItem::Drive { .. } => None,
+                QemuItem::Drive { .. } | QemuItem::Object(_) => None,
             })
             .collect();
         assert_eq!(
@@ -632,6 +734,77 @@ mod tests {
                 "nvme,id=nvme-b,serial=sw1,drive=drive-nvme-b,bus=dn2,cmb_size_mb=16",
             ]
         );
+    }
+
+    #[test]
+    fn fast_has_a_ram_provider_beside_the_cmb_pair() {
+        let topo = shipped().get("fast").unwrap();
+        let items = topo.qemu_items();
+        let object = items
+            .iter()
+            .position(|i| {
+                *i == QemuItem::Object("memory-backend-ram,id=mem-ram-a,size=256M".into())
+            })
+            .expect("the memory backend");
+        let device = items
+            .iter()
+            .position(|i| {
+                *i == QemuItem::Device("ivshmem-plain,id=ram-a,memdev=mem-ram-a,bus=dn3".into())
+            })
+            .expect("the ivshmem-plain device");
+        assert!(object < device, "the backend must exist before its device");
+        assert_eq!(topo.spec.nvme.len(), 2);
+        assert!(topo.spec.nvme.iter().all(|n| n.cmb_mib > 0));
+        assert_eq!(topo.removable_ids(), ["nvme-a", "nvme-b", "ram-a"]);
+    }
+
+    #[test]
+    fn ram_providers_are_validated_with_the_reason() {
+        let base = "[t]\ndescription='x'\nnvme=[{id='a',serial='s',parent='pcie.0'}]\n";
+        let ok = |ram: &str| {
+            let mut c = Catalog::default();
+            c.merge_str(&format!("{base}{ram}"), "test").map(|_| c)
+        };
+        let c = ok("ram=[{id='r',parent='pcie.0',addr='6',size_mib=64}]").unwrap();
+        assert_eq!(
+            c.get("t").unwrap().qemu_items()[2..],
+            [
+                QemuItem::Object("memory-backend-ram,id=mem-r,size=64M".into()),
+                QemuItem::Device("ivshmem-plain,id=r,memdev=mem-r,bus=pcie.0,addr=6".into()),
+            ]
+        );
+        for (ram, wanted) in [
+            (
+                "ram=[{id='r',parent='pcie.0',size_mib=96}]",
+                "size_mib 96 must be a power of two",
+            ),
+            (
+                "ram=[{id='r',parent='pcie.0',size_mib=0}]",
+                "size_mib 0 must be a power of two",
+            ),
+            (
+                "ram=[{id='r',parent='pcie.0',size_mib=4096}]",
+                "from 1 to 2048",
+            ),
+            (
+                "ram=[{id='a',parent='pcie.0',size_mib=8}]",
+                "id 'a' is used twice",
+            ),
+            (
+                "ram=[{id='r',parent='dn9',size_mib=8}]",
+                "names parent 'dn9'",
+            ),
+            (
+                "ram=[{id='r',parent='pcie.0',addr='40',size_mib=8}]",
+                "addr '40'",
+            ),
+            ("ram=[{id='R',parent='pcie.0',size_mib=8}]", "ram id 'R'"),
+            ("ram=[{id='r',parent='pcie.0'}]", "size_mib"),
+        ] {
+            let err = ok(ram).unwrap_err().to_string();
+            assert!(err.contains(wanted), "{ram}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub enum VmError {
         path: PathBuf,
     },
     /// A fault names a device the topology does not have.
-    #[error("fault '{fault}' names device '{device}', which topology '{topology}' does not have (its NVMe ids: {known})")]
+    #[error("fault '{fault}' names device '{device}', which topology '{topology}' does not have (its NVMe and RAM provider ids: {known})")]
     UnknownFaultDevice {
         /// The fault as written.
         fault: String,
@@ -412,21 +412,15 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, VmError> {
             path: req.guest_binary.clone(),
         });
     }
-    let nvme_ids: Vec<&str> = req
-        .topology
-        .spec
-        .nvme
-        .iter()
-        .map(|n| n.id.as_str())
-        .collect();
+    let removable = req.topology.removable_ids();
     for fault in &req.faults {
         let FaultAction::DeviceDel(device) = &fault.action;
-        if !nvme_ids.contains(&device.as_str()) {
+        if !removable.contains(&device.as_str()) {
             return Err(VmError::UnknownFaultDevice {
                 fault: fault.text.clone(),
                 device: device.clone(),
                 topology: req.topology.name.clone(),
-                known: nvme_ids.join(", "),
+                known: removable.join(", "),
             });
         }
     }
@@ -496,6 +490,10 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, VmError> {
     fs::create_dir_all(&disks_dir).map_err(run_dir_err("cannot create", &disks_dir))?;
     for item in req.topology.qemu_items() {
         match item {
+            QemuItem::Object(object) => {
+                args.push("-object".into());
+                args.push(object);
+            }
             QemuItem::Device(device) => {
                 args.push("-device".into());
                 args.push(device);

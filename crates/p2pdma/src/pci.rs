@@ -292,6 +292,8 @@ impl PciFunction {
             0x0600 => "host bridge",
             0x0604 => "PCI bridge",
             0x0108 => "NVMe",
+            // PCI_CLASS_MEMORY_RAM, e.g. QEMU's ivshmem-plain (the lab's RAM provider).
+            0x0500 => "RAM",
             0x0106 => "SATA",
             0x0200 => "Ethernet",
             0x0300 | 0x0302 => "display",

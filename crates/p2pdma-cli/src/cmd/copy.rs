@@ -264,7 +264,7 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         Some(v) if !v.matched() => {
             let at = v.first_difference.unwrap_or(0);
             if !args.json {
-                print_summary(&args, &route, &summary)?;
+                output::unless_broken_pipe(print_summary(&args, &route, &summary))?;
             }
             let err = anyhow::anyhow!(
                 "verification failed: {} offset {} differs from {} offset {} (xxh3-128 {:032x} vs {:032x})",

@@ -610,13 +610,16 @@ const DEMO_SCRIPT: &str = include_str!("../../../../lab/demo.sh");
 
 fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     eprintln!("p2pdma lab demo: a real Linux kernel with CONFIG_PCI_P2PDMA boots in QEMU with two emulated NVMe");
-    eprintln!("controllers that have Controller Memory Buffers, behind one PCIe switch (topology `switch`).");
+    eprintln!("controllers with Controller Memory Buffers and a RAM-backed p2pmem provider, behind one PCIe");
+    eprintln!("switch (topology `fast`); fio runs beside p2pdma for the speed figures.");
+    let fio = which("fio")
+        .context("the demo compares with fio, which is not installed: run `p2pdma lab setup`")?;
     let kernel = ensure_kernel(&args.kernel, None, false)?;
     let catalog = Catalog::load(paths::user_topologies().as_deref(), &[])?;
-    let topology = catalog.get("switch")?;
+    let topology = catalog.get("fast")?;
     let out_dir = args.out.unwrap_or_else(|| default_run_dir("demo"));
     let accel = choose_accel(AccelArg::Auto, &kernel);
-    let request = RunRequest::new(
+    let mut request = RunRequest::new(
         topology,
         kernel,
         guest_binary()?,
@@ -624,6 +627,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         out_dir,
         accel,
     );
+    request.programs = vec![fio];
     let outcome = match vm::run(&request) {
         Ok(o) => o,
         Err(err) => {

@@ -426,7 +426,7 @@ fn test(args: TestArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
             details: Default::default(),
         });
     }
-    print_test_report(&report, args.json)?;
+    output::unless_broken_pipe(print_test_report(&report, args.json))?;
     Ok(if report.passed {
         ExitCode::SUCCESS
     } else {

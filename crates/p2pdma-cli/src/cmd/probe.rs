@@ -241,7 +241,7 @@ pub fn probe(args: ProbeArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         kernel_release,
         error,
     };
-    print_report(&report, args.json)?;
+    output::unless_broken_pipe(print_report(&report, args.json))?;
     Ok(kind.map_or(ExitCode::SUCCESS, Kind::exit))
 }
 

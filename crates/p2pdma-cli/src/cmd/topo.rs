@@ -26,7 +26,8 @@ use crate::Globals;
 #[derive(Debug, clap::Args)]
 pub struct TopoArgs {
     /// Matrix of verdicts between devices (rows: provider, columns: client), in the
-    /// spirit of `nvidia-smi topo -m`; all NVMe functions when no device is named.
+    /// spirit of `nvidia-smi topo -m`; all NVMe functions and p2pmem providers when no
+    /// device is named.
     #[arg(long, num_args = 0.., value_name = "DEV")]
     matrix: Option<Vec<String>>,
 
@@ -107,34 +108,39 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         let verdict = topo.verdict(provider, client);
         let ok = verdict.is_p2p()
             && (ct.kind == p2pdma::resolve::TargetKind::PciFunction || ct.p2p_queue);
-        if args.dot || args.svg {
-            let picture = if args.dot {
-                dot(&tree, Some(&verdict))
+        let printed = (|| -> anyhow::Result<()> {
+            if args.dot || args.svg {
+                let picture = if args.dot {
+                    dot(&tree, Some(&verdict))
+                } else {
+                    svg(&tree, Some(&verdict))
+                };
+                output::stdout().write_all(picture.as_bytes())?;
+            } else if args.json {
+                #[derive(Serialize)]
+                struct Explain<'a> {
+                    provider: &'a Target,
+                    client: &'a Target,
+                    verdict: &'a Verdict,
+                    p2p: bool,
+                }
+                print_json(&Explain {
+                    provider: &pt,
+                    client: &ct,
+                    verdict: &verdict,
+                    p2p: ok,
+                })?;
             } else {
-                svg(&tree, Some(&verdict))
-            };
-            std::io::stdout().lock().write_all(picture.as_bytes())?;
-        } else if args.json {
-            #[derive(Serialize)]
-            struct Explain<'a> {
-                provider: &'a Target,
-                client: &'a Target,
-                verdict: &'a Verdict,
-                p2p: bool,
+                write!(
+                    output::stdout(),
+                    "{}",
+                    explain_text(&tree, &pt, &ct, &verdict)
+                )?;
             }
-            print_json(&Explain {
-                provider: &pt,
-                client: &ct,
-                verdict: &verdict,
-                p2p: ok,
-            })?;
-        } else {
-            write!(
-                output::stdout(),
-                "{}",
-                explain_text(&tree, &pt, &ct, &verdict)
-            )?;
-        }
+            Ok(())
+        })();
+        // A closed stdout does not turn "refused" into success.
+        output::unless_broken_pipe(printed)?;
         return Ok(if ok {
             ExitCode::SUCCESS
         } else {
@@ -171,8 +177,10 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     }
     if let Some(names) = &args.matrix {
         let devices = if names.is_empty() {
+            // NVMe functions (the clients) and every provider, NVMe or not (a row of its
+            // own: a GPU BAR or the lab's RAM device is a provider but never a client).
             tree.iter()
-                .filter(|f| f.is_nvme())
+                .filter(|f| f.is_nvme() || f.p2pmem.is_some())
                 .map(|f| f.bdf)
                 .collect::<Vec<_>>()
         } else {
@@ -184,7 +192,7 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         };
         if devices.is_empty() {
             bail!(
-                "no NVMe functions in {}: name devices after --matrix",
+                "no NVMe functions or p2pmem providers in {}: name devices after --matrix",
                 root.path().display()
             );
         }

@@ -744,7 +744,12 @@ impl Ctx<'_> {
                     force: self.req.force,
                 },
             )?);
-            per_job.push(self.buffers(mode, depth, bs, false)?);
+            // The engine keeps `depth` reads and `depth` writes in flight, each in its own
+            // buffer, as fio's copy-equivalent (a read job and a write job, each at
+            // `depth`) does; fewer buffers would make reads wait for writes.
+            let plan = plans.last().expect("just pushed");
+            let wanted = engine::buffers_wanted(engine::Direction::Copy, plan);
+            per_job.push(self.buffers(mode, u32::try_from(wanted).unwrap_or(depth), bs, false)?);
         }
         let runtime = self.req.runtime;
         let ends = (
