@@ -1,7 +1,9 @@
 //! The seed thread's teardown races, exercised in the lab: the p2pmem provider unbound or
 //! hot-removed while buffers are mapped and while O_DIRECT I/O through them is in flight,
-//! the destination removed mid-copy, a process killed with I/O in flight, and repeated
-//! map/unbind/rebind cycles. Nothing may crash, hang or be lost:
+//! the destination removed mid-copy, a process killed with I/O in flight, repeated
+//! map/unbind/rebind cycles, O_DIRECT reads into p2pmem racing repeated unbinds; and
+//! the pool and concurrency limits: many processes exhausting one pool, eight verified
+//! copies at once. Nothing may crash, hang or be lost:
 //!
 //! - every unbind and removal returns within a deadline (timed in the guest);
 //! - a copy that stops reports exactly which destination bytes it wrote, those bytes are
@@ -575,6 +577,388 @@ p2pdma mem test $P --buffers 2 --size 65536 > /dev/null 2>&1; echo "AFTER_RC $?"
     );
 }
 
+/// Many processes allocate from one provider at once until the pool refuses: each
+/// refusal is a one-line error (and a JSON error object) naming the provider and the
+/// pool's free bytes, with exit status 1 (a generic failure in README's table); the
+/// processes that got their buffers hold the right data; the pool's `available` is its
+/// starting value less exactly what the holders hold, and whole again once they exit.
+fn many_processes_exhausting_one_pool_fail_clearly_and_leak_nothing(flavour: Flavour) {
+    let processes = 8;
+    // 4 MiB per process: 32 MiB asked of a 16 MiB pool.
+    let buffers = 4;
+    let body = format!(
+        r#"P=$(bdf rel-prov)
+echo "PROVIDER $P"
+echo "POOL_START $(available $P)"
+rm -f /tmp/held.* /tmp/ex.* /tmp/release
+i=1
+while [ $i -le {processes} ]; do
+  ( p2pdma lab guest hold $P --buffers {buffers} --size 1M --json \
+      --ready-file /tmp/held.$i --release-file /tmp/release > /tmp/ex.$i.out 2> /tmp/ex.$i.err
+    echo $? > /tmp/ex.$i.rc ) &
+  i=$((i+1))
+done
+# Until every process holds its buffers or has exited (60 s).
+n=0
+while [ $(( $(ls /tmp/held.* 2>/dev/null | wc -l) + $(ls /tmp/ex.*.rc 2>/dev/null | wc -l) )) -lt {processes} ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done
+echo "HOLDING $(ls /tmp/held.* 2>/dev/null | wc -l) EXITED $(ls /tmp/ex.*.rc 2>/dev/null | wc -l)"
+echo "POOL_HELD $(available $P)"
+touch /tmp/release
+wait
+i=1
+while [ $i -le {processes} ]; do
+  echo "PROC $i $(cat /tmp/ex.$i.rc) $(one_line /tmp/ex.$i.out)"
+  echo "PROCERR $i $(one_line /tmp/ex.$i.err)"
+  i=$((i+1))
+done
+echo "POOL_END $(available $P)"
+"#
+    );
+    let run = lab(flavour).run(&script(&body));
+
+    let start = number(&run.line("POOL_START"), "POOL_START");
+    let held = number(&run.line("POOL_HELD"), "POOL_HELD");
+    let state = run.line("HOLDING");
+    let holding = number(&state[..1], "HOLDING");
+    let exited = number(&state[2..], "EXITED");
+    assert_eq!(
+        holding + exited,
+        processes,
+        "not every process held its buffers or exited within 60 s: {state:?}"
+    );
+    let procs = run.lines("PROC");
+    let errs = run.lines("PROCERR");
+    assert_eq!(procs.len(), processes as usize);
+    let (mut passed, mut refused) = (0u64, 0u64);
+    let mut free_reported = Vec::new();
+    for (p, e) in procs.iter().zip(&errs) {
+        let json = json_after(&p[2..].join(" "));
+        match p[1] {
+            "0" => {
+                assert_eq!(json["buffers"], buffers, "{json}");
+                assert_eq!(
+                    json["intact"],
+                    serde_json::json!(vec![true; buffers]),
+                    "a holder's buffers lost their pattern while others exhausted the pool: {json}"
+                );
+                passed += 1;
+            }
+            "1" => {
+                let error = &json["error"];
+                assert_eq!(error["kind"], "failure", "{json}");
+                assert_eq!(error["exit_code"], 1, "{json}");
+                let message = error["message"].as_str().unwrap();
+                let stderr = e[1..].join(" ");
+                for text in [message, stderr.as_str()] {
+                    assert!(
+                        text.contains(&format!("p2pmem pool of {}", run_provider(&run)))
+                            && text.contains("cannot supply 1048576 contiguous bytes")
+                            && text.contains("bytes free"),
+                        "the refusal must name the provider, the request and the free bytes: {text}"
+                    );
+                }
+                // "(N bytes free, possibly fragmented)"
+                let free: u64 = message
+                    .split(" bytes free")
+                    .next()
+                    .and_then(|m| m.rsplit('(').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("no free byte count in {message}"));
+                assert!(
+                    free < start,
+                    "{free} bytes free reported of a {start}-byte pool"
+                );
+                free_reported.push(free);
+                refused += 1;
+            }
+            rc => panic!("process {} ended with status {rc}: {p:?} {e:?}", p[0]),
+        }
+    }
+    assert_eq!(
+        passed, holding,
+        "every process that held its buffers passed"
+    );
+    assert!(
+        refused > 0,
+        "32 MiB asked of a 16 MiB pool, and nobody was refused"
+    );
+    assert!(
+        passed >= 1 && passed * (buffers as u64) * MIB <= start,
+        "{passed} processes held {buffers} MiB each of a {start}-byte pool"
+    );
+    assert_eq!(
+        held,
+        start - passed * buffers as u64 * MIB,
+        "while the holders held and the refused had exited, the pool must be short by exactly the holders' buffers"
+    );
+    assert_eq!(
+        number(&run.line("POOL_END"), "POOL_END"),
+        start,
+        "the pool did not come back whole after every process exited"
+    );
+    run.assert_kernel_log_clean();
+    eprintln!(
+        "FIGURE pool-exhaustion flavour={} processes={processes} held={passed} refused={refused} \
+         free_reported={free_reported:?} pool_start={start} pool_while_held={held}",
+        run.flavour().name(),
+    );
+}
+
+/// Eight verified copies at once, through all three providers' CMBs, in both directions,
+/// each from its own range of random data to its own destination partition (`copy` opens
+/// a destination block device exclusively, so eight copies need eight of them): every
+/// copy succeeds and verifies, an independent md5 in the guest agrees for every
+/// destination range, the rest of each destination partition stays zero, and every pool
+/// is whole afterwards.
+fn eight_concurrent_verified_copies_across_providers_all_land(flavour: Flavour) {
+    let copies = 8;
+    let length = 8 * MIB;
+    // (first sector, sectors) of 512 bytes: 1 MiB aligned, within 256 and 64 MiB disks.
+    let mbr_big = mbr_printf(&[
+        (2048, 131072),
+        (133120, 32768),
+        (165888, 32768),
+        (198656, 32768),
+    ]);
+    let mbr_small = mbr_printf(&[(2048, 8192), (10240, 32768), (43008, 32768)]);
+    let body = format!(
+        r#"S=$(ns rel-src); D=$(ns rel-dst); X=$(ns rel-prov)
+PROVS="$(bdf rel-src) $(bdf rel-dst) $(bdf rel-prov)"
+for p in $PROVS; do echo "POOL_START $p $(available $p)"; done
+# Partition 1 of rel-src and rel-dst: 64 MiB of random source data; partitions 2-4 of
+# those and 2-3 of rel-prov (16 MiB each, still zero): destinations.
+{mbr_big} | dd of=$S bs=1 seek=446 conv=notrunc 2>/dev/null
+{mbr_big} | dd of=$D bs=1 seek=446 conv=notrunc 2>/dev/null
+{mbr_small} | dd of=$X bs=1 seek=446 conv=notrunc 2>/dev/null
+sync
+for disk in $S $D $X; do blockdev --rereadpt $disk; done
+n=0; while [ ! -b ${{X}}p3 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done
+echo "PARTITIONS $(ls /dev | grep -c 'nvme.n1p')"
+fill ${{S}}p1 $((64 * 1048576)); fill ${{D}}p1 $((64 * 1048576))
+# copy i: source partition, destination partition, provider. Each provider is the third
+# controller, never the copy's own source or destination (see RELIABILITY.md: a
+# controller's own CMB as the buffer failed under this load in QEMU).
+PS=$(bdf rel-src); PD=$(bdf rel-dst); PX=$(bdf rel-prov)
+set -- \
+  ${{S}}p1 ${{D}}p2 $PX  ${{D}}p1 ${{S}}p2 $PX  ${{S}}p1 ${{D}}p3 $PX  ${{D}}p1 ${{S}}p3 $PX \
+  ${{S}}p1 ${{X}}p2 $PD  ${{D}}p1 ${{X}}p3 $PS  ${{S}}p1 ${{D}}p4 $PX  ${{D}}p1 ${{S}}p4 $PX
+i=0
+while [ $i -lt {copies} ]; do
+  from=$1; to=$2; p=$3; shift 3
+  so=$((i * {length}))
+  echo "$from $to $so" > /tmp/c.$i.args
+  ( p2pdma copy $from $to --provider $p --src-offset $so --length {length} \
+      --chunk-size 256k --queue-depth 4 --verify --json > /tmp/c.$i.json 2> /tmp/c.$i.err
+    echo $? > /tmp/c.$i.rc ) &
+  i=$((i+1))
+done
+t0=$(now)
+wait
+echo "ALL_DONE_S $(since $t0)"
+zero=$(dd if=/dev/zero bs={length} count=1 2>/dev/null | md5sum | cut -d' ' -f1)
+i=0
+while [ $i -lt {copies} ]; do
+  set -- $(cat /tmp/c.$i.args)
+  echo "COPY $i $(cat /tmp/c.$i.rc) $(md5 $1 $3 {length}) $(md5 $2 0 {length}) $(one_line /tmp/c.$i.json)"
+  echo "COPYERR $i $(one_line /tmp/c.$i.err)"
+  echo "REST $i $(md5 $2 {length} {length}) $zero"
+  i=$((i+1))
+done
+for p in $PROVS; do echo "POOL_END $p $(available $p)"; done
+"#
+    );
+    let run = lab(flavour).run(&script(&body));
+
+    assert_eq!(
+        run.line("PARTITIONS"),
+        ["11"],
+        "partitioning the three disks failed"
+    );
+    let lines = run.lines("COPY");
+    let errs = run.lines("COPYERR");
+    assert_eq!(lines.len(), copies, "not every copy reported");
+    let mut providers = std::collections::BTreeSet::new();
+    let mut seconds = Vec::new();
+    for (c, e) in lines.iter().zip(&errs) {
+        let i = c[0];
+        assert_eq!(c[1], "0", "copy {i} failed: {c:?} {e:?}");
+        let (src_md5, dst_md5) = (c[2], c[3]);
+        assert_eq!(
+            src_md5, dst_md5,
+            "copy {i}: the guest's md5 of the destination range differs from the source's"
+        );
+        let summary = json_after(&c[4..].join(" "));
+        assert_eq!(summary["verified"], true, "copy {i}: {summary}");
+        assert_eq!(
+            summary["bytes"].as_u64(),
+            Some(length),
+            "copy {i}: {summary}"
+        );
+        assert_eq!(
+            summary["mode"], "p2p",
+            "copy {i} did not go peer to peer: {summary}"
+        );
+        providers.insert(summary["provider"].as_str().unwrap().to_owned());
+        seconds.push(summary["seconds"].as_f64().unwrap());
+    }
+    let md5s: std::collections::BTreeSet<&str> = lines.iter().map(|c| c[2]).collect();
+    assert_eq!(
+        md5s.len(),
+        copies,
+        "the copies' source ranges must all differ (random data)"
+    );
+    assert_eq!(
+        providers.len(),
+        3,
+        "the copies must use all three providers: {providers:?}"
+    );
+    for rest in run.lines("REST") {
+        assert_eq!(
+            rest[1], rest[2],
+            "copy {}: its destination partition changed beyond the copied range",
+            rest[0]
+        );
+    }
+    let start = run.lines("POOL_START");
+    let end = run.lines("POOL_END");
+    assert_eq!(start.len(), 3);
+    assert_eq!(start, end, "a pool did not come back whole");
+    run.assert_kernel_log_clean();
+    seconds.sort_by(f64::total_cmp);
+    eprintln!(
+        "FIGURE eight-concurrent-copies flavour={} copies={copies} bytes_each={length} all_done_s={} copy_s min={} max={}",
+        run.flavour().name(),
+        run.line("ALL_DONE_S")[0],
+        seconds[0],
+        seconds[copies - 1],
+    );
+}
+
+/// The seed thread's own race, hammered: threads doing 4 KiB O_DIRECT reads into one
+/// provider's p2pmem in a tight loop (each read pins the buffer through GUP-fast, the
+/// path the thread worries about) while the provider is unbound and rebound again and
+/// again. Every read either completes with the source's bytes (random data, checked
+/// per read) or meets the revocation (the library's `Revoked`, EFAULT from a zapped
+/// mapping); every unbind returns; no kernel report; the pool is whole at the end.
+fn o_direct_reads_racing_repeated_unbinds_hold_the_right_data(flavour: Flavour) {
+    let cycles = 24;
+    let threads = 4;
+    let body = format!(
+        r#"S=$(ns rel-src); P=$(bdf rel-prov)
+echo "POOL_START $(available $P)"
+fill $S 4194304
+rm -f /tmp/stop /tmp/ready
+p2pdma lab guest read-loop $P $S --threads {threads} --size 4k --span 4M --stop-file /tmp/stop --ready-file /tmp/ready > /tmp/rl.json 2> /tmp/rl.err &
+loop=$!
+n=0; while [ ! -e /tmp/ready ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done
+echo "READY $(cat /tmp/ready 2>/dev/null || echo never)"
+t0=$(now)
+r=1
+while [ $r -le {cycles} ]; do
+  timed_unbind UNBIND $P
+  rebind rel-prov $P
+  sleep 0.3
+  r=$((r+1))
+done
+echo "CYCLES_S $(since $t0)"
+sleep 1
+touch /tmp/stop
+wait $loop; echo "LOOP_RC $?"
+echo "LOOP_JSON $(one_line /tmp/rl.json)"
+echo "LOOP_ERR $(one_line /tmp/rl.err)"
+echo "POOL_END $(available $P)"
+"#
+    );
+    let run = lab(flavour).args(&["--timeout", "900"]).run(&script(&body));
+
+    assert_eq!(
+        run.line("READY"),
+        ["ready"],
+        "the readers never all completed a verified read"
+    );
+    let unbinds = run.lines("UNBIND");
+    assert_eq!(unbinds.len(), cycles, "not every cycle ran");
+    let mut times = Vec::new();
+    for u in &unbinds {
+        assert_ne!(u[0], "hung", "an unbind did not return within 60 s");
+        assert_eq!(u[0], "0", "an unbind failed: {u:?}");
+        times.push(u[1].parse::<f64>().unwrap());
+    }
+    let report = json_after(&run.line("LOOP_JSON").join(" "));
+    let count = |key: &str| {
+        report[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {key} in {report}"))
+    };
+    assert_eq!(
+        count("reads_mismatched"),
+        0,
+        "a completed read held wrong data: {report}"
+    );
+    assert_eq!(count("reads_short"), 0, "{report}");
+    assert_eq!(count("unexpected_count"), 0, "unexpected errors: {report}");
+    assert_eq!(run.line("LOOP_RC"), ["0"], "{report}");
+    let lost = count("reads_revoked") + count("checks_revoked");
+    assert!(
+        lost > 0,
+        "no read met a revoked buffer: the unbinds did not race the reads: {report}"
+    );
+    assert!(
+        count("allocations") > threads,
+        "no thread allocated again after losing its buffer: {report}"
+    );
+    assert!(count("reads_verified") > 0, "{report}");
+    let start = number(&run.line("POOL_START"), "POOL_START");
+    assert_eq!(
+        number(&run.line("POOL_END"), "POOL_END"),
+        start,
+        "the pool did not come back whole"
+    );
+    run.assert_kernel_log_clean();
+    times.sort_by(f64::total_cmp);
+    eprintln!(
+        "FIGURE reads-racing-unbinds flavour={} unbinds={cycles} threads={threads} cycles_s={} \
+         reads_started={} verified={} revoked_at_read={} revoked_before_check={} allocations={} \
+         alloc_provider_gone={} alloc_pool_empty={} unbind_s min={} median={} max={}",
+        run.flavour().name(),
+        run.line("CYCLES_S")[0],
+        count("reads_started"),
+        count("reads_verified"),
+        count("reads_revoked"),
+        count("checks_revoked"),
+        count("allocations"),
+        count("allocations_provider_gone"),
+        count("allocations_pool_empty"),
+        times[0],
+        times[cycles / 2],
+        times[cycles - 1],
+    );
+}
+
+/// A `printf` command printing the last 66 bytes of an MBR (bytes 446..512): primary
+/// partitions of type 0x83 at these (first sector, sectors), and the boot signature.
+fn mbr_printf(partitions: &[(u32, u32)]) -> String {
+    let mut bytes = Vec::new();
+    for slot in 0..4 {
+        let mut entry = [0u8; 16];
+        if let Some(&(start, sectors)) = partitions.get(slot) {
+            entry[4] = 0x83;
+            entry[8..12].copy_from_slice(&start.to_le_bytes());
+            entry[12..16].copy_from_slice(&sectors.to_le_bytes());
+        }
+        bytes.extend_from_slice(&entry);
+    }
+    bytes.extend_from_slice(&[0x55, 0xaa]);
+    let escaped: String = bytes.iter().map(|b| format!("\\{b:03o}")).collect();
+    format!("printf '{escaped}'")
+}
+
+/// The BDF `bdf rel-prov` printed, from the `PROVIDER` line every scenario script that
+/// needs it prints.
+fn run_provider(run: &LabRun) -> String {
+    run.line("PROVIDER")[0].to_owned()
+}
+
 /// Every scenario runs on both lab kernels: `standard::NAME` and `debug::NAME`.
 macro_rules! on_both_kernels {
     ($($scenario:ident),* $(,)?) => {
@@ -606,6 +990,9 @@ on_both_kernels! {
     killing_a_process_with_io_in_flight_then_unbinding_returns_every_byte_to_the_pool,
     twenty_map_unbind_rebind_cycles_leak_nothing,
     mapping_while_the_provider_is_unbound_fails_cleanly_or_is_revoked,
+    many_processes_exhausting_one_pool_fail_clearly_and_leak_nothing,
+    eight_concurrent_verified_copies_across_providers_all_land,
+    o_direct_reads_racing_repeated_unbinds_hold_the_right_data,
 }
 
 #[test]
@@ -626,6 +1013,29 @@ fn kernel_log_check_catches_bug_reports_and_passes_a_clean_boot() {
         let log = format!("{clean}{bad}\n");
         assert_eq!(common::kernel_log_problems(&log), vec![bad.to_owned()]);
     }
+}
+
+#[test]
+fn mbr_tail_has_the_entries_and_the_boot_signature() {
+    let cmd = mbr_printf(&[(2048, 131072)]);
+    let body = cmd
+        .strip_prefix("printf '")
+        .and_then(|c| c.strip_suffix('\''))
+        .unwrap();
+    let bytes: Vec<u8> = body
+        .split('\\')
+        .skip(1)
+        .map(|o| u8::from_str_radix(o, 8).unwrap())
+        .collect();
+    assert_eq!(bytes.len(), 66);
+    assert_eq!(bytes[4], 0x83);
+    assert_eq!(bytes[8..12], 2048u32.to_le_bytes());
+    assert_eq!(bytes[12..16], 131072u32.to_le_bytes());
+    assert!(
+        bytes[16..64].iter().all(|&b| b == 0),
+        "unused entries are empty"
+    );
+    assert_eq!(bytes[64..], [0x55, 0xaa]);
 }
 
 /// The pciehp lock-order report lockdep prints on hot removal (RELIABILITY.md), shortened.

@@ -222,6 +222,65 @@ pub enum GuestCommand {
         /// BDF or serial.
         device: String,
     },
+    /// Small O_DIRECT reads from FILE into PROVIDER's p2pmem, from several threads in a
+    /// tight loop, each checked against FILE's bytes read through the page cache at the
+    /// start, until STOP_FILE exists. A provider that goes away (unbound, removed) is an
+    /// expected outcome: the thread counts it, waits for the provider to come back and
+    /// allocates again. Prints one JSON summary; exits 1 if a completed read held wrong
+    /// data or an unexpected error occurred.
+    ReadLoop(ReadLoopArgs),
+    /// Allocate --buffers buffers of --size from PROVIDER, fill them with a pattern, say
+    /// so in --ready-file, hold them until --release-file exists (60 s at most), then
+    /// check the pattern and exit. A pool that cannot supply a buffer is the library's
+    /// error (exit 1, a JSON error object with --json).
+    Hold(HoldArgs),
+}
+
+/// Arguments of `p2pdma lab guest hold`.
+#[derive(Debug, clap::Args)]
+pub struct HoldArgs {
+    /// The p2pmem provider (PCI address).
+    provider: p2pdma::Bdf,
+    /// Bytes per buffer.
+    #[arg(long, default_value = "1M", value_parser = super::size_usize)]
+    size: usize,
+    /// Buffers to hold at once.
+    #[arg(long, default_value_t = 1)]
+    buffers: usize,
+    /// Created once every buffer is allocated and filled.
+    #[arg(long)]
+    ready_file: PathBuf,
+    /// Release the buffers once this file exists.
+    #[arg(long)]
+    release_file: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `p2pdma lab guest read-loop`.
+#[derive(Debug, clap::Args)]
+pub struct ReadLoopArgs {
+    /// The p2pmem provider (PCI address).
+    provider: p2pdma::Bdf,
+    /// The file or block device to read (with O_DIRECT); its first --span bytes must not
+    /// change while the loop runs.
+    file: PathBuf,
+    /// Reading threads.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+    /// Bytes per read (a multiple of the device's logical block size).
+    #[arg(long, default_value = "4k", value_parser = super::size_usize)]
+    size: usize,
+    /// Reads land at random multiples of --size in the first SPAN bytes of FILE.
+    #[arg(long, default_value = "4M", value_parser = super::size_usize)]
+    span: usize,
+    /// Stop once this file exists.
+    #[arg(long)]
+    stop_file: PathBuf,
+    /// Write "ready" here once every thread has done its first verified read.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
 }
 
 pub fn run(cmd: LabCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
@@ -778,6 +837,396 @@ fn guest(cmd: GuestCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot bind {bdf} to nvme via {}", bind.display()))?;
             eprintln!("bound {bdf} to nvme");
         }
+        GuestCommand::ReadLoop(args) => return read_loop(&args, globals),
+        GuestCommand::Hold(args) => return hold(&args, globals),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `lab guest read-loop` counted, printed as one JSON document.
+#[derive(Debug, Default, serde::Serialize)]
+struct ReadLoopReport {
+    provider: String,
+    file: PathBuf,
+    threads: usize,
+    read_size: usize,
+    seconds: f64,
+    /// O_DIRECT reads issued into p2pmem.
+    reads_started: u64,
+    /// Reads that completed and held FILE's bytes.
+    reads_verified: u64,
+    /// Reads that completed with other bytes than FILE's (must be 0).
+    reads_mismatched: u64,
+    /// Reads that completed short (must be 0: the span lies inside FILE).
+    reads_short: u64,
+    /// Reads refused because the buffer was revoked (the provider went away): the
+    /// library noticed first, or the kernel could not pin the zapped pages (EFAULT).
+    reads_revoked: u64,
+    /// Reads that completed, but the buffer was revoked before its bytes were checked.
+    checks_revoked: u64,
+    /// Successful p2pmem allocations (one per thread at start, one after each loss).
+    allocations: u64,
+    /// Allocations refused because the provider was unbound or being torn down.
+    allocations_provider_gone: u64,
+    /// Allocations refused by an empty pool (a rebind creates the pool before filling it).
+    allocations_pool_empty: u64,
+    /// Errors that are none of the above (must be none), the first few of them.
+    unexpected: Vec<String>,
+    unexpected_count: u64,
+    /// The first mismatch: "offset N: byte M differs".
+    first_mismatch: Option<String>,
+}
+
+/// Counters shared by the read-loop threads.
+#[derive(Default)]
+struct ReadLoopCounters {
+    started: std::sync::atomic::AtomicU64,
+    verified: std::sync::atomic::AtomicU64,
+    mismatched: std::sync::atomic::AtomicU64,
+    short: std::sync::atomic::AtomicU64,
+    revoked: std::sync::atomic::AtomicU64,
+    checks_revoked: std::sync::atomic::AtomicU64,
+    allocations: std::sync::atomic::AtomicU64,
+    gone: std::sync::atomic::AtomicU64,
+    pool_empty: std::sync::atomic::AtomicU64,
+    ready: std::sync::atomic::AtomicUsize,
+    unexpected: std::sync::Mutex<(u64, Vec<String>)>,
+    first_mismatch: std::sync::Mutex<Option<String>>,
+}
+
+impl ReadLoopCounters {
+    fn bump(counter: &std::sync::atomic::AtomicU64) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn unexpected(&self, what: String) {
+        let mut u = self.unexpected.lock().unwrap_or_else(|e| e.into_inner());
+        u.0 += 1;
+        if u.1.len() < 10 {
+            u.1.push(what);
+        }
+    }
+}
+
+/// A small xorshift generator: the read offsets need to be spread, not unpredictable.
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn read_loop(args: &ReadLoopArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::Ordering;
+
+    anyhow::ensure!(
+        args.threads > 0 && args.size > 0 && args.span >= args.size,
+        "read-loop needs --threads >= 1, --size >= 1 and --span >= --size"
+    );
+    let mut expected = vec![0u8; args.span];
+    std::fs::File::open(&args.file)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut expected))
+        .with_context(|| {
+            format!(
+                "cannot read the first {} bytes of {}",
+                args.span,
+                args.file.display()
+            )
+        })?;
+    anyhow::ensure!(
+        expected.iter().any(|&b| b != 0),
+        "the first {} bytes of {} are all zero: fill them with random data first, or a \
+         dropped DMA would pass the check",
+        args.span,
+        args.file.display()
+    );
+    let counters = ReadLoopCounters::default();
+    let slots = (args.span / args.size) as u64;
+    let started = std::time::Instant::now();
+    let stop = || args.stop_file.exists();
+
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let mut handles = Vec::new();
+        for thread in 0..args.threads {
+            let (counters, expected, stop) = (&counters, &expected, &stop);
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&args.file)
+                .with_context(|| format!("cannot open {} with O_DIRECT", args.file.display()))?;
+            handles.push(scope.spawn(move || {
+                let seed = started.elapsed().as_nanos() as u64;
+                let mut rng = (seed ^ (thread as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
+                let mut check = vec![0u8; args.size];
+                let mut was_ready = false;
+                while !stop() {
+                    let allocated = p2pdma::p2pmem::Provider::open(&globals.sysfs, args.provider)
+                        .and_then(|p| p.allocate(args.size));
+                    let mut buffer = match allocated {
+                        Ok(b) => {
+                            ReadLoopCounters::bump(&counters.allocations);
+                            b
+                        }
+                        Err(e) => {
+                            use p2pdma::p2pmem::P2pmemError as E;
+                            match e {
+                                E::NoP2pmem { .. } | E::ProviderGone { .. } => {
+                                    ReadLoopCounters::bump(&counters.gone)
+                                }
+                                // The pool or its attributes vanish mid-way through the
+                                // allocation when the unbind wins the race.
+                                E::Io { ref source, .. }
+                                    if matches!(
+                                        source.raw_os_error(),
+                                        Some(libc::ENODEV | libc::ENOENT | libc::ENXIO)
+                                    ) =>
+                                {
+                                    ReadLoopCounters::bump(&counters.gone)
+                                }
+                                E::PoolExhausted { .. } => ReadLoopCounters::bump(&counters.pool_empty),
+                                other => counters.unexpected(format!("allocate: {other:#}")),
+                            }
+                            std::thread::sleep(Duration::from_millis(5));
+                            continue;
+                        }
+                    };
+                    // Read until the buffer is lost.
+                    while !stop() {
+                        let offset = next_random(&mut rng) % slots * args.size as u64;
+                        ReadLoopCounters::bump(&counters.started);
+                        match buffer.pread(&file, offset, 0, args.size) {
+                            Ok(n) if n == args.size => {}
+                            Ok(n) => {
+                                ReadLoopCounters::bump(&counters.short);
+                                counters.unexpected(format!("read at {offset}: {n} of {} bytes", args.size));
+                                continue;
+                            }
+                            Err(p2pdma::p2pmem::P2pmemError::Revoked { .. }) => {
+                                ReadLoopCounters::bump(&counters.revoked);
+                                break;
+                            }
+                            Err(e) => {
+                                counters.unexpected(format!("read at {offset}: {}", anyhow::Error::from(e).chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")));
+                                break;
+                            }
+                        }
+                        match buffer.read_into(0, &mut check) {
+                            Ok(()) => {}
+                            Err(p2pdma::p2pmem::P2pmemError::Revoked { .. }) => {
+                                ReadLoopCounters::bump(&counters.checks_revoked);
+                                break;
+                            }
+                            Err(e) => {
+                                counters.unexpected(format!("checking the read at {offset}: {e:#}"));
+                                break;
+                            }
+                        }
+                        let want = &expected[offset as usize..offset as usize + args.size];
+                        if let Some(i) = (0..args.size).find(|&i| check[i] != want[i]) {
+                            ReadLoopCounters::bump(&counters.mismatched);
+                            let mut first = counters.first_mismatch.lock().unwrap_or_else(|e| e.into_inner());
+                            first.get_or_insert_with(|| {
+                                format!("read at offset {offset}: byte {i} is {:#04x}, {} holds {:#04x}", check[i], args.file.display(), want[i])
+                            });
+                        } else {
+                            ReadLoopCounters::bump(&counters.verified);
+                            if !was_ready {
+                                was_ready = true;
+                                counters.ready.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        // Say when every thread has done a verified read, so the disruption starts
+        // while the loop runs.
+        if let Some(ready) = &args.ready_file {
+            while counters.ready.load(Ordering::Relaxed) < args.threads && !stop() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::fs::write(ready, "ready\n")
+                .with_context(|| format!("cannot write {}", ready.display()))?;
+        }
+        for handle in handles {
+            if handle.join().is_err() {
+                counters.unexpected("a reading thread panicked".into());
+            }
+        }
+        Ok(())
+    })?;
+
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let (unexpected_count, unexpected) = std::mem::take(
+        &mut *counters
+            .unexpected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+    );
+    let report = ReadLoopReport {
+        provider: args.provider.to_string(),
+        file: args.file.clone(),
+        threads: args.threads,
+        read_size: args.size,
+        seconds: started.elapsed().as_secs_f64(),
+        reads_started: load(&counters.started),
+        reads_verified: load(&counters.verified),
+        reads_mismatched: load(&counters.mismatched),
+        reads_short: load(&counters.short),
+        reads_revoked: load(&counters.revoked),
+        checks_revoked: load(&counters.checks_revoked),
+        allocations: load(&counters.allocations),
+        allocations_provider_gone: load(&counters.gone),
+        allocations_pool_empty: load(&counters.pool_empty),
+        unexpected,
+        unexpected_count,
+        first_mismatch: counters
+            .first_mismatch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+    };
+    output::print_json(&report, false)?;
+    Ok(
+        if report.reads_mismatched == 0 && report.reads_short == 0 && report.unexpected_count == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
+}
+
+/// The byte a held buffer holds at `offset`: not zero, and different per buffer.
+fn hold_pattern(buffer: usize, offset: usize) -> u8 {
+    ((offset.wrapping_mul(31) ^ buffer.wrapping_mul(97)) % 251 + 1) as u8
+}
+
+fn hold(args: &HoldArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
+    let provider = p2pdma::p2pmem::Provider::open(&globals.sysfs, args.provider)?;
+    let mut held = Vec::new();
+    for index in 0..args.buffers {
+        let mut buffer = provider.allocate(args.size)?;
+        let pattern: Vec<u8> = (0..buffer.len()).map(|o| hold_pattern(index, o)).collect();
+        buffer.write_from(0, &pattern)?;
+        held.push(buffer);
+    }
+    std::fs::write(&args.ready_file, "held\n")
+        .with_context(|| format!("cannot write {}", args.ready_file.display()))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !args.release_file.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut intact = Vec::new();
+    for (index, buffer) in held.iter().enumerate() {
+        let mut actual = vec![0u8; buffer.len()];
+        buffer.read_into(0, &mut actual)?;
+        intact.push(
+            actual
+                .iter()
+                .enumerate()
+                .all(|(o, &b)| b == hold_pattern(index, o)),
+        );
+    }
+    let all_intact = intact.iter().all(|&i| i);
+    let bytes: usize = held.iter().map(|b| b.len()).sum();
+    if args.json {
+        output::print_json(
+            &serde_json::json!({
+                "provider": args.provider.to_string(),
+                "buffers": held.len(),
+                "bytes": bytes,
+                "intact": intact,
+            }),
+            false,
+        )?;
+    } else {
+        writeln!(
+            output::stdout(),
+            "held {bytes} bytes of p2pmem from {} in {} buffers; patterns {}",
+            args.provider,
+            held.len(),
+            if all_intact { "intact" } else { "CHANGED" }
+        )?;
+    }
+    Ok(if all_intact {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_patterns_are_never_zero_and_differ_between_buffers() {
+        for offset in 0..4096 {
+            assert_ne!(hold_pattern(0, offset), 0);
+            assert_ne!(hold_pattern(3, offset), 0);
+        }
+        let a: Vec<u8> = (0..4096).map(|o| hold_pattern(0, o)).collect();
+        let b: Vec<u8> = (0..4096).map(|o| hold_pattern(1, o)).collect();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn read_offsets_spread_over_the_span() {
+        let mut state = 0x1234_5678_9abc_def1;
+        let slots = 1024;
+        let hit: std::collections::HashSet<u64> =
+            (0..4096).map(|_| next_random(&mut state) % slots).collect();
+        assert!(hit.len() > 900, "only {} of {slots} slots hit", hit.len());
+    }
+
+    #[test]
+    fn read_loop_and_hold_parse() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            guest: GuestCommand,
+        }
+        let cli = Cli::try_parse_from([
+            "x",
+            "read-loop",
+            "0000:05:00.0",
+            "/dev/nvme0n1",
+            "--threads",
+            "4",
+            "--size",
+            "4k",
+            "--span",
+            "4M",
+            "--stop-file",
+            "/tmp/stop",
+        ])
+        .unwrap();
+        match cli.guest {
+            GuestCommand::ReadLoop(a) => {
+                assert_eq!((a.threads, a.size, a.span), (4, 4096, 4 << 20));
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "x",
+            "hold",
+            "0000:05:00.0",
+            "--buffers",
+            "4",
+            "--size",
+            "1M",
+            "--ready-file",
+            "/tmp/r",
+            "--release-file",
+            "/tmp/q",
+            "--json",
+        ])
+        .unwrap();
+        match cli.guest {
+            GuestCommand::Hold(a) => assert_eq!((a.buffers, a.size, a.json), (4, 1 << 20, true)),
+            other => panic!("{other:?}"),
+        }
+    }
 }
