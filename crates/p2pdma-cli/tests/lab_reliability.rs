@@ -16,6 +16,7 @@
 //! debug kernel (`debug::NAME`: KASAN, lockdep, DEBUG_VM, hung tasks panic), which
 //! `lab run` builds on first use. RELIABILITY.md has the measured cost and the results.
 
+#[allow(dead_code)] // each lab test binary uses part of the shared helpers
 mod common;
 
 use common::{json_after, read_range, Flavour, Lab, LabRun};

@@ -317,3 +317,23 @@ pub fn read_range(image: &Path, offset: u64, len: u64) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("cannot read {len} bytes of {}: {e}", image.display()));
     buf
 }
+
+/// The lab kernel release the tests boot: `P2PDMA_LAB_RELEASE` (what `lab run` reads), else
+/// 6.12, the lab's default.
+pub fn lab_release() -> String {
+    std::env::var("P2PDMA_LAB_RELEASE")
+        .ok()
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "6.12".to_owned())
+}
+
+/// How the booted kernel fails an O_DIRECT transfer it refuses as P2P: `EREMOTEIO` up to
+/// 6.16, `EINVAL` from 6.17 (`blk_rq_dma_map`), as (errno, strerror text).
+pub fn p2p_refusal_errno() -> (i64, &'static str) {
+    let version = p2pdma::kernel_rules::KernelVersion::parse(&lab_release());
+    if version.is_some_and(|v| v >= p2pdma::kernel_rules::EINVAL_REFUSAL_SINCE) {
+        (22, "Invalid argument")
+    } else {
+        (121, "Remote I/O error")
+    }
+}
