@@ -52,11 +52,11 @@ pub struct SetupArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct KernelChoice {
     /// Kernel source: a tree or a tarball (default: the --release's Debian source).
-    #[arg(long, value_name = "DIR|TARBALL", conflicts_with = "release")]
+    #[arg(long, value_name = "DIR|TARBALL")]
     source: Option<PathBuf>,
     /// Which kernel release the lab builds: 6.12 (Debian bookworm's linux-source-6.12) or
     /// 7.2 (Debian sid's linux-source-7.2, fetched once into the cache through a private
-    /// apt configuration).
+    /// apt configuration). --source and --kernel take precedence over it.
     #[arg(
         long,
         value_name = "RELEASE",
@@ -68,7 +68,7 @@ pub struct KernelChoice {
     #[arg(long, value_enum, default_value_t = FlavourArg::Standard)]
     flavour: FlavourArg,
     /// Boot this bzImage instead of the cached lab kernel.
-    #[arg(long, value_name = "BZIMAGE", env = "P2PDMA_LAB_KERNEL", conflicts_with_all = ["source", "flavour", "release"])]
+    #[arg(long, value_name = "BZIMAGE", env = "P2PDMA_LAB_KERNEL", conflicts_with_all = ["source", "flavour"])]
     kernel: Option<PathBuf>,
 }
 
