@@ -234,6 +234,18 @@ pub enum GuestCommand {
     /// check the pattern and exit. A pool that cannot supply a buffer is the library's
     /// error (exit 1, a JSON error object with --json).
     Hold(HoldArgs),
+    /// Run PROGRAM as user UID and group GID with no supplementary groups (busybox's su
+    /// needs a passwd database the guest lacks, and its setpriv cannot change users);
+    /// exits with the program's status.
+    AsUser {
+        /// The user ID.
+        uid: u32,
+        /// The group ID.
+        gid: u32,
+        /// The program and its arguments.
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 /// Arguments of `p2pdma lab guest hold`.
@@ -795,6 +807,23 @@ fn resolve_function(sysfs: &Path, device: &str) -> anyhow::Result<String> {
 
 fn guest(cmd: GuestCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
     match cmd {
+        GuestCommand::AsUser { uid, gid, command } => {
+            use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+            use std::os::unix::process::CommandExt;
+            // This process has one thread, so the thread-level raw syscalls drop the
+            // whole process's rights (glibc's setuid(), which std's Command::uid uses,
+            // failed with ENOSYS in the static guest binary). Groups first, then the
+            // group, then the user, who can change neither afterwards.
+            let gid = rustix::process::Gid::from_raw(gid);
+            let uid = rustix::process::Uid::from_raw(uid);
+            set_thread_groups(&[]).context("setgroups([])")?;
+            set_thread_res_gid(gid, gid, gid).context("setresgid")?;
+            set_thread_res_uid(uid, uid, uid).context("setresuid")?;
+            let err = std::process::Command::new(&command[0])
+                .args(&command[1..])
+                .exec();
+            return Err(anyhow::Error::new(err).context(format!("cannot run {}", command[0])));
+        }
         GuestCommand::Signal { name } => {
             let mut tty = std::fs::OpenOptions::new()
                 .write(true)
