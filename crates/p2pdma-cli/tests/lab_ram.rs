@@ -7,6 +7,7 @@
 //! and the assertions are made here.
 
 #[allow(dead_code)] // each lab test binary uses part of the shared helpers
+#[macro_use]
 mod common;
 
 use common::{Flavour, Lab};
@@ -240,31 +241,6 @@ echo "MEM $(p2pdma mem info --json)"
     assert_eq!(pools.len(), 2, "only the two CMBs remain: {pools:?}");
     assert!(pools.iter().all(|p| p["size"] == 16 << 20), "{pools:?}");
     run.assert_kernel_log_clean();
-}
-
-/// The teardown scenarios run on both lab kernels (`standard::NAME`, `debug::NAME`): the
-/// debug kernel's KASAN and lockdep watch the driver's unbind and removal paths.
-macro_rules! on_both_kernels {
-    ($($scenario:ident),* $(,)?) => {
-        mod standard {
-            $(
-                #[test]
-                #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
-                fn $scenario() {
-                    super::$scenario(super::Flavour::Standard);
-                }
-            )*
-        }
-        mod debug {
-            $(
-                #[test]
-                #[ignore = "lab: boots a QEMU guest on the debug kernel (built on first use); run with --include-ignored"]
-                fn $scenario() {
-                    super::$scenario(super::Flavour::Debug);
-                }
-            )*
-        }
-    };
 }
 
 on_both_kernels! {

@@ -17,6 +17,7 @@
 //! `lab run` builds on first use. RELIABILITY.md has the measured cost and the results.
 
 #[allow(dead_code)] // each lab test binary uses part of the shared helpers
+#[macro_use]
 mod common;
 
 use common::{json_after, read_range, Flavour, Lab, LabRun};
@@ -958,30 +959,6 @@ fn mbr_printf(partitions: &[(u32, u32)]) -> String {
 /// needs it prints.
 fn run_provider(run: &LabRun) -> String {
     run.line("PROVIDER")[0].to_owned()
-}
-
-/// Every scenario runs on both lab kernels: `standard::NAME` and `debug::NAME`.
-macro_rules! on_both_kernels {
-    ($($scenario:ident),* $(,)?) => {
-        mod standard {
-            $(
-                #[test]
-                #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
-                fn $scenario() {
-                    super::$scenario(super::Flavour::Standard);
-                }
-            )*
-        }
-        mod debug {
-            $(
-                #[test]
-                #[ignore = "lab: boots a QEMU guest on the debug kernel (built on first use); run with --include-ignored"]
-                fn $scenario() {
-                    super::$scenario(super::Flavour::Debug);
-                }
-            )*
-        }
-    };
 }
 
 on_both_kernels! {

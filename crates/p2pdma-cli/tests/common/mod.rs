@@ -337,3 +337,31 @@ pub fn p2p_refusal_errno() -> (i64, &'static str) {
         (121, "Remote I/O error")
     }
 }
+
+/// Declares each scenario `fn NAME(flavour: Flavour)` of the calling test binary as two
+/// tests, `standard::NAME` and `debug::NAME` (the debug kernel: KASAN, lockdep), so
+/// `--skip debug::` leaves out the flavour that is not built. The binary must have
+/// `Flavour` in scope.
+#[allow(unused_macros)] // only the binaries with teardown scenarios use it
+macro_rules! on_both_kernels {
+    ($($scenario:ident),* $(,)?) => {
+        mod standard {
+            $(
+                #[test]
+                #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+                fn $scenario() {
+                    super::$scenario(super::Flavour::Standard);
+                }
+            )*
+        }
+        mod debug {
+            $(
+                #[test]
+                #[ignore = "lab: boots a QEMU guest on the debug kernel (built on first use); run with --include-ignored"]
+                fn $scenario() {
+                    super::$scenario(super::Flavour::Debug);
+                }
+            )*
+        }
+    };
+}
