@@ -336,10 +336,7 @@ fn explain_engine_error(
                 route.provider.map_or_else(|| "?".to_owned(), |b| b.to_string())
             ),
             FailureKind::NoSpace => no_space_advice(&failure.path, dst_kind),
-            FailureKind::DeviceError => format!(
-                "{} reported an I/O error; check dmesg for the device's error log",
-                failure.path.display()
-            ),
+            FailureKind::DeviceError => device_error_advice(&failure.path),
             FailureKind::Truncated => format!(
                 "{} is shorter than planned (did it shrink during the copy?)",
                 failure.path.display()
@@ -356,6 +353,28 @@ fn explain_engine_error(
         err
     } else {
         err.context(advice)
+    }
+}
+
+/// EIO from a transfer. A block device that is being hot-removed fails its requests with
+/// EIO before its node goes away (and with ENOSPC once its capacity is zeroed), so EIO on a
+/// block device names removal as well as a failing device, and a node already gone is
+/// named as removed.
+fn device_error_advice(path: &Path) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!(
+            "{} reported an I/O error and is gone: it was removed during the copy (check dmesg)",
+            path.display()
+        ),
+        Ok(m) if m.file_type().is_block_device() => format!(
+            "{} reported an I/O error: the device is failing or being removed; check dmesg for its error log",
+            path.display()
+        ),
+        _ => format!(
+            "{} reported an I/O error; check dmesg for the device's error log",
+            path.display()
+        ),
     }
 }
 
@@ -816,6 +835,31 @@ fn print_summary(args: &CopyArgs, route: &Route, summary: &Summary) -> anyhow::R
 
 #[cfg(test)]
 mod tests {
+
+    /// Hot removal of a destination fails its writes with EIO while its node still
+    /// exists: the advice must not read as a plain device fault or a full disk.
+    #[test]
+    fn eio_on_a_block_device_names_removal_and_a_vanished_node_is_called_removed() {
+        let gone = device_error_advice(Path::new("/dev/nvme-that-was-removed-0n1"));
+        assert!(gone.contains("was removed during the copy"), "{gone}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dst.dat");
+        std::fs::write(&file, b"x").unwrap();
+        let plain = device_error_advice(&file);
+        assert!(!plain.contains("removed"), "{plain}");
+        if let Some(block) = ["/dev/vda", "/dev/sda", "/dev/nvme0n1", "/dev/loop0"]
+            .iter()
+            .map(Path::new)
+            .find(|p| {
+                use std::os::unix::fs::FileTypeExt;
+                std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device())
+            })
+        {
+            let advice = device_error_advice(block);
+            assert!(advice.contains("failing or being removed"), "{advice}");
+        }
+    }
+
     use super::*;
 
     fn stopped(errno: i32, kind: FailureKind) -> EngineError {
