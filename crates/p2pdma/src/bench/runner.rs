@@ -640,26 +640,15 @@ impl Ctx<'_> {
         let (file, path) = (&target.file, target.path());
         let cpu0 = CpuTimes::now().map_err(BenchError::Cpu)?;
         let t0 = Instant::now();
-        let outcomes = std::thread::scope(|s| {
-            let handles: Vec<_> = specs
-                .iter()
-                .zip(per_job)
-                .map(|(spec, bufs)| {
-                    s.spawn(move || match bufs {
-                        Buffers::Host(b) => run_job(file, path, spec, b),
-                        Buffers::P2p(b) => run_job(file, path, spec, b),
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(BenchError::Internal("a job thread panicked".into()))
-                    })
-                })
-                .collect::<Vec<_>>()
-        });
+        let outcomes = on_threads(
+            &specs,
+            per_job,
+            |spec, bufs| match bufs {
+                Buffers::Host(b) => run_job(file, path, spec, b),
+                Buffers::P2p(b) => run_job(file, path, spec, b),
+            },
+            || Err(BenchError::Internal("a job thread panicked".into())),
+        );
         let elapsed = t0.elapsed();
         let cpu = CpuTimes::now().map_err(BenchError::Cpu)?.since(cpu0);
         let mut clat = new_histogram();
@@ -734,29 +723,20 @@ impl Ctx<'_> {
         );
         let cpu0 = CpuTimes::now().map_err(BenchError::Cpu)?;
         let t0 = Instant::now();
-        let outcomes = std::thread::scope(|s| {
-            let handles: Vec<_> = plans
-                .iter()
-                .zip(per_job)
-                .map(|(plan, bufs)| {
-                    s.spawn(move || match bufs {
-                        Buffers::Host(b) => copy_passes(ends, plan, b, mode, runtime, t0),
-                        Buffers::P2p(b) => copy_passes(ends, plan, b, mode, runtime, t0),
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        (
-                            0,
-                            Some(BenchError::Internal("a copy thread panicked".into())),
-                        )
-                    })
-                })
-                .collect::<Vec<_>>()
-        });
+        let outcomes = on_threads(
+            &plans,
+            per_job,
+            |plan, bufs| match bufs {
+                Buffers::Host(b) => copy_passes(ends, plan, b, mode, runtime, t0),
+                Buffers::P2p(b) => copy_passes(ends, plan, b, mode, runtime, t0),
+            },
+            || {
+                (
+                    0,
+                    Some(BenchError::Internal("a copy thread panicked".into())),
+                )
+            },
+        );
         let elapsed = t0.elapsed();
         let cpu = CpuTimes::now().map_err(BenchError::Cpu)?.since(cpu0);
         let mut bytes = 0;
@@ -865,6 +845,28 @@ impl Ctx<'_> {
             }
         }
     }
+}
+
+/// Runs `job` on its own thread for each item with that item's buffers, all at once, and
+/// returns the outcomes in item order; a thread that panicked yields `on_panic()`.
+fn on_threads<T: Sync, O: Send>(
+    items: &[T],
+    per_job: Vec<Buffers>,
+    job: impl Fn(&T, Buffers) -> O + Sync,
+    on_panic: impl Fn() -> O,
+) -> Vec<O> {
+    std::thread::scope(|s| {
+        let job = &job;
+        let handles: Vec<_> = items
+            .iter()
+            .zip(per_job)
+            .map(|(item, bufs)| s.spawn(move || job(item, bufs)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| on_panic()))
+            .collect()
+    })
 }
 
 /// Copy passes over `plan` with the same buffers until `runtime` (from `t0`) is up, or
