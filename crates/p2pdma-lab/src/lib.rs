@@ -8,9 +8,11 @@
 //! - [`initramfs`]: the guest's root file system (busybox + the static p2pdma binary).
 //! - [`vm`]: booting a topology, running a command, deadlines and fault injection.
 //! - [`qmp`]: the QEMU monitor client used for surprise removal.
+//! - [`check`]: `lab check`, the lab as a P2PDMA regression suite for one kernel.
 //! - [`host`]: what the host needs and installing it on Debian.
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod host;
 pub mod initramfs;
 pub mod kernel;

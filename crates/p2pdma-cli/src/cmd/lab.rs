@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
+use p2pdma_lab::check::{self, CheckRequest, KernelInfo};
 use p2pdma_lab::kernel::{self, BuildEvent, Flavour, KernelSource};
 use p2pdma_lab::kernel_source::LabRelease;
 use p2pdma_lab::spec::Catalog;
@@ -35,6 +36,10 @@ pub enum LabCommand {
     Demo(DemoArgs),
     /// Measure boot-to-command time of topologies (min/median/max over several boots).
     Bench(BenchArgs),
+    /// Check a kernel for P2PDMA: build it (cached), boot every shipped topology, compare
+    /// every pair's predicted verdict with the kernel's own answer, make a verified copy
+    /// in each, run the core teardown scenarios, scan the kernel log, and report.
+    Check(CheckArgs),
     /// Helpers for commands running inside the lab guest.
     #[command(subcommand)]
     Guest(GuestCommand),
@@ -199,6 +204,31 @@ pub struct BenchArgs {
     json: bool,
 }
 
+/// `p2pdma lab check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    kernel: KernelChoice,
+    /// Parallel compile jobs when the kernel must be built (default: the number of CPUs).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Boot only these topologies (repeatable; default: every shipped one).
+    #[arg(long = "topology", short)]
+    topologies: Vec<String>,
+    /// Also read topologies from this file (checked too when no --topology is given).
+    #[arg(long = "topologies", value_name = "FILE")]
+    topology_files: Vec<PathBuf>,
+    /// Leave out the teardown scenarios (unbind and hot removal mid-copy).
+    #[arg(long)]
+    no_scenarios: bool,
+    /// Run directory for the boots' logs (default: a new one under the system temp dir).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print the report as one JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Helpers for use inside the guest.
 #[derive(Debug, clap::Subcommand)]
 pub enum GuestCommand {
@@ -314,6 +344,7 @@ pub fn run(cmd: LabCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
         }
         LabCommand::Demo(args) => demo(args),
         LabCommand::Bench(args) => bench(args),
+        LabCommand::Check(args) => check(args, globals),
         LabCommand::Guest(g) => guest(g, globals),
     }
 }
@@ -368,6 +399,15 @@ fn ensure_kernel(
     jobs: Option<usize>,
     quiet: bool,
 ) -> anyhow::Result<PathBuf> {
+    Ok(obtain_kernel(choice, jobs, quiet)?.image)
+}
+
+/// [`ensure_kernel`], saying where the image came from and what getting it cost.
+fn obtain_kernel(
+    choice: &KernelChoice,
+    jobs: Option<usize>,
+    quiet: bool,
+) -> anyhow::Result<KernelInfo> {
     if let Some(image) = &choice.kernel {
         if !image.is_file() {
             bail!(
@@ -375,7 +415,14 @@ fn ensure_kernel(
                 image.display()
             );
         }
-        return Ok(image.clone());
+        return Ok(KernelInfo {
+            image: image.clone(),
+            origin: "given with --kernel".to_owned(),
+            cache_hit: None,
+            build_seconds: 0.0,
+            cold_build_seconds: None,
+            release: None,
+        });
     }
     let source = match &choice.source {
         Some(path) => KernelSource::from_path(path)?,
@@ -395,8 +442,19 @@ fn ensure_kernel(
         }
     }
     let flavour: Flavour = choice.flavour.into();
+    let started = std::time::Instant::now();
     if let Some(cached) = kernel::cached(&source, flavour)? {
-        return Ok(cached.bzimage);
+        return Ok(KernelInfo {
+            image: cached.bzimage,
+            origin: format!(
+                "{flavour} lab kernel {}, built from {}",
+                cached.key, cached.source
+            ),
+            cache_hit: Some(true),
+            build_seconds: started.elapsed().as_secs_f64(),
+            cold_build_seconds: (cached.build_seconds > 0.0).then_some(cached.build_seconds),
+            release: None,
+        });
     }
     let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let progress = BuildProgress::new(quiet);
@@ -407,7 +465,17 @@ fn ensure_kernel(
         built.build_seconds,
         built.bzimage.display()
     ));
-    Ok(built.bzimage)
+    Ok(KernelInfo {
+        image: built.bzimage,
+        origin: format!(
+            "{flavour} lab kernel {}, built from {}",
+            built.key, built.source
+        ),
+        cache_hit: Some(false),
+        build_seconds: started.elapsed().as_secs_f64(),
+        cold_build_seconds: Some(built.build_seconds),
+        release: None,
+    })
 }
 
 /// Kernel build progress: a spinner on a terminal, stage lines otherwise (CI logs).
@@ -751,6 +819,56 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         output::print_json(&figures, true)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn check(args: CheckArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let catalog = Catalog::load(paths::user_topologies().as_deref(), &args.topology_files)?;
+    let names = if args.topologies.is_empty() {
+        // The shipped topologies and those of --topologies files; the user's own file's
+        // only when named with --topology.
+        Catalog::load(None, &args.topology_files)?.names()
+    } else {
+        args.topologies.clone()
+    };
+    let topologies = names
+        .iter()
+        .map(|n| catalog.get(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let guest_binary = guest_binary()?;
+    let kernel = obtain_kernel(&args.kernel, args.jobs, globals.quiet)
+        .map_err(|e| Failure::new(Kind::Lab, e.context("lab check: the kernel")))?;
+    let accel = choose_accel(AccelArg::Auto, &kernel.image);
+    let request = CheckRequest {
+        kernel,
+        guest_binary,
+        topologies,
+        scenarios: !args.no_scenarios,
+        rules_release: globals.kernel_release.clone(),
+        accel,
+        out_dir: args.out.clone().unwrap_or_else(|| default_run_dir("check")),
+    };
+    let quiet = globals.quiet;
+    let mut progress = |line: &str| {
+        if !quiet {
+            eprintln!("lab check: {line}");
+        }
+    };
+    let mut report = check::run(&request, &mut progress)?;
+    // The kernel's time counts from this command's start, not from the first boot.
+    report.timings.total_seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        output::print_json(&report, true)?;
+    } else {
+        write!(output::stdout(), "{}", report.table())?;
+    }
+    Ok(if report.summary.passed {
+        ExitCode::SUCCESS
+    } else if report.summary.boots_failed > 0 {
+        ExitCode::from(LAB_FAILURE)
+    } else {
+        ExitCode::from(crate::exit::FAILURE)
+    })
 }
 
 /// Finds the PCI function of the NVMe controller whose serial is `serial`.
