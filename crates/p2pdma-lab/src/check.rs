@@ -552,3 +552,164 @@ fn teardown(req: &CheckRequest) -> Result<ScenarioBoot, CheckError> {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conformance::{KernelAnswer, PairResult};
+
+    fn pair(client: &str, predicted_p2p: bool, kernel: KernelAnswer) -> PairResult {
+        let refused = kernel == KernelAnswer::Refused;
+        PairResult {
+            provider: "0000:00:04.0".into(),
+            client: client.into(),
+            predicted_p2p,
+            map_type: Some(
+                if predicted_p2p {
+                    "bus_addr"
+                } else {
+                    "not_supported"
+                }
+                .into(),
+            ),
+            distance: Some(2),
+            kernel,
+            kernel_result: if refused { "p2p-refused" } else { "ok" }.into(),
+            errno: refused.then_some(22),
+            error: refused.then(|| "Invalid argument (os error 22)".into()),
+            agrees: predicted_p2p == (kernel == KernelAnswer::Allowed),
+        }
+    }
+
+    fn report() -> Report {
+        let mut r = Report {
+            kernel: KernelInfo {
+                image: "/cache/bzImage".into(),
+                origin: "standard lab kernel standard-abc".into(),
+                cache_hit: Some(true),
+                build_seconds: 0.5,
+                cold_build_seconds: Some(1675.7),
+                release: Some("7.2.13".into()),
+            },
+            rules_release: None,
+            summary: Summary {
+                pairs_agreeing: 0,
+                pairs_total: 0,
+                copies_verified: 0,
+                copies_total: 0,
+                scenarios_passed: 0,
+                scenarios_total: 0,
+                kernel_warnings: 0,
+                boots_failed: 0,
+                passed: false,
+            },
+            topologies: vec![TopologyReport {
+                name: "rootbus".into(),
+                boot_seconds: 3.25,
+                seconds: 20.0,
+                conformance: Conformance {
+                    pairs: vec![
+                        pair("/dev/nvme0n1", true, KernelAnswer::Allowed),
+                        pair("/dev/nvme1n1", true, KernelAnswer::Refused),
+                    ],
+                    acs_advice: Vec::new(),
+                    problems: Vec::new(),
+                },
+                copy: Some(CopyResult {
+                    what: "/dev/nvme0n1 -> /dev/nvme1n1".into(),
+                    mode: "bounce".into(),
+                    verified: true,
+                    error: None,
+                }),
+                kernel_log: LogScan::default(),
+                error: None,
+                serial_log: "/run/rootbus/serial.log".into(),
+            }],
+            teardown: Some(ScenarioBoot {
+                topology: "check-teardown".into(),
+                boot_seconds: 4.0,
+                seconds: 50.0,
+                scenarios: vec![ScenarioResult {
+                    name: "unbind-provider-mid-copy".into(),
+                    passed: true,
+                    detail: "unbind returned in 0.05 s".into(),
+                }],
+                kernel_log: LogScan {
+                    problems: vec!["[ 9.1] WARNING: CPU: 0 PID: 1 at mm/memremap.c:1".into()],
+                    set_aside: Vec::new(),
+                },
+                error: None,
+                serial_log: "/run/check-teardown/serial.log".into(),
+            }),
+            timings: Timings {
+                build_seconds: 0.5,
+                boot_seconds: 0.0,
+                total_seconds: 75.0,
+            },
+        };
+        r.summarise();
+        r
+    }
+
+    #[test]
+    fn the_table_names_the_disagreeing_pair_and_the_kernel_warning() {
+        let expected = "\
+kernel 7.2.13 (/cache/bzImage; standard lab kernel standard-abc)
+
+topology         boot s total s pairs agree verified copy            warnings
+rootbus             3.2    20.0         1/2 ok (bounce)                     0
+
+teardown scenarios (check-teardown, boot 4.0 s, total 50.0 s, 1 kernel warnings)
+  unbind-provider-mid-copy       passed unbind returned in 0.05 s
+
+problems:
+  rootbus: DISAGREE 0000:00:04.0 <- /dev/nvme1n1: the kernel refused P2P (errno 22: Invalid argument (os error 22)); the rules predicted P2P (bus_addr, distance 2)
+  check-teardown: kernel: [ 9.1] WARNING: CPU: 0 PID: 1 at mm/memremap.c:1 (/run/check-teardown/serial.log)
+
+FAILED: pairs agreeing 1/2, copies verified 1/1, scenarios passed 1/1, kernel warnings 1, failed boots 0
+timings: kernel 0.5 s (cache hit; its cold build took 1676 s), boots 7.2 s over 2 boots, total 75.0 s
+";
+        assert_eq!(report().table(), expected);
+    }
+
+    #[test]
+    fn the_json_summary_counts_what_the_table_shows() {
+        let v = serde_json::to_value(report()).unwrap();
+        assert_eq!(
+            v["summary"],
+            serde_json::json!({
+                "pairs_agreeing": 1, "pairs_total": 2, "copies_verified": 1, "copies_total": 1,
+                "scenarios_passed": 1, "scenarios_total": 1, "kernel_warnings": 1,
+                "boots_failed": 0, "passed": false
+            })
+        );
+        assert_eq!(
+            v["topologies"][0]["conformance"]["pairs"][1]["kernel"],
+            "refused"
+        );
+        assert_eq!(v["timings"]["boot_seconds"], 7.25);
+    }
+
+    #[test]
+    fn everything_agreeing_and_clean_passes() {
+        let mut r = report();
+        r.topologies[0].conformance.pairs.truncate(1);
+        r.teardown.as_mut().unwrap().kernel_log.problems.clear();
+        r.summarise();
+        assert!(r.summary.passed, "{}", r.table());
+        assert!(r.table().contains("PASSED: pairs agreeing 1/1"));
+        r.topologies[0].error = Some("the guest did not boot".into());
+        r.summarise();
+        assert_eq!((r.summary.passed, r.summary.boots_failed), (false, 1));
+    }
+
+    #[test]
+    fn the_topology_script_passes_the_rules_release_to_the_guest() {
+        assert!(topology_script(Some("6.12")).starts_with("RULES='6.12'\n"));
+        assert!(!topology_script(None).contains("RULES="));
+        assert_eq!(
+            kernel_release("x\nKERNEL-RELEASE 7.2.13\n").as_deref(),
+            Some("7.2.13")
+        );
+    }
+}

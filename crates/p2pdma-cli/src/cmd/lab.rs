@@ -13,7 +13,7 @@ use p2pdma_lab::kernel::{self, BuildEvent, Flavour, KernelSource};
 use p2pdma_lab::kernel_source::LabRelease;
 use p2pdma_lab::spec::Catalog;
 use p2pdma_lab::vm::{self, Accel, Fault, RunRequest};
-use p2pdma_lab::{host, paths};
+use p2pdma_lab::{guest, host, paths};
 
 use crate::Globals;
 
@@ -550,12 +550,7 @@ fn topologies(args: TopologiesArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn default_run_dir(label: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    std::env::temp_dir()
-        .join("p2pdma-lab")
-        .join(format!("{label}-{}-{nanos}", std::process::id()))
+    paths::run_dir(label)
 }
 
 fn parse_file_arg(arg: &str) -> anyhow::Result<(PathBuf, String)> {
@@ -679,10 +674,7 @@ fn lab_run_inner(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn which(program: &str) -> Option<PathBuf> {
-    let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
+    paths::which(program)
 }
 
 /// The demo's guest script; each step runs the real tool and stops the demo if it fails.
@@ -727,17 +719,6 @@ fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     ))
 }
 
-#[derive(Debug, serde::Serialize)]
-struct BootFigures {
-    topology: String,
-    runs: usize,
-    accel: Accel,
-    boot_seconds_min: f64,
-    boot_seconds_median: f64,
-    boot_seconds_max: f64,
-    guest_uptime_median: f64,
-}
-
 fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
@@ -767,40 +748,9 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     for name in names {
         let topology = catalog.get(&name)?;
-        let mut boots = Vec::new();
-        let mut uptimes = Vec::new();
-        for _ in 0..args.runs {
-            let out_dir = default_run_dir(&format!("bench-{name}"));
-            let request = RunRequest {
-                command_timeout: Duration::from_secs(60),
-                echo: false,
-                ..RunRequest::new(
-                    topology.clone(),
-                    kernel.clone(),
-                    guest_binary.clone(),
-                    "true".to_owned(),
-                    out_dir.clone(),
-                    accel,
-                )
-            };
-            let outcome = vm::run(&request)
-                .with_context(|| format!("booting {name}"))
-                .map_err(|e| Failure::new(Kind::Lab, e))?;
-            boots.push(outcome.boot_seconds);
-            uptimes.push(outcome.guest_uptime_at_ready);
-            let _ = std::fs::remove_dir_all(&out_dir);
-        }
-        boots.sort_by(f64::total_cmp);
-        uptimes.sort_by(f64::total_cmp);
-        let f = BootFigures {
-            topology: name.clone(),
-            runs: args.runs,
-            accel,
-            boot_seconds_min: boots[0],
-            boot_seconds_median: boots[boots.len() / 2],
-            boot_seconds_max: boots[boots.len() - 1],
-            guest_uptime_median: uptimes[uptimes.len() / 2],
-        };
+        let f = p2pdma_lab::bench::boot_times(&topology, &kernel, &guest_binary, accel, args.runs)
+            .with_context(|| format!("booting {name}"))
+            .map_err(|e| Failure::new(Kind::Lab, e))?;
         if !args.json {
             writeln!(
                 output::stdout(),
@@ -871,59 +821,8 @@ fn check(args: CheckArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Finds the PCI function of the NVMe controller whose serial is `serial`.
-fn nvme_by_serial(sysfs: &Path, serial: &str) -> anyhow::Result<(String, String, Vec<String>)> {
-    let class = sysfs.join("class/nvme");
-    let entries = std::fs::read_dir(&class).with_context(|| {
-        format!(
-            "cannot list {}: is the nvme driver loaded?",
-            class.display()
-        )
-    })?;
-    let mut seen = Vec::new();
-    for entry in entries.flatten() {
-        let ctrl = entry.file_name().to_string_lossy().into_owned();
-        let s = std::fs::read_to_string(entry.path().join("serial")).unwrap_or_default();
-        let s = s.trim().to_owned();
-        if s == serial {
-            let device = std::fs::canonicalize(entry.path().join("device"))
-                .with_context(|| format!("{ctrl} has no PCI device link"))?;
-            let bdf = device
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let mut namespaces: Vec<String> = std::fs::read_dir(entry.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| {
-                    n.starts_with(&ctrl) && n.len() > ctrl.len() && n[ctrl.len()..].starts_with('n')
-                })
-                .collect();
-            namespaces.sort();
-            return Ok((bdf, ctrl, namespaces));
-        }
-        seen.push(s);
-    }
-    bail!(
-        "no NVMe controller has serial '{serial}' (serials present: {})",
-        if seen.is_empty() {
-            "none".to_owned()
-        } else {
-            seen.join(", ")
-        }
-    )
-}
-
-fn resolve_function(sysfs: &Path, device: &str) -> anyhow::Result<String> {
-    if device.parse::<p2pdma::Bdf>().is_ok() {
-        return Ok(device.parse::<p2pdma::Bdf>()?.to_string());
-    }
-    Ok(nvme_by_serial(sysfs, device)?.0)
-}
-
 fn guest(cmd: GuestCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
+    let sysfs = &globals.sysfs;
     match cmd {
         GuestCommand::AsUser { uid, gid, command } => {
             use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
@@ -942,19 +841,15 @@ fn guest(cmd: GuestCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
                 .exec();
             return Err(anyhow::Error::new(err).context(format!("cannot run {}", command[0])));
         }
-        GuestCommand::Signal { name } => {
-            let mut tty = std::fs::OpenOptions::new()
-                .write(true)
-                .open("/dev/ttyS3")
-                .context("cannot open /dev/ttyS3, the lab's control channel: `lab guest signal` works only inside a lab guest")?;
-            writeln!(tty, "@@signal {name}").context("cannot write to /dev/ttyS3")?;
-        }
+        GuestCommand::Signal { name } => guest::signal(&name)?,
         GuestCommand::Nvme { serial } => {
-            let (bdf, ctrl, namespaces) = nvme_by_serial(&globals.sysfs, &serial)?;
+            let c = guest::nvme_by_serial(sysfs, &serial)?;
             writeln!(
                 output::stdout(),
-                "{bdf} /dev/{ctrl} {}",
-                namespaces
+                "{} /dev/{} {}",
+                c.bdf,
+                c.controller,
+                c.namespaces
                     .iter()
                     .map(|n| format!("/dev/{n}"))
                     .collect::<Vec<_>>()
@@ -962,370 +857,70 @@ fn guest(cmd: GuestCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
             )?;
         }
         GuestCommand::Unbind { device } => {
-            let bdf = resolve_function(&globals.sysfs, &device)?;
-            let driver_link = globals
-                .sysfs
-                .join("bus/pci/devices")
-                .join(&bdf)
-                .join("driver");
-            let driver = std::fs::canonicalize(&driver_link)
-                .with_context(|| format!("{bdf} is not bound to a driver"))?;
-            std::fs::write(driver.join("unbind"), &bdf)
-                .with_context(|| format!("cannot unbind {bdf} from {}", driver.display()))?;
-            eprintln!(
-                "unbound {bdf} from {}",
-                driver.file_name().unwrap_or_default().to_string_lossy()
-            );
+            let (bdf, driver) = guest::unbind(sysfs, &device)?;
+            eprintln!("unbound {bdf} from {driver}");
         }
         GuestCommand::Bind { device } => {
-            let bdf = resolve_function(&globals.sysfs, &device)?;
-            let bind = globals.sysfs.join("bus/pci/drivers/nvme/bind");
-            std::fs::write(&bind, &bdf)
-                .with_context(|| format!("cannot bind {bdf} to nvme via {}", bind.display()))?;
+            let bdf = guest::bind_nvme(sysfs, &device)?;
             eprintln!("bound {bdf} to nvme");
         }
-        GuestCommand::ReadLoop(args) => return read_loop(&args, globals),
-        GuestCommand::Hold(args) => return hold(&args, globals),
+        GuestCommand::ReadLoop(a) => {
+            let report = guest::read_loop(
+                sysfs,
+                &guest::ReadLoop {
+                    provider: a.provider,
+                    file: a.file,
+                    threads: a.threads,
+                    size: a.size,
+                    span: a.span,
+                    stop_file: a.stop_file,
+                    ready_file: a.ready_file,
+                },
+            )?;
+            output::print_json(&report, false)?;
+            return Ok(if report.clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        GuestCommand::Hold(a) => {
+            let report = guest::hold(
+                sysfs,
+                &guest::Hold {
+                    provider: a.provider,
+                    size: a.size,
+                    buffers: a.buffers,
+                    ready_file: a.ready_file,
+                    release_file: a.release_file,
+                },
+            )?;
+            let all_intact = report.intact.iter().all(|&i| i);
+            if a.json {
+                output::print_json(&report, false)?;
+            } else {
+                writeln!(
+                    output::stdout(),
+                    "held {} bytes of p2pmem from {} in {} buffers; patterns {}",
+                    report.bytes,
+                    report.provider,
+                    report.buffers,
+                    if all_intact { "intact" } else { "CHANGED" }
+                )?;
+            }
+            return Ok(if all_intact {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// What `lab guest read-loop` counted, printed as one JSON document.
-#[derive(Debug, Default, serde::Serialize)]
-struct ReadLoopReport {
-    provider: String,
-    file: PathBuf,
-    threads: usize,
-    read_size: usize,
-    seconds: f64,
-    /// O_DIRECT reads issued into p2pmem.
-    reads_started: u64,
-    /// Reads that completed and held FILE's bytes.
-    reads_verified: u64,
-    /// Reads that completed with other bytes than FILE's (must be 0).
-    reads_mismatched: u64,
-    /// Reads that completed short (must be 0: the span lies inside FILE).
-    reads_short: u64,
-    /// Reads refused because the buffer was revoked (the provider went away): the
-    /// library noticed first, or the kernel could not pin the zapped pages (EFAULT).
-    reads_revoked: u64,
-    /// Reads that completed, but the buffer was revoked before its bytes were checked.
-    checks_revoked: u64,
-    /// Successful p2pmem allocations (one per thread at start, one after each loss).
-    allocations: u64,
-    /// Allocations refused because the provider was unbound or being torn down.
-    allocations_provider_gone: u64,
-    /// Allocations refused by an empty pool (a rebind creates the pool before filling it).
-    allocations_pool_empty: u64,
-    /// Errors that are none of the above (must be none), the first few of them.
-    unexpected: Vec<String>,
-    unexpected_count: u64,
-    /// The first mismatch: "offset N: byte M differs".
-    first_mismatch: Option<String>,
-}
-
-/// Counters shared by the read-loop threads.
-#[derive(Default)]
-struct ReadLoopCounters {
-    started: std::sync::atomic::AtomicU64,
-    verified: std::sync::atomic::AtomicU64,
-    mismatched: std::sync::atomic::AtomicU64,
-    short: std::sync::atomic::AtomicU64,
-    revoked: std::sync::atomic::AtomicU64,
-    checks_revoked: std::sync::atomic::AtomicU64,
-    allocations: std::sync::atomic::AtomicU64,
-    gone: std::sync::atomic::AtomicU64,
-    pool_empty: std::sync::atomic::AtomicU64,
-    ready: std::sync::atomic::AtomicUsize,
-    unexpected: std::sync::Mutex<(u64, Vec<String>)>,
-    first_mismatch: std::sync::Mutex<Option<String>>,
-}
-
-impl ReadLoopCounters {
-    fn bump(counter: &std::sync::atomic::AtomicU64) {
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn unexpected(&self, what: String) {
-        let mut u = self.unexpected.lock().unwrap_or_else(|e| e.into_inner());
-        u.0 += 1;
-        if u.1.len() < 10 {
-            u.1.push(what);
-        }
-    }
-}
-
-/// A small xorshift generator: the read offsets need to be spread, not unpredictable.
-fn next_random(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
-fn read_loop(args: &ReadLoopArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::sync::atomic::Ordering;
-
-    anyhow::ensure!(
-        args.threads > 0 && args.size > 0 && args.span >= args.size,
-        "read-loop needs --threads >= 1, --size >= 1 and --span >= --size"
-    );
-    let mut expected = vec![0u8; args.span];
-    std::fs::File::open(&args.file)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut expected))
-        .with_context(|| {
-            format!(
-                "cannot read the first {} bytes of {}",
-                args.span,
-                args.file.display()
-            )
-        })?;
-    anyhow::ensure!(
-        expected.iter().any(|&b| b != 0),
-        "the first {} bytes of {} are all zero: fill them with random data first, or a \
-         dropped DMA would pass the check",
-        args.span,
-        args.file.display()
-    );
-    let counters = ReadLoopCounters::default();
-    let slots = (args.span / args.size) as u64;
-    let started = std::time::Instant::now();
-    let stop = || args.stop_file.exists();
-
-    std::thread::scope(|scope| -> anyhow::Result<()> {
-        let mut handles = Vec::new();
-        for thread in 0..args.threads {
-            let (counters, expected, stop) = (&counters, &expected, &stop);
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(&args.file)
-                .with_context(|| format!("cannot open {} with O_DIRECT", args.file.display()))?;
-            handles.push(scope.spawn(move || {
-                let seed = started.elapsed().as_nanos() as u64;
-                let mut rng = (seed ^ (thread as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
-                let mut check = vec![0u8; args.size];
-                let mut was_ready = false;
-                while !stop() {
-                    let allocated = p2pdma::p2pmem::Provider::open(&globals.sysfs, args.provider)
-                        .and_then(|p| p.allocate(args.size));
-                    let mut buffer = match allocated {
-                        Ok(b) => {
-                            ReadLoopCounters::bump(&counters.allocations);
-                            b
-                        }
-                        Err(e) => {
-                            use p2pdma::p2pmem::P2pmemError as E;
-                            match e {
-                                E::NoP2pmem { .. } | E::ProviderGone { .. } => {
-                                    ReadLoopCounters::bump(&counters.gone)
-                                }
-                                // The pool or its attributes vanish mid-way through the
-                                // allocation when the unbind wins the race.
-                                E::Io { ref source, .. }
-                                    if matches!(
-                                        source.raw_os_error(),
-                                        Some(libc::ENODEV | libc::ENOENT | libc::ENXIO)
-                                    ) =>
-                                {
-                                    ReadLoopCounters::bump(&counters.gone)
-                                }
-                                E::PoolExhausted { .. } => ReadLoopCounters::bump(&counters.pool_empty),
-                                other => counters.unexpected(format!("allocate: {other:#}")),
-                            }
-                            std::thread::sleep(Duration::from_millis(5));
-                            continue;
-                        }
-                    };
-                    // Read until the buffer is lost.
-                    while !stop() {
-                        let offset = next_random(&mut rng) % slots * args.size as u64;
-                        ReadLoopCounters::bump(&counters.started);
-                        match buffer.pread(&file, offset, 0, args.size) {
-                            Ok(n) if n == args.size => {}
-                            Ok(n) => {
-                                ReadLoopCounters::bump(&counters.short);
-                                counters.unexpected(format!("read at {offset}: {n} of {} bytes", args.size));
-                                continue;
-                            }
-                            Err(p2pdma::p2pmem::P2pmemError::Revoked { .. }) => {
-                                ReadLoopCounters::bump(&counters.revoked);
-                                break;
-                            }
-                            Err(e) => {
-                                counters.unexpected(format!("read at {offset}: {}", anyhow::Error::from(e).chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")));
-                                break;
-                            }
-                        }
-                        match buffer.read_into(0, &mut check) {
-                            Ok(()) => {}
-                            Err(p2pdma::p2pmem::P2pmemError::Revoked { .. }) => {
-                                ReadLoopCounters::bump(&counters.checks_revoked);
-                                break;
-                            }
-                            Err(e) => {
-                                counters.unexpected(format!("checking the read at {offset}: {e:#}"));
-                                break;
-                            }
-                        }
-                        let want = &expected[offset as usize..offset as usize + args.size];
-                        if let Some(i) = (0..args.size).find(|&i| check[i] != want[i]) {
-                            ReadLoopCounters::bump(&counters.mismatched);
-                            let mut first = counters.first_mismatch.lock().unwrap_or_else(|e| e.into_inner());
-                            first.get_or_insert_with(|| {
-                                format!("read at offset {offset}: byte {i} is {:#04x}, {} holds {:#04x}", check[i], args.file.display(), want[i])
-                            });
-                        } else {
-                            ReadLoopCounters::bump(&counters.verified);
-                            if !was_ready {
-                                was_ready = true;
-                                counters.ready.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                }
-            }));
-        }
-        // Say when every thread has done a verified read, so the disruption starts
-        // while the loop runs.
-        if let Some(ready) = &args.ready_file {
-            while counters.ready.load(Ordering::Relaxed) < args.threads && !stop() {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            std::fs::write(ready, "ready\n")
-                .with_context(|| format!("cannot write {}", ready.display()))?;
-        }
-        for handle in handles {
-            if handle.join().is_err() {
-                counters.unexpected("a reading thread panicked".into());
-            }
-        }
-        Ok(())
-    })?;
-
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let (unexpected_count, unexpected) = std::mem::take(
-        &mut *counters
-            .unexpected
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()),
-    );
-    let report = ReadLoopReport {
-        provider: args.provider.to_string(),
-        file: args.file.clone(),
-        threads: args.threads,
-        read_size: args.size,
-        seconds: started.elapsed().as_secs_f64(),
-        reads_started: load(&counters.started),
-        reads_verified: load(&counters.verified),
-        reads_mismatched: load(&counters.mismatched),
-        reads_short: load(&counters.short),
-        reads_revoked: load(&counters.revoked),
-        checks_revoked: load(&counters.checks_revoked),
-        allocations: load(&counters.allocations),
-        allocations_provider_gone: load(&counters.gone),
-        allocations_pool_empty: load(&counters.pool_empty),
-        unexpected,
-        unexpected_count,
-        first_mismatch: counters
-            .first_mismatch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone(),
-    };
-    output::print_json(&report, false)?;
-    Ok(
-        if report.reads_mismatched == 0 && report.reads_short == 0 && report.unexpected_count == 0 {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        },
-    )
-}
-
-/// The byte a held buffer holds at `offset`: not zero, and different per buffer.
-fn hold_pattern(buffer: usize, offset: usize) -> u8 {
-    ((offset.wrapping_mul(31) ^ buffer.wrapping_mul(97)) % 251 + 1) as u8
-}
-
-fn hold(args: &HoldArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
-    let provider = p2pdma::p2pmem::Provider::open(&globals.sysfs, args.provider)?;
-    let mut held = Vec::new();
-    for index in 0..args.buffers {
-        let mut buffer = provider.allocate(args.size)?;
-        let pattern: Vec<u8> = (0..buffer.len()).map(|o| hold_pattern(index, o)).collect();
-        buffer.write_from(0, &pattern)?;
-        held.push(buffer);
-    }
-    std::fs::write(&args.ready_file, "held\n")
-        .with_context(|| format!("cannot write {}", args.ready_file.display()))?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !args.release_file.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut intact = Vec::new();
-    for (index, buffer) in held.iter().enumerate() {
-        let mut actual = vec![0u8; buffer.len()];
-        buffer.read_into(0, &mut actual)?;
-        intact.push(
-            actual
-                .iter()
-                .enumerate()
-                .all(|(o, &b)| b == hold_pattern(index, o)),
-        );
-    }
-    let all_intact = intact.iter().all(|&i| i);
-    let bytes: usize = held.iter().map(|b| b.len()).sum();
-    if args.json {
-        output::print_json(
-            &serde_json::json!({
-                "provider": args.provider.to_string(),
-                "buffers": held.len(),
-                "bytes": bytes,
-                "intact": intact,
-            }),
-            false,
-        )?;
-    } else {
-        writeln!(
-            output::stdout(),
-            "held {bytes} bytes of p2pmem from {} in {} buffers; patterns {}",
-            args.provider,
-            held.len(),
-            if all_intact { "intact" } else { "CHANGED" }
-        )?;
-    }
-    Ok(if all_intact {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn held_patterns_are_never_zero_and_differ_between_buffers() {
-        for offset in 0..4096 {
-            assert_ne!(hold_pattern(0, offset), 0);
-            assert_ne!(hold_pattern(3, offset), 0);
-        }
-        let a: Vec<u8> = (0..4096).map(|o| hold_pattern(0, o)).collect();
-        let b: Vec<u8> = (0..4096).map(|o| hold_pattern(1, o)).collect();
-        assert_ne!(a, b);
-    }
-
-    #[test]
-    fn read_offsets_spread_over_the_span() {
-        let mut state = 0x1234_5678_9abc_def1;
-        let slots = 1024;
-        let hit: std::collections::HashSet<u64> =
-            (0..4096).map(|_| next_random(&mut state) % slots).collect();
-        assert!(hit.len() > 900, "only {} of {slots} slots hit", hit.len());
-    }
 
     #[test]
     fn read_loop_and_hold_parse() {
