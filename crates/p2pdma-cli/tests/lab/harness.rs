@@ -1,8 +1,9 @@
-//! Helpers for lab test binaries: boot a topology with a guest script, keep the run
-//! directory (kernel serial log, disk images), and read what the script printed.
+//! The one lab harness: boot a topology with `p2pdma lab run`, run a guest script there
+//! (after the shared shell helpers of [`GUEST_LIB`]), keep the run directory (kernel
+//! serial log, disk images, fetched files), and read back what the script printed.
 //!
 //! Guest scripts print one `KEY field...` line per fact; the assertions are made on the
-//! host. Each lab test binary uses the part it needs.
+//! host. A failed test keeps its run directory and says where.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,6 +34,36 @@ pub struct Lab {
     topologies_toml: Option<String>,
     lab_args: Vec<String>,
     guest_files: Vec<(String, String)>,
+    helpers: String,
+    env: Vec<(String, Option<String>)>,
+}
+
+/// Shell helpers every guest script can use: the harness installs them, with a test's own
+/// [`Lab::helpers`] after them, as `/root/lib.sh` and sources that file first (commands a
+/// script starts, such as `p2pdma mem test --while-mapped`, may source it too).
+///
+/// - `ns SERIAL`: the namespace block device of the NVMe controller with that serial
+///   (kernel names change with enumeration order)
+/// - `bdf SERIAL`: that controller's PCI address
+/// - `md5 DEV OFFSET LEN`: md5 of a byte range (OFFSET and LEN multiples of 4096)
+/// - `fill DEV OFFSET LEN`: random bytes over a range
+/// - `zeros LEN`: md5 of LEN zero bytes
+/// - `field NAME FILE`: a number or string field of a one-line JSON object
+/// - `one_line FILE`: the file on one line
+pub const GUEST_LIB: &str = r#"
+ns() { p2pdma lab guest nvme "$1" | awk '{print $3}'; }
+bdf() { p2pdma lab guest nvme "$1" | awk '{print $1}'; }
+md5() { dd if="$1" bs=4096 skip=$(($2 / 4096)) count=$(($3 / 4096)) 2>/dev/null | md5sum | cut -d' ' -f1; }
+fill() { dd if=/dev/urandom of="$1" bs=4096 seek=$(($2 / 4096)) count=$(($3 / 4096)) conv=notrunc 2>/dev/null; }
+zeros() { dd if=/dev/zero bs=4096 count=$(($1 / 4096)) 2>/dev/null | md5sum | cut -d' ' -f1; }
+field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^,\"}]*\).*/\1/p" "$2" | head -1; }
+one_line() { tr '\n' ' ' < "$1"; }
+"#;
+
+/// The `p2pdma` binary under test, for what is not a guest run (`lab topologies`,
+/// `lab kernel`, `lab demo`).
+pub fn p2pdma() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_p2pdma"))
 }
 
 /// What a finished run left behind. The run directory lives as long as this value.
@@ -54,6 +85,8 @@ impl Lab {
             topologies_toml: None,
             lab_args: Vec::new(),
             guest_files: Vec::new(),
+            helpers: String::new(),
+            env: Vec::new(),
         }
     }
 
@@ -75,13 +108,52 @@ impl Lab {
         self
     }
 
-    /// Boots the topology and runs `script` (a busybox sh script) in the guest.
+    /// More shell helpers for `/root/lib.sh`, after (and so in place of same-named ones
+    /// of) [`GUEST_LIB`].
+    pub fn helpers(mut self, shell: &str) -> Lab {
+        self.helpers.push_str(shell);
+        self
+    }
+
+    /// Sets an environment variable of `p2pdma lab run`.
+    pub fn env(mut self, key: &str, value: &str) -> Lab {
+        self.env.push((key.into(), Some(value.into())));
+        self
+    }
+
+    /// Removes an environment variable from `p2pdma lab run`'s.
+    pub fn env_remove(mut self, key: &str) -> Lab {
+        self.env.push((key.into(), None));
+        self
+    }
+
+    /// Boots the topology and runs `script` (a busybox sh script) in the guest; fails
+    /// the test when the lab itself fails (exit 125: no boot, timeout, guest kernel
+    /// panic).
     pub fn run(self, script: &str) -> LabRun {
+        let run = self.try_run(script);
+        assert_ne!(
+            run.status,
+            Some(125),
+            "the lab itself failed (no boot, timeout, guest kernel panic): see stderr above"
+        );
+        run
+    }
+
+    /// [`Lab::run`] for a test of the lab's own failures: exit 125 is returned, not a
+    /// test failure.
+    pub fn try_run(self, script: &str) -> LabRun {
         let dir = tempfile::Builder::new()
             .prefix("p2pdma-lab-test-")
             .tempdir()
             .expect("temp dir");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_p2pdma"));
+        let mut cmd = p2pdma();
+        for (key, value) in &self.env {
+            match value {
+                Some(v) => cmd.env(key, v),
+                None => cmd.env_remove(key),
+            };
+        }
         cmd.args(["lab", "run", "--quiet", "--topology", &self.topology]);
         if self.flavour == Flavour::Debug {
             // P2PDMA_LAB_KERNEL names one image and excludes --flavour.
@@ -94,7 +166,11 @@ impl Lab {
             cmd.arg("--topologies").arg(path);
         }
         let mut files = self.guest_files;
-        files.push(("/root/test.sh".into(), script.into()));
+        files.push((
+            "/root/lib.sh".into(),
+            format!("{GUEST_LIB}{}", self.helpers),
+        ));
+        files.push(("/root/test.sh".into(), format!(". /root/lib.sh\n{script}")));
         for (i, (guest, content)) in files.iter().enumerate() {
             let host = dir.path().join(format!("guest-file-{i}"));
             std::fs::write(&host, content).unwrap();
@@ -122,16 +198,21 @@ impl Lab {
             run.stdout,
             run.stderr
         );
-        assert_ne!(
-            run.status,
-            Some(125),
-            "the lab itself failed (no boot, timeout, guest kernel panic): see stderr above"
-        );
         run
     }
 }
 
 impl LabRun {
+    /// Whether the guest script exited 0.
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+
+    /// The JSON value (object or array) on the one line starting with `key`.
+    pub fn json(&self, key: &str) -> serde_json::Value {
+        json_after(&self.line(key).join(" "))
+    }
+
     /// The kernel the run booted.
     pub fn flavour(&self) -> Flavour {
         self.flavour
@@ -205,10 +286,10 @@ pub fn lines<'a>(out: &'a str, key: &str) -> Vec<Vec<&'a str>> {
         .collect()
 }
 
-/// The JSON object starting at the first `{` of `line`.
+/// The JSON object or array starting at the first `{` or `[` of `line`.
 pub fn json_after(line: &str) -> serde_json::Value {
     let start = line
-        .find('{')
+        .find(['{', '['])
         .unwrap_or_else(|| panic!("no JSON in {line:?}"));
     serde_json::from_str(&line[start..]).unwrap_or_else(|e| panic!("{e}: {line:?}"))
 }
@@ -338,11 +419,10 @@ pub fn p2p_refusal_errno() -> (i64, &'static str) {
     }
 }
 
-/// Declares each scenario `fn NAME(flavour: Flavour)` of the calling test binary as two
-/// tests, `standard::NAME` and `debug::NAME` (the debug kernel: KASAN, lockdep), so
-/// `--skip debug::` leaves out the flavour that is not built. The binary must have
-/// `Flavour` in scope.
-#[allow(unused_macros)] // only the binaries with teardown scenarios use it
+/// Declares each scenario `fn NAME(flavour: Flavour)` of the calling module as two
+/// tests, `MODULE::standard::NAME` and `MODULE::debug::NAME` (the debug kernel: KASAN,
+/// lockdep), so `--skip debug::` leaves out the flavour that is not built. The module
+/// must have `Flavour` in scope.
 macro_rules! on_both_kernels {
     ($($scenario:ident),* $(,)?) => {
         mod standard {
