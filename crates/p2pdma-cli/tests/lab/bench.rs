@@ -70,7 +70,7 @@ echo \"JSON3 $(tr '\\n' ' ' < /tmp/write.json)\"
     let run = Lab::new("switch", Flavour::Standard)
         .args(&PRP_ONLY)
         .run(&script);
-    assert!(run.status == Some(0), "the guest script failed");
+    run.assert_success();
     for rc in run.lines("RC") {
         assert_eq!(rc[1], "0", "bench {} failed: {}", rc[0], rc[2..].join(" "));
     }

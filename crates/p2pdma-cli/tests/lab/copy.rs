@@ -76,7 +76,7 @@ fn check_pairs(run: &LabRun, expected: &[(&str, &str)]) {
 fn p2p_copies_block_device_to_block_device_in_the_switch() {
     let pairs = [("sw0", "sw1"), ("sw1", "sw0")];
     let out = lab("switch").run(&pair_script(&pairs));
-    assert!(out.success());
+    out.assert_success();
     check_pairs(&out, &pairs);
 }
 
@@ -92,7 +92,7 @@ fn p2p_copies_every_pair_of_the_cascade() {
         ("cas-b0", "cas-a1"),
     ];
     let out = lab("cascade").run(&pair_script(&pairs));
-    assert!(out.success());
+    out.assert_success();
     check_pairs(&out, &pairs);
 }
 
@@ -102,7 +102,7 @@ fn p2p_copies_every_pair_of_the_cascade() {
 fn p2p_copies_through_the_host_bridge_on_amd() {
     let pairs = [("root0", "root1"), ("root1", "root0")];
     let out = lab("rootbus-amd").run(&pair_script(&pairs));
-    assert!(out.success());
+    out.assert_success();
     check_pairs(&out, &pairs);
 }
 

@@ -72,6 +72,7 @@ pub struct LabRun {
     pub status: Option<i32>,
     pub stdout: String,
     pub stderr: String,
+    topology: String,
     flavour: Flavour,
     dir: tempfile::TempDir,
 }
@@ -187,6 +188,7 @@ impl Lab {
             status: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            topology: self.topology.clone(),
             flavour: self.flavour,
             dir,
         };
@@ -206,6 +208,18 @@ impl LabRun {
     /// Whether the guest script exited 0.
     pub fn success(&self) -> bool {
         self.status == Some(0)
+    }
+
+    /// Asserts the guest script exited 0.
+    pub fn assert_success(&self) {
+        assert!(
+            self.success(),
+            "{}: the guest script failed (exit {:?})\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.topology,
+            self.status,
+            self.stdout,
+            self.stderr
+        );
     }
 
     /// The JSON value (object or array) on the one line starting with `key`.

@@ -70,7 +70,7 @@ struct Guest {
 
 fn describe(topology: &str) -> Guest {
     let out = Lab::new(topology, Flavour::Standard).run(DESCRIBE_GUEST);
-    assert!(out.success(), "{topology}: guest command failed");
+    out.assert_success();
     let mut nvmes = HashMap::new();
     let mut rams = Vec::new();
     let mut bridges = HashMap::new();
@@ -377,7 +377,7 @@ fn files_go_in_and_fetched_files_come_back() {
         .file("/root/in.txt", "from the host\n")
         .args(&["--fetch", "/tmp/result"])
         .run("mkdir /tmp/result && tr a-z A-Z < /root/in.txt > /tmp/result/upper.txt");
-    assert!(out.success());
+    out.assert_success();
     let run_dir = out.dir();
     let fetched = std::fs::read_to_string(run_dir.join("fetched/tmp/result/upper.txt")).unwrap();
     assert_eq!(fetched, "FROM THE HOST\n");
@@ -396,7 +396,7 @@ fn unbind_and_rebind_inside_the_guest() {
          i=0; while [ ! -e /sys/bus/pci/devices/$bdf/p2pmem ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; \
          cat /sys/bus/pci/devices/$bdf/p2pmem/size",
     );
-    assert!(out.success());
+    out.assert_success();
     assert_eq!(out.stdout, "gone\n16777216\n");
 }
 
@@ -410,7 +410,7 @@ fn device_del_on_a_guest_signal_removes_the_controller() {
          i=0; while [ -e /sys/bus/pci/devices/$bdf ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
          test ! -e /sys/bus/pci/devices/$bdf && echo removed; ls /sys/class/nvme | wc -l",
     );
-    assert!(out.success());
+    out.assert_success();
     assert_eq!(out.stdout, "removed\n1\n");
 }
 
@@ -485,7 +485,7 @@ echo "dst $(dd if=$dst bs=1M skip=8 count=4 iflag=direct 2>/dev/null | md5sum | 
 fn real_p2p_moves_data_through_another_controllers_cmb() {
     let script = P2P_PROOF.replace("SRC", "sw0").replace("DST", "sw1");
     let out = Lab::new("switch", Flavour::Standard).run(&script);
-    assert!(out.success(), "copy failed");
+    out.assert_success();
     let stdout = &out.stdout;
     let sums: Vec<&str> = stdout
         .lines()

@@ -44,12 +44,7 @@ fn allocations_take_their_rounded_length_from_the_pool_and_hold_a_pattern() {
     let run = lab("switch")
         .run("p2pdma mem info --json; p2pdma mem test $(bdf sw0) --buffers 3 --size 100000 --json");
     let values = json_lines(&run);
-    assert!(
-        run.success(),
-        "guest failed:\n{}\n{}",
-        run.stdout,
-        run.stderr
-    );
+    run.assert_success();
     let pools = values[0].as_array().expect("mem info prints an array");
     assert_eq!(pools.len(), 2, "switch has two CMB providers: {pools:?}");
     for pool in pools {
@@ -86,12 +81,7 @@ fn allocations_take_their_rounded_length_from_the_pool_and_hold_a_pattern() {
 fn an_exhausted_pool_says_how_many_bytes_are_free() {
     let run = lab("switch").run("p2pdma mem test $(bdf sw1) --size 4194304 --exhaust --json");
     let values = json_lines(&run);
-    assert!(
-        run.success(),
-        "guest failed:\n{}\n{}",
-        run.stdout,
-        run.stderr
-    );
+    run.assert_success();
     let report = &values[0];
     let exhaustion = &report["exhaustion"];
     assert_eq!(exhaustion["error_kind"], "pool-exhausted", "{report}");
@@ -190,12 +180,7 @@ fn buffers_keep_their_data_while_a_harmless_command_runs() {
     let run = lab("switch")
         .run("p2pdma mem test $(bdf sw1) --buffers 2 --size 65536 --json --while-mapped 'sleep 1'");
     let values = json_lines(&run);
-    assert!(
-        run.success(),
-        "guest failed:\n{}\n{}",
-        run.stdout,
-        run.stderr
-    );
+    run.assert_success();
     let after = &values[0]["while_mapped"];
     assert_eq!(after["is_live_after"], true);
     assert_eq!(
@@ -214,12 +199,7 @@ fn probe_reports_ok_behind_a_switch_and_refusal_across_the_root_bus() {
          p2pdma probe --provider $(bdf sw0) $(ns root0); echo exit=$?",
     );
     let values = json_lines(&run);
-    assert!(
-        run.success(),
-        "guest failed:\n{}\n{}",
-        run.stdout,
-        run.stderr
-    );
+    run.assert_success();
     assert_eq!(values.len(), 2, "{}", run.stdout);
     let (ok, refused) = (&values[0], &values[1]);
     assert_eq!(ok["result"], "ok", "{ok}");
@@ -266,12 +246,7 @@ fn probe_cannot_run_without_p2pmem_and_says_why() {
 fn probe_reports_ok_through_an_amd_host_bridge() {
     let run = lab("rootbus-amd").run("p2pdma probe --json --provider $(bdf root0) $(ns root1)");
     let values = json_lines(&run);
-    assert!(
-        run.success(),
-        "guest failed:\n{}\n{}",
-        run.stdout,
-        run.stderr
-    );
+    run.assert_success();
     assert_eq!(values[0]["result"], "ok", "{}", values[0]);
     assert_eq!(values[0]["matches_host_read"], true, "{}", values[0]);
 }

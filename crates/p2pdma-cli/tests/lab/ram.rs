@@ -49,7 +49,7 @@ echo "ERR $(one_line /tmp/err.txt)"
 p2pdma copy $A $B --length 1M --dry-run --json > /tmp/auto.json; echo "AUTO $? $(one_line /tmp/auto.json)"
 "#;
     let run = fast(Flavour::Standard).run(body);
-    assert_eq!(run.status, Some(0), "guest script failed");
+    run.assert_success();
     let ram_line = run.line("RAM");
     let (ram, nvme_a, nvme_b) = (ram_line[0], ram_line[1], ram_line[2]);
 
@@ -144,7 +144,7 @@ i=0; while [ ! -e /sys/bus/pci/devices/$R/p2pmem/size ] && [ $i -lt 100 ]; do sl
 echo "AFTER $(cat /sys/bus/pci/devices/$R/p2pmem/size) $(cat /sys/bus/pci/devices/$R/p2pmem/available) $(cat /sys/bus/pci/devices/$R/p2pmem/published) $(basename $(readlink /sys/bus/pci/devices/$R/driver))"
 "#;
     let run = fast(flavour).run(body);
-    assert_eq!(run.status, Some(0), "guest script failed");
+    run.assert_success();
     let test = run.line("TEST");
     assert_eq!(test[0], "0", "p2pdma did not survive the unbind");
     let report = json_after(&test[1..].join(" "));
@@ -188,7 +188,7 @@ echo "MEM $(p2pdma mem info --json)"
     let run = fast(flavour)
         .args(&["--fault", "device_del:ram-a@signal:mapped"])
         .run(body);
-    assert_eq!(run.status, Some(0), "guest script failed");
+    run.assert_success();
     assert!(
         run.lines("STILL-PRESENT").is_empty(),
         "the device was not removed"

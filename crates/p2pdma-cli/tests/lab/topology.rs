@@ -91,11 +91,8 @@ fn predicted_verdicts_equal_what_the_kernel_does_for_every_pair_of_every_topolog
     let mut dropped = 0usize;
     for topology in &names {
         let out = lab(topology).run(GUEST_SCRIPT);
+        out.assert_success();
         let (stdout, stderr) = (&out.stdout, &out.stderr);
-        assert!(
-            out.success(),
-            "{topology}: guest failed\n{stdout}\n{stderr}"
-        );
 
         let mut predicted: BTreeMap<(String, String), Value> = BTreeMap::new();
         let mut probes = Vec::new();
@@ -235,8 +232,8 @@ p2pdma topo --explain $(bdf sw1) /mnt/a/file --json | tr -d '\n'; echo
 p2pdma topo --explain $(bdf sw1) /proc/cpuinfo; echo "PROC-EXIT $?"
 "#;
     let out = lab("ext4").run(script);
+    out.assert_success();
     let (stdout, stderr) = (&out.stdout, &out.stderr);
-    assert!(out.success(), "{stdout}\n{stderr}");
     let sw0 = stdout
         .lines()
         .find_map(|l| l.strip_prefix("SW0 "))
