@@ -9,8 +9,6 @@
 //! The same guest also runs commands that succeed (probe, mem test, a P2P copy ...) with a
 //! closed stdout: each must end quietly with status 0.
 
-use std::collections::HashMap;
-
 use crate::harness::{p2p_refusal_errno, Flavour, Lab};
 
 /// Stands for the booted kernel's P2P refusal text in a case's words ("Remote I/O error"
@@ -454,11 +452,7 @@ fn bad_input_gets_its_status_one_line_a_json_error_and_writes_nothing() {
         .args(&["--timeout", "900"])
         .run(&script());
     assert!(run.stdout.contains("DONE"), "the script did not finish");
-    let cases: HashMap<&str, Vec<&str>> = run
-        .lines("CASE")
-        .into_iter()
-        .map(|f| (f[0], f[1..].to_vec()))
-        .collect();
+    let cases = run.keyed("CASE");
     let mut failures = Vec::new();
     for c in CASES {
         let Some(f) = cases.get(c.name) else {

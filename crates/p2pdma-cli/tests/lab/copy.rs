@@ -370,10 +370,7 @@ check mounted      $A $B --length 1M --force
 "#;
     let out = lab("switch").run(script);
     let stdout = &out.stdout;
-    let cases: HashMap<&str, Vec<&str>> = lines(stdout, "CASE")
-        .into_iter()
-        .map(|f| (f[0], f[1..].to_vec()))
-        .collect();
+    let cases = out.keyed("CASE");
     let expect = |name: &str, words: &[&str]| {
         let f = cases
             .get(name)
@@ -515,10 +512,7 @@ case_md5 mounted-partition $A $B --src-offset 0 --dst-offset 32M --length 1M
         stdout.contains("MOUNTED"),
         "mke2fs/mount of the partition failed"
     );
-    let cases: HashMap<&str, Vec<&str>> = lines(stdout, "CASE")
-        .into_iter()
-        .map(|f| (f[0], f[1..].to_vec()))
-        .collect();
+    let cases = out.keyed("CASE");
     for (name, words) in [
         ("overlap", &["overlaps the source range"][..]),
         ("overlap-reverse", &["overlaps the source range"][..]),

@@ -5,6 +5,7 @@
 //! Guest scripts print one `KEY field...` line per fact; the assertions are made on the
 //! host. A failed test keeps its run directory and says where.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -254,6 +255,15 @@ impl LabRun {
         lines(&self.stdout, key)
     }
 
+    /// The lines starting with `key`, by their first field (a case name), with the fields
+    /// after it.
+    pub fn keyed(&self, key: &str) -> HashMap<&str, Vec<&str>> {
+        self.lines(key)
+            .into_iter()
+            .map(|f| (f[0], f[1..].to_vec()))
+            .collect()
+    }
+
     /// The fields of the one line starting with `key`.
     pub fn line(&self, key: &str) -> Vec<&str> {
         let found = self.lines(key);
@@ -399,6 +409,55 @@ fn known_report_at(lines: &[&str]) -> Option<(&'static KnownReport, usize)> {
         .iter()
         .all(|c| report.iter().any(|l| l.contains(c)))
         .then_some((known, len))
+}
+
+/// Asserts the `unbind` object of a `p2pdma mem test --buffers 2 --unbind-after-map
+/// --json` report: the provider, bound to `driver`, was live; the unbind revoked both
+/// mapped buffers (each read went through the SIGBUS handler, and so did the I/O pointer)
+/// instead of killing the process; the rebind succeeded and the old mappings stayed dead.
+pub fn assert_unbind_revoked_both_buffers(report: &serde_json::Value, driver: &str) {
+    let unbind = &report["unbind"];
+    assert_eq!(unbind["driver"], driver, "{report}");
+    assert_eq!(unbind["is_live_before"], true, "{report}");
+    assert_eq!(unbind["is_live_after_unbind"], false, "{report}");
+    assert_eq!(
+        unbind["read_results"],
+        serde_json::json!(["revoked", "revoked"]),
+        "{report}"
+    );
+    assert!(
+        unbind["sigbus_revocations"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no sigbus_revocations in {report}"))
+            >= 2,
+        "each read must have gone through the SIGBUS handler: {report}"
+    );
+    assert_eq!(unbind["io_ptr_result"], "revoked", "{report}");
+    assert_eq!(unbind["rebound"], true, "{report}");
+    assert_eq!(unbind["is_live_after_rebind"], false, "{report}");
+}
+
+/// Asserts a `p2pdma mem test --buffers 2 --while-mapped CMD --json` report whose CMD
+/// removed the provider: CMD succeeded, both mapped buffers were revoked (each read
+/// through the SIGBUS handler), no pool is left to report, and the test passed.
+pub fn assert_removal_revoked_both_buffers(report: &serde_json::Value) {
+    let after = &report["while_mapped"];
+    assert_eq!(after["exit_code"], 0, "{report}");
+    assert_eq!(after["is_live_after"], false, "{report}");
+    assert_eq!(
+        after["read_results"],
+        serde_json::json!(["revoked", "revoked"]),
+        "{report}"
+    );
+    assert!(
+        after["sigbus_revocations"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no sigbus_revocations in {report}"))
+            >= 2,
+        "{report}"
+    );
+    assert!(report["available_after"].is_null(), "{report}");
+    assert_eq!(report["passed"], true, "{report}");
 }
 
 /// Reads `len` bytes at `offset` of a disk image.
