@@ -406,10 +406,10 @@ fn device_del_on_a_guest_signal_removes_the_controller() {
     let out = Lab::new("switch", Flavour::Standard)
         .args(&["--fault", "device_del:nvme-b@signal:remove-now"])
         .run(
-        "set -e; bdf=$(p2pdma lab guest nvme sw1 | cut -d' ' -f1); p2pdma lab guest signal remove-now; \
-         i=0; while [ -e /sys/bus/pci/devices/$bdf ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
-         test ! -e /sys/bus/pci/devices/$bdf && echo removed; ls /sys/class/nvme | wc -l",
-    );
+            "set -e; bdf=$(p2pdma lab guest nvme sw1 | cut -d' ' -f1); p2pdma lab guest signal remove-now; \
+             i=0; while [ -e /sys/bus/pci/devices/$bdf ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
+             test ! -e /sys/bus/pci/devices/$bdf && echo removed; ls /sys/class/nvme | wc -l",
+        );
     out.assert_success();
     assert_eq!(out.stdout, "removed\n1\n");
 }

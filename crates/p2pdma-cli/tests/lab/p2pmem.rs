@@ -136,12 +136,12 @@ fn hot_removing_the_provider_revokes_mapped_buffers_and_the_process_survives() {
     let run = lab("switch")
         .args(&["--fault", "device_del:nvme-a@signal:mapped"])
         .run(
-        r#"B=$(bdf sw0)
-        p2pdma mem test $B --buffers 2 --size 65536 --json --while-mapped \
-          "p2pdma lab guest signal mapped; i=0; while [ -e /sys/bus/pci/devices/$B ] && [ \$i -lt 60 ]; do sleep 1; i=\$((i+1)); done"
-        echo exit=$?
-        [ -e /sys/bus/pci/devices/$B ] && echo provider-still-present"#,
-    );
+            r#"B=$(bdf sw0)
+            p2pdma mem test $B --buffers 2 --size 65536 --json --while-mapped \
+              "p2pdma lab guest signal mapped; i=0; while [ -e /sys/bus/pci/devices/$B ] && [ \$i -lt 60 ]; do sleep 1; i=\$((i+1)); done"
+            echo exit=$?
+            [ -e /sys/bus/pci/devices/$B ] && echo provider-still-present"#,
+        );
     let values = json_lines(&run);
     assert!(
         run.stdout.contains("exit=0") && !run.stdout.contains("provider-still-present"),
