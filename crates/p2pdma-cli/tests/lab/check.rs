@@ -3,13 +3,9 @@
 //! log). The lab test boots one topology plus the teardown topology on the cached kernel
 //! (`P2PDMA_LAB_RELEASE` picks it), so it stays cheap enough for CI.
 
-use std::process::Command;
-
 use serde_json::Value;
 
-fn p2pdma() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_p2pdma"))
-}
+use crate::harness::p2pdma;
 
 #[test]
 #[ignore = "lab: boots two QEMU guests; run with --include-ignored"]

@@ -9,7 +9,7 @@
 //! topologies with an emulated IOMMU. The kernel's `pci=disable_acs_redir=` advice, when it logs one, must
 //! equal the ACS list p2pdma predicted for some pair.
 //!
-//! Besides the shipped topologies, `tests/lab_topology_extra.toml` adds ACS cases the
+//! Besides the shipped topologies, `tests/lab/topology_extra.toml` adds ACS cases the
 //! shipped ones do not reach (redirect above the common switch, ACS with an AMD CPU,
 //! redirecting root ports without a common bridge).
 //!
@@ -17,24 +17,28 @@
 //! driver) are providers like any CMB: every one the topology declares must appear in the
 //! pairs, once per namespace, and its verdicts are checked like the others.
 
-use std::process::Command;
-
 use p2pdma_lab::check::conformance::{self, Expect};
 use p2pdma_lab::spec::Catalog;
 use serde_json::Value;
 
-const EXTRA_TOPOLOGIES: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab_topology_extra.toml");
+use crate::harness::{Flavour, Lab};
 
-fn p2pdma() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_p2pdma"))
+/// A guest on `topology` (shipped or extra), the standard kernel, with 300 s for the
+/// script.
+fn lab(topology: &str) -> Lab {
+    Lab::new(topology, Flavour::Standard)
+        .topologies(include_str!("topology_extra.toml"))
+        .args(&["--timeout", "300"])
 }
 
 /// The judging is `p2pdma_lab::check::conformance`, the same `p2pdma lab check` uses.
 #[test]
 #[ignore = "lab: boots a QEMU guest per topology; run with --include-ignored"]
 fn predicted_verdicts_equal_what_the_kernel_does_for_every_pair_of_every_topology() {
-    let catalog = Catalog::load(None, &[EXTRA_TOPOLOGIES.into()]).expect("topologies load");
+    let mut catalog = Catalog::load(None, &[]).expect("topologies load");
+    catalog
+        .merge_str(include_str!("topology_extra.toml"), "topology_extra.toml")
+        .expect("extra topologies load");
     let names = catalog.names();
     assert!(!names.is_empty(), "no lab topologies");
     let mut table = String::new();
@@ -47,30 +51,11 @@ fn predicted_verdicts_equal_what_the_kernel_does_for_every_pair_of_every_topolog
         if spec.iommu {
             with_iommu.push(topology.clone());
         }
-        let out = p2pdma()
-            .args([
-                "lab",
-                "run",
-                "-q",
-                "--topologies",
-                EXTRA_TOPOLOGIES,
-                "--topology",
-                topology,
-                "--timeout",
-                "300",
-                "--",
-            ])
-            .arg(conformance::GUEST_SCRIPT)
-            .output()
-            .expect("run p2pdma lab run");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "{topology}: guest failed\n{stdout}\n{stderr}"
-        );
+        let out = lab(topology).run(conformance::GUEST_SCRIPT);
+        out.assert_success();
+        let (stdout, stderr) = (&out.stdout, &out.stderr);
         let c = conformance::judge(
-            &stdout,
+            stdout,
             Expect {
                 iommu: spec.iommu,
                 ram_providers: spec.ram.len(),
@@ -133,30 +118,14 @@ fn predicted_verdicts_equal_what_the_kernel_does_for_every_pair_of_every_topolog
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn a_file_on_an_nvme_filesystem_resolves_to_its_controller_in_the_guest() {
     let script = r#"
-bdf_of() { for c in /sys/class/nvme/nvme*; do s=$(cat $c/serial); [ "${s%% *}" = "$1" ] && basename $(readlink $c/device); done; }
-ns_of() { for c in /sys/class/nvme/nvme*; do s=$(cat $c/serial); [ "${s%% *}" = "$1" ] && echo /dev/$(basename $c)n1; done; }
-mkdir -p /mnt/a && mount -t ext4 $(ns_of sw0) /mnt/a && echo hello > /mnt/a/file
-echo "SW0 $(bdf_of sw0)"
-p2pdma topo --explain $(bdf_of sw1) /mnt/a/file --json | tr -d '\n'; echo
-p2pdma topo --explain $(bdf_of sw1) /proc/cpuinfo; echo "PROC-EXIT $?"
+mkdir -p /mnt/a && mount -t ext4 $(ns sw0) /mnt/a && echo hello > /mnt/a/file
+echo "SW0 $(bdf sw0)"
+p2pdma topo --explain $(bdf sw1) /mnt/a/file --json | tr -d '\n'; echo
+p2pdma topo --explain $(bdf sw1) /proc/cpuinfo; echo "PROC-EXIT $?"
 "#;
-    let out = p2pdma()
-        .args([
-            "lab",
-            "run",
-            "-q",
-            "--topology",
-            "ext4",
-            "--timeout",
-            "300",
-            "--",
-        ])
-        .arg(script)
-        .output()
-        .expect("run p2pdma lab run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let out = lab("ext4").run(script);
+    out.assert_success();
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
     let sw0 = stdout
         .lines()
         .find_map(|l| l.strip_prefix("SW0 "))
