@@ -346,7 +346,9 @@ fn explain_engine_error(
         EngineError::Ring { .. } => {
             "io_uring is unavailable (Linux >= 5.6 with io_uring enabled; check /proc/sys/kernel/io_uring_disabled)".into()
         }
-        EngineError::BadBuffers { .. } | EngineError::RingFailed { .. } => String::new(),
+        EngineError::BadBuffers { .. }
+        | EngineError::Register { .. }
+        | EngineError::RingFailed { .. } => String::new(),
     };
     let err = anyhow::Error::new(err);
     if advice.is_empty() {
