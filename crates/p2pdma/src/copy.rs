@@ -23,6 +23,7 @@ pub mod engine;
 #[cfg(test)]
 mod fake;
 pub mod host_buffer;
+pub mod job;
 pub mod p2p_buffer;
 pub mod pipeline;
 pub mod plan;
