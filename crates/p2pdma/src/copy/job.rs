@@ -266,11 +266,7 @@ pub fn decide_route(
     bounce: Bounce,
     provider: Option<Bdf>,
 ) -> Result<(Route, [Side; 2], Option<String>), CopyError> {
-    let root = SysfsRoot::new(sysfs);
-    let sides = [
-        endpoint::pci_side(&root, "source", src),
-        endpoint::pci_side(&root, "destination", dst),
-    ];
+    let sides = pci_sides(sysfs, src, dst);
     let tree = match read_tree(sysfs, kernel_release) {
         Ok(tree) => tree,
         Err(_) if bounce == Bounce::Always || sides.iter().any(|s| s.not_p2p_because.is_some()) => {
@@ -286,6 +282,16 @@ pub fn decide_route(
     let route = route::decide(&tree, &sides[0], &sides[1], bounce, provider)?;
     let release = tree.host.kernel_release.clone();
     Ok((route, sides, release))
+}
+
+/// Both endpoints as the route sees them: the NVMe controller each lives on, or why it
+/// cannot take part in P2P DMA.
+pub fn pci_sides(sysfs: &Path, src: &Inspected, dst: &Inspected) -> [Side; 2] {
+    let root = SysfsRoot::new(sysfs);
+    [
+        endpoint::pci_side(&root, "source", src),
+        endpoint::pci_side(&root, "destination", dst),
+    ]
 }
 
 /// The engine's buffers: device memory for P2P, host memory for a bounce copy.
