@@ -152,7 +152,9 @@ pub trait IoBackend {
     }
 
     /// Queues `request` on `buffer` (the buffer at `request.buffer`). Returns false, and
-    /// queues nothing, when the backend has no room now: reap first.
+    /// queues nothing, when the backend has no room now: reap first. A backend with
+    /// nothing pushed or in flight must accept a request (else the pipeline fails with
+    /// an error rather than wait forever).
     ///
     /// # Safety
     /// `request.buf_offset .. + request.len` lies inside `buffer`, and `buffer` stays alive,

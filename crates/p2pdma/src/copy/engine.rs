@@ -1468,6 +1468,29 @@ mod tests {
             assert_eq!(run.drops, 0, "no buffer may be freed with I/O in flight");
         }
 
+        /// A backend that never takes a request, even with nothing in flight, is an
+        /// error, not a hang; nothing was in flight, so the buffers are freed.
+        #[test]
+        fn a_backend_that_takes_nothing_fails_instead_of_spinning() {
+            let plan = fake_plan(4 * 65536, 65536, 2);
+            let drops = Arc::new(AtomicUsize::new(0));
+            let backend = FakeBackend::new(vec![1; SRC_LEN], vec![2; SRC_LEN], 1, 0);
+            let err = run_pipeline(
+                Direction::Copy,
+                backend,
+                [Path::new("a"), Path::new("b")],
+                &plan,
+                (0..4).map(|_| FakeBuf::new(65536, false, &drops)).collect(),
+                &mut |_| {},
+            )
+            .unwrap_err();
+            assert!(
+                matches!(err, EngineError::RingFailed { in_flight: 0, .. }),
+                "{err:?}"
+            );
+            assert_eq!(drops.load(Ordering::SeqCst), 4);
+        }
+
         #[test]
         fn buffers_smaller_than_a_chunk_are_refused_before_the_backend_sees_anything() {
             let plan = fake_plan(4 * 65536, 65536, 2);

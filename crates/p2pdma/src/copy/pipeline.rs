@@ -166,6 +166,13 @@ impl<B: IoBackend> Pipeline<B> {
     pub fn reap(&mut self, wait: Reap, out: &mut Vec<Completion>) -> io::Result<()> {
         if !self.stopped {
             self.fill();
+            let in_backend = self.busy.iter().filter(|b| b.is_some()).count() - self.backlog.len();
+            if in_backend == 0 && !self.backlog.is_empty() {
+                // Nothing would ever make room: fail instead of spinning.
+                return Err(io::Error::other(
+                    "the I/O backend took no request while it had none pushed or in flight",
+                ));
+            }
         }
         let before = out.len();
         self.backend.reap(wait, out)?;
