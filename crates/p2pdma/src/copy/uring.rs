@@ -337,3 +337,48 @@ impl<R: IoRegion> IoBackend for UringBackend<'_, R> {
         self.in_flight
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::copy::backend::Target;
+    use crate::copy::host_buffer::HostBuffer;
+    use crate::copy::pipeline::Pipeline;
+
+    /// A read that cannot complete yet (an empty pipe): a reap with a deadline comes back
+    /// without it, a non-blocking reap too, and the request is still in flight; once data
+    /// arrives, a blocking reap returns it with the pipe's bytes in the buffer.
+    #[test]
+    fn a_deadline_or_no_wait_returns_without_the_completion_that_is_not_there() {
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let reader = File::from(std::os::fd::OwnedFd::from(reader));
+        let backend = UringBackend::new([&reader, &reader], 4).unwrap();
+        let buffers = vec![
+            HostBuffer::new(4096).unwrap(),
+            HostBuffer::new(4096).unwrap(),
+        ];
+        let mut pipeline = Pipeline::new(backend, buffers).unwrap();
+        pipeline.queue(Op::Read, Target::Source, 0, 0, 16, 0);
+        let mut out = Vec::new();
+        pipeline
+            .reap(
+                Reap::Until(Instant::now() + Duration::from_millis(20)),
+                &mut out,
+            )
+            .unwrap();
+        assert!(out.is_empty());
+        pipeline.reap(Reap::NoWait, &mut out).unwrap();
+        assert!(out.is_empty());
+        assert_eq!(pipeline.in_flight(), 1);
+        writer.write_all(b"0123456789abcdef").unwrap();
+        while out.is_empty() {
+            pipeline.reap(Reap::Wait, &mut out).unwrap();
+        }
+        assert_eq!((out[0].tag, out[0].result.as_ref().unwrap()), (0, &16));
+        let (buffer, _) = pipeline.pair_mut(0, 1).expect("no request on either slot");
+        assert_eq!(&buffer.as_slice()[..16], b"0123456789abcdef");
+    }
+}
