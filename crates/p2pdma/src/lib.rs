@@ -24,6 +24,7 @@ pub mod bdf;
 pub mod bench;
 pub mod blockdev;
 pub mod copy;
+pub mod host;
 pub mod kernel_rules;
 pub mod p2pmem;
 pub mod pci;
@@ -35,3 +36,6 @@ pub mod sysfs;
 pub mod topology;
 
 pub use bdf::Bdf;
+
+#[cfg(test)]
+mod layers;

@@ -3,12 +3,16 @@
 //! Every path p2pdma reads goes through [`SysfsRoot`], whose methods name the path
 //! template they resolve, so a snapshot directory (see [`crate::snapshot`]) or a test
 //! fixture can stand in for `/sys`. Facts that do not live in sysfs (the CPU, the
-//! kernel's configuration) come from [`crate::snapshot::HostFacts`].
+//! kernel's configuration) come from [`crate::host::HostFacts`].
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 pub mod builder;
+
+/// Name of the host-facts file at the root of a snapshot or fixture (see
+/// [`crate::host::HostFacts`]); [`SysfsRoot::host_facts_file`] is its path.
+pub const HOST_FACTS_FILE: &str = "p2pdma-host.json";
 
 /// The directory that plays the role of `/sys`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +103,7 @@ impl SysfsRoot {
 
     /// `<root>/p2pdma-host.json`: the host facts a snapshot recorded.
     pub fn host_facts_file(&self) -> PathBuf {
-        self.0.join(crate::snapshot::HOST_FACTS_FILE)
+        self.0.join(HOST_FACTS_FILE)
     }
 }
 

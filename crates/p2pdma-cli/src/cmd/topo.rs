@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use p2pdma::host::KernelP2pdma;
 use p2pdma::pci::{PciFunction, PciTree};
 use p2pdma::resolve::{resolve, Target};
-use p2pdma::snapshot::{KernelP2pdma, SnapshotOptions};
+use p2pdma::snapshot::SnapshotOptions;
 use p2pdma::sysfs::SysfsRoot;
 use p2pdma::topology::{Cell, MapType, Reason, Topology, Verdict};
 use p2pdma::Bdf;

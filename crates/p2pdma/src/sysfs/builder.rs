@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::snapshot::HostFacts;
+use crate::host::HostFacts;
 use crate::Bdf;
 
 /// What to write for one function.
@@ -203,7 +203,7 @@ impl SysfsBuilder {
     /// Writes `p2pdma-host.json`.
     pub fn host_facts(&mut self, facts: &HostFacts) -> io::Result<()> {
         std::fs::write(
-            self.root.join(crate::snapshot::HOST_FACTS_FILE),
+            self.root.join(crate::host::HOST_FACTS_FILE),
             serde_json::to_vec_pretty(facts)?,
         )
     }
