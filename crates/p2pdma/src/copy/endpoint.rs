@@ -264,7 +264,7 @@ fn filesystem_device(sysfs: &Path, st_dev: u64) -> Result<BlockDevice, String> {
         major: rustix::fs::major(st_dev),
         minor: rustix::fs::minor(st_dev),
     };
-    let link = sysfs.join("dev/block").join(dev.to_string());
+    let link = SysfsRoot::new(sysfs).dev_block(dev.major, dev.minor);
     let name = std::fs::read_link(&link).map_err(|e| {
         format!(
             "its device {dev} has no block device in sysfs ({}: {e})",
@@ -290,7 +290,7 @@ fn filesystem_device(sysfs: &Path, st_dev: u64) -> Result<BlockDevice, String> {
 /// The whole disk a partition belongs to: `<sysfs>/class/block/<part>/../dev`, or the
 /// file that could not be read and why.
 fn whole_disk(sysfs: &Path, partition: &str) -> Result<DevNumber, (PathBuf, io::Error)> {
-    let link = sysfs.join("class/block").join(partition).join("../dev");
+    let link = SysfsRoot::new(sysfs).whole_disk_dev(partition);
     let text = std::fs::read_to_string(&link).map_err(|e| (link.clone(), e))?;
     DevNumber::parse(&text).ok_or_else(|| {
         (
