@@ -6,7 +6,7 @@
 //!
 //! | layer | modules |
 //! |-------|---------|
-//! | 0 | sysfs, bdf |
+//! | 0 | sysfs, bdf, display |
 //! | 1 | pci, host, sysfs::builder |
 //! | 2 | kernel_rules, topology, resolve, refusal |
 //! | 3 | blockdev, revoke, p2pmem, copy, bench |
@@ -17,7 +17,7 @@ use std::path::Path;
 
 /// Layer of each module (a submodule listed on its own overrides its parent).
 pub(crate) const LAYERS: &[(usize, &[&str])] = &[
-    (0, &["sysfs", "bdf"]),
+    (0, &["sysfs", "bdf", "display"]),
     (1, &["pci", "host", "sysfs::builder"]),
     (2, &["kernel_rules", "topology", "resolve", "refusal"]),
     (3, &["blockdev", "revoke", "p2pmem", "copy", "bench"]),

@@ -15,6 +15,7 @@ use rustix::fs::{AtFlags, StatxFlags, CWD};
 use super::plan::{EndpointFacts, EndpointKind, StorageId};
 use super::route::Side;
 use crate::blockdev::{BlockDevice, BlockdevError, DevNumber};
+use crate::display::error_chain;
 use crate::resolve::resolve;
 use crate::sysfs::SysfsRoot;
 
@@ -275,16 +276,8 @@ fn filesystem_device(sysfs: &Path, st_dev: u64) -> Result<BlockDevice, String> {
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| format!("{} does not name a block device", link.display()))?;
-    BlockDevice::read(sysfs, name).map_err(|e| {
-        let mut text = format!("reading block device {name} failed: {e}");
-        let mut cause = std::error::Error::source(&e);
-        while let Some(c) = cause {
-            text.push_str(": ");
-            text.push_str(&c.to_string());
-            cause = c.source();
-        }
-        text
-    })
+    BlockDevice::read(sysfs, name)
+        .map_err(|e| format!("reading block device {name} failed: {}", error_chain(&e)))
 }
 
 /// The whole disk a partition belongs to: `<sysfs>/class/block/<part>/../dev`, or the
