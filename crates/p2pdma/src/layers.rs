@@ -9,7 +9,7 @@
 //! | 0 | sysfs, bdf, display |
 //! | 1 | pci, host, sysfs::builder |
 //! | 2 | kernel_rules, topology, resolve, refusal |
-//! | 3 | blockdev, revoke, p2pmem, copy, bench |
+//! | 3 | blockdev, revoke, p2pmem, copy, bench, probe |
 //! | 4 | snapshot, report |
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,7 +20,10 @@ pub(crate) const LAYERS: &[(usize, &[&str])] = &[
     (0, &["sysfs", "bdf", "display"]),
     (1, &["pci", "host", "sysfs::builder"]),
     (2, &["kernel_rules", "topology", "resolve", "refusal"]),
-    (3, &["blockdev", "revoke", "p2pmem", "copy", "bench"]),
+    (
+        3,
+        &["blockdev", "revoke", "p2pmem", "copy", "bench", "probe"],
+    ),
     (4, &["snapshot", "report"]),
 ];
 

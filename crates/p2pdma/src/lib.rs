@@ -29,6 +29,7 @@ pub mod host;
 pub mod kernel_rules;
 pub mod p2pmem;
 pub mod pci;
+pub mod probe;
 pub mod refusal;
 pub mod report;
 pub mod resolve;

@@ -52,6 +52,7 @@ use crate::sysfs::SysfsRoot;
 use crate::Bdf;
 
 mod mapping;
+pub mod pool_test;
 
 use mapping::{MapError, Mapping, Revoked};
 

@@ -5,15 +5,15 @@
 //! SVG, pool table or Prometheus text without shelling out.
 //! - [`topo`]: the PCI tree, the verdict matrix, an explanation, the provider choice,
 //!   the (provider, namespace) pairs, DOT and SVG.
-//! - [`host`]: the host facts as a reader needs them: CPU, kernel, `CONFIG_PCI_P2PDMA`,
-//!   stable fixes the release lacks, pool-less providers.
 //! - [`mem`]: p2pmem pools (`mem info`: table, JSON, Prometheus) and the `mem test`
-//!   report.
-//! - [`probe`]: the result of one P2P read (`probe`).
+//!   report ([`crate::p2pmem::pool_test`] runs the test).
+//!
+//! [`crate::probe::text`] renders a probe beside the probe itself.
 //!
 //! Renderers are pure functions of parsed structs; the few functions that read
 //! (`pairs`, `pools`) take a [`crate::sysfs::SysfsRoot`].
 
+pub mod mem;
 pub mod topo;
 
 use crate::resolve::ResolveError;
