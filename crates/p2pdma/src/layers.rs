@@ -8,7 +8,7 @@
 //! |-------|---------|
 //! | 0 | sysfs, bdf, display |
 //! | 1 | pci, host, sysfs::builder |
-//! | 2 | kernel_rules, topology, resolve, refusal |
+//! | 2 | kernel_rules, kernel_fixes, topology, resolve, refusal |
 //! | 3 | blockdev, revoke, p2pmem, copy, bench, probe |
 //! | 4 | snapshot, report |
 
@@ -19,7 +19,16 @@ use std::path::Path;
 pub(crate) const LAYERS: &[(usize, &[&str])] = &[
     (0, &["sysfs", "bdf", "display"]),
     (1, &["pci", "host", "sysfs::builder"]),
-    (2, &["kernel_rules", "topology", "resolve", "refusal"]),
+    (
+        2,
+        &[
+            "kernel_rules",
+            "kernel_fixes",
+            "topology",
+            "resolve",
+            "refusal",
+        ],
+    ),
     (
         3,
         &["blockdev", "revoke", "p2pmem", "copy", "bench", "probe"],

@@ -26,6 +26,7 @@ pub mod blockdev;
 pub mod copy;
 pub mod display;
 pub mod host;
+pub mod kernel_fixes;
 pub mod kernel_rules;
 pub mod p2pmem;
 pub mod pci;

@@ -86,6 +86,11 @@ fn info(args: InfoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     } else {
         write!(output::stdout(), "{}", report::pools_table(&root, &pools))?;
     }
+    if !globals.quiet {
+        if let Ok(tree) = globals.read_tree(&root) {
+            crate::cmd::print_host_notes(&tree);
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -200,7 +200,7 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
             .lock()
             .write_all(report::svg(&tree, None).as_bytes())?;
     } else if args.json {
-        print_json(&tree)?;
+        print_json(&report::TreeJson::new(&tree))?;
     } else {
         write!(output::stdout(), "{}", report::tree_text(&tree))?;
     }
@@ -238,6 +238,9 @@ pub fn snapshot(args: SnapshotArgs, globals: &Globals) -> anyhow::Result<ExitCod
     // A snapshot taken without root has 64-byte config files: say so now, not in the bug report.
     let taken = PciTree::read(&SysfsRoot::new(&args.out))
         .with_context(|| format!("reading back {}", args.out.display()))?;
+    if !globals.quiet {
+        crate::cmd::print_host_notes(&taken);
+    }
     let unknown: Vec<String> = taken
         .iter()
         .filter(|f| f.acs.redirects().is_none())

@@ -208,7 +208,8 @@ fn marks(f: &PciFunction) -> String {
     m
 }
 
-/// The host facts above the tree: CPU, kernel release and `CONFIG_PCI_P2PDMA`.
+/// The host facts above the tree: CPU, kernel release and `CONFIG_PCI_P2PDMA`, then
+/// any stable fix the release lacks and possible pool-less providers.
 pub fn host_summary(tree: &PciTree) -> String {
     let h = &tree.host;
     let cpu = match (&h.cpu_vendor, h.cpu_family) {
@@ -227,11 +228,33 @@ pub fn host_summary(tree: &PciTree) -> String {
         KernelP2pdma::No => "NO",
         KernelP2pdma::Unknown => "unknown",
     };
+    let notes = super::host::host_notes(tree);
     format!(
-        "CPU: {cpu}{amd}\nkernel {}: CONFIG_PCI_P2PDMA {kernel} ({})\n",
+        "CPU: {cpu}{amd}\nkernel {}: CONFIG_PCI_P2PDMA {kernel} ({})\n{}",
         h.kernel_release.as_deref().unwrap_or("?"),
-        h.p2pdma_config_source
+        h.p2pdma_config_source,
+        super::host::host_notes_text(&notes, h.kernel_release.as_deref())
     )
+}
+
+/// `p2pdma topo --json`: the tree and what can be said about the host beyond the rules.
+#[derive(Debug, Serialize)]
+pub struct TreeJson<'a> {
+    /// The tree (`functions`, `host`).
+    #[serde(flatten)]
+    pub tree: &'a PciTree,
+    /// Stable fixes the release lacks, possible pool-less providers.
+    pub host_notes: super::host::HostNotes,
+}
+
+impl<'a> TreeJson<'a> {
+    /// The document for `tree`.
+    pub fn new(tree: &'a PciTree) -> Self {
+        TreeJson {
+            tree,
+            host_notes: super::host::host_notes(tree),
+        }
+    }
 }
 
 /// The PCI tree as text (`p2pdma topo`): each root bus with its host bridge, functions
