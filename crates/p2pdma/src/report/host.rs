@@ -27,6 +27,8 @@ pub struct PoolLess {
     pub bdf: Bdf,
     /// Its driver.
     pub driver: String,
+    /// Its IOMMU group (`iommu_group` link), the unit vfio-pci hands to userspace.
+    pub iommu_group: Option<u32>,
     /// Whether the release has pool-less providers at all (`None`: not known).
     pub release_has_them: Option<bool>,
 }
@@ -55,6 +57,7 @@ pub fn host_notes(tree: &PciTree) -> HostNotes {
             .map(|f| PoolLess {
                 bdf: f.bdf,
                 driver: "vfio-pci".to_owned(),
+                iommu_group: f.iommu_group,
                 release_has_them,
             })
             .collect()
@@ -94,9 +97,13 @@ pub fn host_notes_text(notes: &HostNotes, release: Option<&str>) -> String {
             Some(true) => "",
             _ => " (if this release has pcim_p2pdma_provider(), which p2pdma has not verified)",
         };
+        let group = p
+            .iommu_group
+            .map(|g| format!(" (IOMMU group {g})"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "{} is bound to {}: a possible P2PDMA provider without a pool{maybe} (dma-buf export of its BARs); it has no p2pmem/ directory, so p2pdma cannot allocate from it",
+            "{}{group} is bound to {}: a possible P2PDMA provider without a pool{maybe} (dma-buf export of its BARs); it has no p2pmem/ directory, so p2pdma cannot allocate from it",
             p.bdf, p.driver
         );
     }
@@ -119,7 +126,9 @@ mod tests {
         b.add(
             Some(rp),
             "0000:01:00.0",
-            F::endpoint(0x10de, 0x2330, 0x030200).driver("vfio-pci"),
+            F::endpoint(0x10de, 0x2330, 0x030200)
+                .driver("vfio-pci")
+                .iommu_group(12),
         )
         .unwrap();
         b.add(
@@ -166,7 +175,7 @@ mod tests {
         let text = host_notes_text(&notes, Some("7.2.13"));
         assert_eq!(
             text,
-            "0000:01:00.0 is bound to vfio-pci: a possible P2PDMA provider without a pool (dma-buf export of its BARs); it has no p2pmem/ directory, so p2pdma cannot allocate from it\n"
+            "0000:01:00.0 (IOMMU group 12) is bound to vfio-pci: a possible P2PDMA provider without a pool (dma-buf export of its BARs); it has no p2pmem/ directory, so p2pdma cannot allocate from it\n"
         );
         let unknown = host_notes(&tree("6.19.2"));
         assert_eq!(unknown.pool_less.len(), 1);
