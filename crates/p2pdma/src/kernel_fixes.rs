@@ -9,7 +9,8 @@
 //! How the entries were checked (2026-11-25):
 //! - `6220694c52a5` "PCI/P2PDMA: Release per-CPU pgmap ref when vm_insert_page() fails"
 //!   (Hou Tao): in the PCI tree's `p2pdma` branch (git push log 2026-01-08), merged for
-//!   v7.0; in the 6.12.75-rc1 stable review (2026-02-28); backports seen pushed to
+//!   v7.0; in 6.12.75 (Debian's linux-source-6.12 changelog lists it under the upstream
+//!   stable update `ChangeLog-6.12.75`; also the 6.12.75-rc1 review, 2026-02-28); backports seen pushed to
 //!   `linux-6.18.y` and reviewed for 6.19 (2026-02-24) without the release number being
 //!   verified. Read in the sources: Linux 6.12.117 and 7.2.13 `drivers/pci/p2pdma.c` both
 //!   call `percpu_ref_put()` when `vm_insert_page()` fails in `p2pmem_alloc_mmap()`.
