@@ -697,14 +697,23 @@ mod tests {
         (pt, ct, v)
     }
 
-    #[test]
-    fn the_views_of_the_switch_fixture() {
-        let root = fixture("switch");
+    /// A fixture's tree and default matrix, their snapshots checked.
+    fn tree_and_matrix(name: &str) -> (SysfsRoot, PciTree, Vec<Bdf>, Vec<Vec<Option<Cell>>>) {
+        let root = fixture(name);
         let tree = PciTree::read(&root).unwrap();
-        snapshot("switch.tree.txt", &tree_text(&tree));
+        snapshot(&format!("{name}.tree.txt"), &tree_text(&tree));
         let devices = default_matrix_devices(&tree);
         let cells = Topology::new(&tree).matrix(&devices, &devices);
-        snapshot("switch.matrix.txt", &matrix_text(&tree, &devices, &cells));
+        snapshot(
+            &format!("{name}.matrix.txt"),
+            &matrix_text(&tree, &devices, &cells),
+        );
+        (root, tree, devices, cells)
+    }
+
+    #[test]
+    fn the_views_of_the_switch_fixture() {
+        let (root, tree, _, _) = tree_and_matrix("switch");
         let (pt, ct, v) = explained(&root, &tree, "/dev/nvme0n1", "/dev/nvme1n1");
         snapshot("switch.explain.txt", &explain_text(&tree, &pt, &ct, &v));
         snapshot("switch.explain.dot", &dot(&tree, Some(&v)));
@@ -715,12 +724,7 @@ mod tests {
 
     #[test]
     fn the_views_of_the_mixed_fixture() {
-        let root = fixture("mixed");
-        let tree = PciTree::read(&root).unwrap();
-        snapshot("mixed.tree.txt", &tree_text(&tree));
-        let devices = default_matrix_devices(&tree);
-        let cells = Topology::new(&tree).matrix(&devices, &devices);
-        snapshot("mixed.matrix.txt", &matrix_text(&tree, &devices, &cells));
+        let (root, tree, devices, cells) = tree_and_matrix("mixed");
         let json = serde_json::to_value(Matrix::new(&tree, &devices, &cells)).unwrap();
         assert_eq!(
             json.as_object().unwrap().keys().collect::<Vec<_>>(),
