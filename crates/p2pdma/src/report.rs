@@ -5,6 +5,7 @@
 //! SVG, pool table or Prometheus text without shelling out.
 //! - [`topo`]: the PCI tree, the verdict matrix, an explanation, the provider choice,
 //!   the (provider, namespace) pairs, DOT and SVG.
+//! - [`error`]: the JSON error document and the exit-status table of every command.
 //! - [`host`]: what the host facts imply beyond the rules: stable fixes the kernel
 //!   release lacks, functions that may be providers without a pool.
 //! - [`mem`]: p2pmem pools (`mem info`: table, JSON, Prometheus) and the `mem test`
@@ -15,6 +16,7 @@
 //! Renderers are pure functions of parsed structs; the few functions that read
 //! (`pairs`, `pools`) take a [`crate::sysfs::SysfsRoot`].
 
+pub mod error;
 pub mod host;
 pub mod mem;
 pub mod topo;
