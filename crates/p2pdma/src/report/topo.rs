@@ -40,7 +40,7 @@ pub struct Matrix<'a> {
     pub devices: &'a [Bdf],
     /// Those of them that have p2pmem.
     pub providers: Vec<Bdf>,
-    /// cells[provider][client]
+    /// `cells[provider][client]`
     pub cells: &'a [Vec<Option<Cell>>],
 }
 
