@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::host::KernelP2pdma;
 use crate::kernel_fixes::{fix_notes, has_pool_less_providers, FixNote, FixStatus};
 use crate::kernel_rules::KernelVersion;
 use crate::pci::PciTree;
@@ -43,6 +44,10 @@ impl HostNotes {
 /// The notes for `tree`'s kernel release (the running one, the snapshot's, or
 /// `--kernel-release`) and functions.
 pub fn host_notes(tree: &PciTree) -> HostNotes {
+    if tree.host.p2pdma_config == KernelP2pdma::No {
+        // Without CONFIG_PCI_P2PDMA neither the fixes nor the providers exist.
+        return HostNotes::default();
+    }
     let release = tree.host.kernel_release.as_deref();
     let fixes = release.map(fix_notes).unwrap_or_default();
     let version = release.and_then(KernelVersion::parse);
@@ -181,5 +186,9 @@ mod tests {
         assert_eq!(unknown.pool_less.len(), 1);
         assert!(host_notes_text(&unknown, Some("6.19.2")).contains("not verified"));
         assert!(host_notes(&tree("6.12.117")).is_empty());
+        // A kernel without CONFIG_PCI_P2PDMA has neither the bug nor the providers.
+        let mut without = tree("6.12.40");
+        without.host.p2pdma_config = KernelP2pdma::No;
+        assert!(host_notes(&without).is_empty());
     }
 }
