@@ -10,8 +10,9 @@
 //! - `6220694c52a5` "PCI/P2PDMA: Release per-CPU pgmap ref when vm_insert_page() fails"
 //!   (Hou Tao): in the PCI tree's `p2pdma` branch (git push log 2026-01-08), merged for
 //!   v7.0; in 6.12.75 (Debian's linux-source-6.12 changelog lists it under the upstream
-//!   stable update `ChangeLog-6.12.75`; also the 6.12.75-rc1 review, 2026-02-28); backports seen pushed to
-//!   `linux-6.18.y` and reviewed for 6.19 (2026-02-24) without the release number being
+//!   stable update `ChangeLog-6.12.75`; also the 6.12.75-rc1 review, 2026-02-28); in the
+//!   6.18.14-rc1 review's shortlog (2026-02-24; the final 6.18.14 changelog was not read);
+//!   reviewed for 6.19 the same day (patch 324/781) without the release number being
 //!   verified. Read in the sources: Linux 6.12.117 and 7.2.13 `drivers/pci/p2pdma.c` both
 //!   call `percpu_ref_put()` when `vm_insert_page()` fails in `p2pmem_alloc_mmap()`.
 //!   The bug came with `7e9c7ef83d78` "PCI/P2PDMA: Allow userspace VMA allocations through
@@ -84,7 +85,7 @@ pub const STABLE_FIXES: &[StableFix] = &[StableFix {
         },
         Backport {
             series: (6, 18),
-            first_release: None,
+            first_release: Some(14),
         },
         Backport {
             series: (6, 19),
@@ -175,7 +176,9 @@ mod tests {
         assert_eq!(fix.status(v("6.12.75")), FixStatus::Has);
         assert_eq!(fix.status(v("6.12.117-p2pdma")), FixStatus::Has);
         assert_eq!(fix.status(v("6.8.12")), FixStatus::Lacks, "an ended series");
-        assert!(matches!(fix.status(v("6.18.20")), FixStatus::Unknown(_)));
+        assert_eq!(fix.status(v("6.18.13")), FixStatus::Lacks);
+        assert_eq!(fix.status(v("6.18.44")), FixStatus::Has);
+        assert!(matches!(fix.status(v("6.19.2")), FixStatus::Unknown(_)));
         assert!(matches!(fix.status(v("6.6.120")), FixStatus::Unknown(_)));
         assert_eq!(fix.status(v("7.0.0")), FixStatus::Has);
         assert_eq!(fix.status(v("7.2.13+deb14-amd64")), FixStatus::Has);

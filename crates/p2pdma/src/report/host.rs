@@ -163,7 +163,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("hangs forever"), "{text}");
-        assert!(text.contains("(mainline 7.0, 6.12.75)"), "{text}");
+        assert!(text.contains("(mainline 7.0, 6.12.75, 6.18.14)"), "{text}");
         let json = serde_json::to_value(&notes).unwrap();
         assert_eq!(json["fixes"][0]["status"]["status"], "lacks");
         assert_eq!(json["fixes"][0]["fix"]["commit"], "6220694c52a5");
