@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use p2pdma::p2pmem::{P2pmemError, Provider};
+use p2pdma::sysfs::SysfsRoot;
 use p2pdma::Bdf;
 use serde::Serialize;
 
@@ -71,7 +72,7 @@ pub enum GuestError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NvmeController {
     /// Its PCI function.
-    pub bdf: String,
+    pub bdf: Bdf,
     /// The controller (`nvme0`).
     pub controller: String,
     /// Its namespaces (`nvme0n1`), sorted.
@@ -79,8 +80,8 @@ pub struct NvmeController {
 }
 
 /// Finds the NVMe controller whose serial is `serial` (`<sysfs>/class/nvme/*/serial`).
-pub fn nvme_by_serial(sysfs: &Path, serial: &str) -> Result<NvmeController, GuestError> {
-    let class = sysfs.join("class/nvme");
+pub fn nvme_by_serial(sysfs: &SysfsRoot, serial: &str) -> Result<NvmeController, GuestError> {
+    let class = sysfs.class_nvme("");
     let entries = std::fs::read_dir(&class).map_err(|source| GuestError::NoNvmeClass {
         path: class.clone(),
         source,
@@ -97,10 +98,16 @@ pub fn nvme_by_serial(sysfs: &Path, serial: &str) -> Result<NvmeController, Gues
                 path: link,
                 source,
             })?;
-            let bdf = device
+            let name = device
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            let bdf = name.parse::<Bdf>().map_err(|_| {
+                GuestError::Invalid(format!(
+                    "{ctrl}'s device link leads to {}, not a PCI function",
+                    device.display()
+                ))
+            })?;
             let mut namespaces: Vec<String> = std::fs::read_dir(entry.path())
                 .into_iter()
                 .flatten()
@@ -134,25 +141,25 @@ fn is_namespace_of(ctrl: &str, name: &str) -> bool {
 }
 
 /// A PCI function given as a BDF or as an NVMe serial.
-pub fn resolve_function(sysfs: &Path, device: &str) -> Result<String, GuestError> {
+pub fn resolve_function(sysfs: &SysfsRoot, device: &str) -> Result<Bdf, GuestError> {
     match device.parse::<Bdf>() {
-        Ok(bdf) => Ok(bdf.to_string()),
+        Ok(bdf) => Ok(bdf),
         Err(_) => Ok(nvme_by_serial(sysfs, device)?.bdf),
     }
 }
 
 /// Unbinds a function (BDF or NVMe serial) from its driver; returns the BDF and the
 /// driver's name.
-pub fn unbind(sysfs: &Path, device: &str) -> Result<(String, String), GuestError> {
+pub fn unbind(sysfs: &SysfsRoot, device: &str) -> Result<(Bdf, String), GuestError> {
     let bdf = resolve_function(sysfs, device)?;
-    let link = sysfs.join("bus/pci/devices").join(&bdf).join("driver");
+    let link = sysfs.pci_driver_link(bdf);
     let driver = std::fs::canonicalize(&link).map_err(|source| GuestError::Sysfs {
         what: format!("{bdf} is not bound to a driver:"),
         path: link,
         source,
     })?;
     let unbind = driver.join("unbind");
-    std::fs::write(&unbind, &bdf).map_err(|source| GuestError::Sysfs {
+    std::fs::write(&unbind, bdf.to_string()).map_err(|source| GuestError::Sysfs {
         what: format!("cannot unbind {bdf} via"),
         path: unbind.clone(),
         source,
@@ -166,10 +173,10 @@ pub fn unbind(sysfs: &Path, device: &str) -> Result<(String, String), GuestError
 }
 
 /// Binds a function (BDF or NVMe serial) to the nvme driver; returns the BDF.
-pub fn bind_nvme(sysfs: &Path, device: &str) -> Result<String, GuestError> {
+pub fn bind_nvme(sysfs: &SysfsRoot, device: &str) -> Result<Bdf, GuestError> {
     let bdf = resolve_function(sysfs, device)?;
-    let bind = sysfs.join("bus/pci/drivers/nvme/bind");
-    std::fs::write(&bind, &bdf).map_err(|source| GuestError::Sysfs {
+    let bind = sysfs.pci_driver_dir("nvme").join("bind");
+    std::fs::write(&bind, bdf.to_string()).map_err(|source| GuestError::Sysfs {
         what: format!("cannot bind {bdf} to nvme via"),
         path: bind.clone(),
         source,
@@ -317,7 +324,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// checked against the file's bytes read through the page cache at the start, until the
 /// stop file exists. A provider that goes away is an expected outcome: the thread counts
 /// it, waits for the provider to come back and allocates again.
-pub fn read_loop(sysfs: &Path, args: &ReadLoop) -> Result<ReadLoopReport, GuestError> {
+pub fn read_loop(sysfs: &SysfsRoot, args: &ReadLoop) -> Result<ReadLoopReport, GuestError> {
     use std::os::unix::fs::OpenOptionsExt;
 
     if !(args.threads > 0 && args.size > 0 && args.span >= args.size) {
@@ -366,7 +373,7 @@ pub fn read_loop(sysfs: &Path, args: &ReadLoop) -> Result<ReadLoopReport, GuestE
                 let mut was_ready = false;
                 while !stop() {
                     let allocated =
-                        Provider::open(sysfs, args.provider).and_then(|p| p.allocate(args.size));
+                        Provider::open(sysfs.path(), args.provider).and_then(|p| p.allocate(args.size));
                     let mut buffer = match allocated {
                         Ok(b) => {
                             bump(&counters.allocations);
@@ -545,8 +552,8 @@ pub struct HoldReport {
 
 /// Allocates the buffers, fills them with [`hold_pattern`], says so in the ready file,
 /// holds them until the release file exists (60 s at most), then checks the patterns.
-pub fn hold(sysfs: &Path, args: &Hold) -> Result<HoldReport, GuestError> {
-    let provider = Provider::open(sysfs, args.provider)?;
+pub fn hold(sysfs: &SysfsRoot, args: &Hold) -> Result<HoldReport, GuestError> {
+    let provider = Provider::open(sysfs.path(), args.provider)?;
     let mut held = Vec::new();
     for index in 0..args.buffers {
         let mut buffer = provider.allocate(args.size)?;
@@ -620,24 +627,26 @@ mod tests {
             std::fs::write(c.join("serial"), format!("{serial}   \n")).unwrap();
             std::os::unix::fs::symlink(&dev, c.join("device")).unwrap();
         }
-        let found = nvme_by_serial(sys, "sw1").unwrap();
+        let root = SysfsRoot::new(sys);
+        let found = nvme_by_serial(&root, "sw1").unwrap();
         assert_eq!(
             found,
             NvmeController {
-                bdf: "0000:00:04.0".into(),
+                bdf: "0000:00:04.0".parse().unwrap(),
                 controller: "nvme1".into(),
                 namespaces: vec!["nvme1n1".into(), "nvme1n10".into()],
             }
         );
-        let err = nvme_by_serial(sys, "nope").unwrap_err().to_string();
+        let err = nvme_by_serial(&root, "nope").unwrap_err().to_string();
         assert!(
             err.starts_with("no NVMe controller has serial 'nope' (serials present: "),
             "{err}"
         );
+        let bdf = |s: &str| s.parse::<Bdf>().unwrap();
         assert_eq!(
-            resolve_function(sys, "0000:00:05.0").unwrap(),
-            "0000:00:05.0"
+            resolve_function(&root, "0000:00:05.0").unwrap(),
+            bdf("0000:00:05.0")
         );
-        assert_eq!(resolve_function(sys, "sw0").unwrap(), "0000:00:04.0");
+        assert_eq!(resolve_function(&root, "sw0").unwrap(), bdf("0000:00:04.0"));
     }
 }
