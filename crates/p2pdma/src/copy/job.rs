@@ -20,9 +20,9 @@ use super::p2p_buffer::P2pSlot;
 use super::plan::{self, CopyPlan, CopyRequest, EndpointKind, HumanBytes, PlanError};
 use super::route::{self, Bounce, Mode, Route, RouteError, Side};
 use super::verify::{self, Verification, VerifyError};
+use crate::host::HostFacts;
 use crate::p2pmem::{P2pmemError, Provider};
 use crate::pci::PciTree;
-use crate::snapshot::HostFacts;
 use crate::sysfs::{SysfsError, SysfsRoot};
 use crate::Bdf;
 
