@@ -6,44 +6,21 @@
 //! Each test boots `fast` once; the guest script prints one `KEY field...` line per fact
 //! and the assertions are made here.
 
-#[allow(dead_code)] // each lab test binary uses part of the shared helpers
-#[macro_use]
-mod common;
-
-use common::{Flavour, Lab};
 use p2pdma_lab::spec::Catalog;
-use serde_json::Value;
 
-/// Shell helpers for the guest scripts.
-///
-/// - `ram`: the PCI address of the (one) ivshmem-plain device, 1af4:1110
-/// - `ns SERIAL`, `bdf SERIAL`: an NVMe controller's namespace node and PCI address
-/// - `md5 DEV OFFSET LEN`: md5 of a byte range (multiples of 4096)
-/// - `fill DEV OFFSET LEN`: random bytes over a range
-/// - `zeros LEN`: md5 of LEN zero bytes
-/// - `one_line FILE`: the file on one line
-const PRELUDE: &str = r#"
+use crate::harness::{
+    assert_removal_revoked_both_buffers, assert_unbind_revoked_both_buffers, json_after, Flavour,
+    Lab,
+};
+
+/// `ram`: the PCI address of the (one) ivshmem-plain device, 1af4:1110 (besides the
+/// harness's helpers).
+const RAM_HELPER: &str = r#"
 ram() { for d in /sys/bus/pci/devices/*; do [ "$(cat $d/vendor):$(cat $d/device)" = 0x1af4:0x1110 ] && basename $d; done; }
-ns() { p2pdma lab guest nvme "$1" | awk '{print $3}'; }
-bdf() { p2pdma lab guest nvme "$1" | awk '{print $1}'; }
-md5() { dd if="$1" bs=4096 skip=$(($2 / 4096)) count=$(($3 / 4096)) 2>/dev/null | md5sum | cut -d' ' -f1; }
-fill() { dd if=/dev/urandom of="$1" bs=4096 seek=$(($2 / 4096)) count=$(($3 / 4096)) conv=notrunc 2>/dev/null; }
-zeros() { dd if=/dev/zero bs=4096 count=$(($1 / 4096)) 2>/dev/null | md5sum | cut -d' ' -f1; }
-one_line() { tr '\n' ' ' < "$1"; }
 "#;
 
 fn fast(flavour: Flavour) -> Lab {
-    Lab::new("fast", flavour).file("/root/prelude.sh", PRELUDE)
-}
-
-fn script(body: &str) -> String {
-    format!(". /root/prelude.sh\n{body}")
-}
-
-/// The JSON value (object or array) the fields of a guest line make up.
-fn json(fields: &[&str]) -> Value {
-    let text = fields.join(" ");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"))
+    Lab::new("fast", flavour).helpers(RAM_HELPER)
 }
 
 /// The size `fast` declares for its RAM provider, in bytes.
@@ -74,13 +51,13 @@ echo "JSON $(one_line /tmp/out.json)"
 echo "ERR $(one_line /tmp/err.txt)"
 p2pdma copy $A $B --length 1M --dry-run --json > /tmp/auto.json; echo "AUTO $? $(one_line /tmp/auto.json)"
 "#;
-    let run = fast(Flavour::Standard).run(&script(body));
-    assert_eq!(run.status, Some(0), "guest script failed");
+    let run = fast(Flavour::Standard).run(body);
+    run.assert_success();
     let ram_line = run.line("RAM");
     let (ram, nvme_a, nvme_b) = (ram_line[0], ram_line[1], ram_line[2]);
 
     // mem info: the RAM pool with its declared size, published.
-    let pools = json(&run.line("MEM"));
+    let pools = run.json("MEM");
     let pools = pools.as_array().expect("mem info prints an array");
     assert_eq!(pools.len(), 3, "two CMBs and the RAM provider: {pools:?}");
     let pool = pools
@@ -100,7 +77,7 @@ p2pdma copy $A $B --length 1M --dry-run --json > /tmp/auto.json; echo "AUTO $? $
         tree.contains(&format!("[p2pmem {mib} MiB free of {mib} MiB]")),
         "not marked as a whole, published provider: {tree}"
     );
-    let matrix = json(&run.line("MATRIX"));
+    let matrix = run.json("MATRIX");
     let devices: Vec<&str> = matrix["devices"]
         .as_array()
         .unwrap()
@@ -124,7 +101,7 @@ p2pdma copy $A $B --length 1M --dry-run --json > /tmp/auto.json; echo "AUTO $? $
     // probe: the kernel itself DMAs a block into the RAM provider.
     let probe = run.line("PROBE");
     assert_eq!(probe[0], "0");
-    let probe = json(&probe[1..]);
+    let probe = json_after(&probe[1..].join(" "));
     assert_eq!(probe["result"], "ok", "{probe}");
     assert_eq!(probe["matches_host_read"], true, "{probe}");
 
@@ -137,7 +114,7 @@ p2pdma copy $A $B --length 1M --dry-run --json > /tmp/auto.json; echo "AUTO $? $
         "the source range is zeros, not random data"
     );
     assert_eq!(copy[4], copy[5], "bytes before --dst-offset changed");
-    let summary = json(&run.line("JSON"));
+    let summary = run.json("JSON");
     assert_eq!(summary["mode"], "p2p", "{summary}");
     assert_eq!(summary["provider"], ram, "{summary}");
     assert_eq!(summary["bytes"], 16 << 20, "{summary}");
@@ -152,7 +129,7 @@ p2pdma copy $A $B --length 1M --dry-run --json > /tmp/auto.json; echo "AUTO $? $
     // either, at distance 8 against 4).
     let auto = run.line("AUTO");
     assert_eq!(auto[0], "0");
-    let auto = json(&auto[1..]);
+    let auto = json_after(&auto[1..].join(" "));
     assert_eq!(auto["route"]["provider"], nvme_b, "{auto}");
     run.assert_kernel_log_clean();
 }
@@ -169,27 +146,12 @@ p2pdma mem test $R --buffers 2 --size 1048576 --unbind-after-map --json > /tmp/o
 i=0; while [ ! -e /sys/bus/pci/devices/$R/p2pmem/size ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 echo "AFTER $(cat /sys/bus/pci/devices/$R/p2pmem/size) $(cat /sys/bus/pci/devices/$R/p2pmem/available) $(cat /sys/bus/pci/devices/$R/p2pmem/published) $(basename $(readlink /sys/bus/pci/devices/$R/driver))"
 "#;
-    let run = fast(flavour).run(&script(body));
-    assert_eq!(run.status, Some(0), "guest script failed");
+    let run = fast(flavour).run(body);
+    run.assert_success();
     let test = run.line("TEST");
     assert_eq!(test[0], "0", "p2pdma did not survive the unbind");
-    let report = json(&test[1..]);
-    let unbind = &report["unbind"];
-    assert_eq!(unbind["driver"], "p2pdma_ram", "{report}");
-    assert_eq!(unbind["is_live_before"], true, "{report}");
-    assert_eq!(unbind["is_live_after_unbind"], false, "{report}");
-    assert_eq!(
-        unbind["read_results"],
-        serde_json::json!(["revoked", "revoked"]),
-        "{report}"
-    );
-    assert!(
-        unbind["sigbus_revocations"].as_u64().unwrap() >= 2,
-        "each read must have gone through the SIGBUS handler: {report}"
-    );
-    assert_eq!(unbind["io_ptr_result"], "revoked", "{report}");
-    assert_eq!(unbind["rebound"], true, "{report}");
-    assert_eq!(unbind["is_live_after_rebind"], false, "{report}");
+    let report = json_after(&test[1..].join(" "));
+    assert_unbind_revoked_both_buffers(&report, "p2pdma_ram");
     let bytes = declared_ram_bytes().to_string();
     assert_eq!(
         run.line("AFTER"),
@@ -213,30 +175,17 @@ echo "MEM $(p2pdma mem info --json)"
 "#;
     let run = fast(flavour)
         .args(&["--fault", "device_del:ram-a@signal:mapped"])
-        .run(&script(body));
-    assert_eq!(run.status, Some(0), "guest script failed");
+        .run(body);
+    run.assert_success();
     assert!(
         run.lines("STILL-PRESENT").is_empty(),
         "the device was not removed"
     );
     let test = run.line("TEST");
     assert_eq!(test[0], "0", "p2pdma did not survive the removal");
-    let report = json(&test[1..]);
-    let after = &report["while_mapped"];
-    assert_eq!(after["exit_code"], 0, "{report}");
-    assert_eq!(after["is_live_after"], false, "{report}");
-    assert_eq!(
-        after["read_results"],
-        serde_json::json!(["revoked", "revoked"]),
-        "{report}"
-    );
-    assert!(
-        after["sigbus_revocations"].as_u64().unwrap() >= 2,
-        "{report}"
-    );
-    assert!(report["available_after"].is_null(), "{report}");
-    assert_eq!(report["passed"], true, "{report}");
-    let pools = json(&run.line("MEM"));
+    let report = json_after(&test[1..].join(" "));
+    assert_removal_revoked_both_buffers(&report);
+    let pools = run.json("MEM");
     let pools = pools.as_array().unwrap();
     assert_eq!(pools.len(), 2, "only the two CMBs remain: {pools:?}");
     assert!(pools.iter().all(|p| p["size"] == 16 << 20), "{pools:?}");

@@ -1,68 +1,32 @@
 //! `p2pdma copy` on the host, without a VM: regular files on the host's filesystem, real
-//! io_uring and O_DIRECT, host bounce buffers (P2P itself is tested in `lab_copy.rs`).
+//! io_uring and O_DIRECT, host bounce buffers (P2P itself is tested in `tests/lab/copy.rs`).
 //!
 //! An empty directory passed as `--sysfs` makes the PCI side deterministic: no device
 //! resolves, so nothing can do P2P whatever disk the temp dir is on.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
-struct Case {
-    dir: tempfile::TempDir,
-    empty_sysfs: PathBuf,
-}
+use crate::util::{data, output, p2pdma_command, stderr, Scratch};
 
-impl Case {
-    fn new() -> Case {
-        let dir = tempfile::tempdir().unwrap();
-        let empty_sysfs = dir.path().join("sysfs");
-        std::fs::create_dir(&empty_sysfs).unwrap();
-        Case { dir, empty_sysfs }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, bytes).unwrap();
-        p
-    }
-
+impl Scratch {
     fn copy(&self, src: &Path, dst: &Path, args: &[&str]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_p2pdma"))
-            .arg("--sysfs")
-            .arg(&self.empty_sysfs)
-            .arg("copy")
-            .arg(src)
-            .arg(dst)
-            .args(args)
-            .output()
-            .unwrap();
-        eprintln!(
-            "exit {:?}\nstdout: {}\nstderr: {}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        output(
+            p2pdma_command()
+                .arg("--sysfs")
+                .arg(self.sysfs())
+                .arg("copy")
+                .arg(src)
+                .arg(dst)
+                .args(args),
+            "",
+        )
     }
-}
-
-fn data(len: usize, seed: u32) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
-        .collect()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
 fn bounce_copy_of_a_range_between_files_is_exact_and_verified() {
-    let case = Case::new();
+    let case = Scratch::new();
     let src_bytes = data(4 << 20, 1);
     let dst_bytes = data(4 << 20, 2);
     let src = case.file("src", &src_bytes);
@@ -108,7 +72,7 @@ fn bounce_copy_of_a_range_between_files_is_exact_and_verified() {
 
 #[test]
 fn without_a_p2p_path_never_refuses_and_auto_bounces_saying_why() {
-    let case = Case::new();
+    let case = Scratch::new();
     let src = case.file("src", &data(1 << 20, 3));
     let dst = case.file("dst", &vec![0u8; 1 << 20]);
 
@@ -135,7 +99,7 @@ fn without_a_p2p_path_never_refuses_and_auto_bounces_saying_why() {
 
 #[test]
 fn refusals_are_one_line_name_the_file_and_write_nothing() {
-    let case = Case::new();
+    let case = Scratch::new();
     let src = case.file("src", &data(1 << 20, 4));
     let original = data(1 << 20, 5);
     let dst = case.file("dst", &original);
@@ -184,7 +148,7 @@ fn refusals_are_one_line_name_the_file_and_write_nothing() {
 
 #[test]
 fn a_new_file_needs_force_and_a_dry_run_creates_nothing() {
-    let case = Case::new();
+    let case = Scratch::new();
     let src = case.file("src", &data(512 << 10, 6));
     let new = case.path("new");
 

@@ -3,34 +3,12 @@
 //! exit statuses follow the table; a closed stdout ends every command quietly with
 //! success. No VM: fixtures and files in a temp dir.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Output, Stdio};
 
 use serde_json::Value;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../p2pdma/tests/fixtures")
-        .join(name)
-}
-
-fn p2pdma(sysfs: &Path, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_p2pdma"))
-        .arg("--sysfs")
-        .arg(sysfs)
-        .args(args)
-        // A kernel build must never start from a test of the contract.
-        .env("P2PDMA_LAB_KERNEL", "/nonexistent/bzImage")
-        .output()
-        .expect("run p2pdma");
-    eprintln!(
-        "p2pdma {args:?}: exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use crate::util::{fixture, p2pdma, p2pdma_command, Scratch};
 
 /// The one JSON document on stdout, with an `error` object holding kind, message and
 /// exit code equal to the process's status; the same message on stderr, one line.
@@ -54,26 +32,13 @@ fn error_object(out: &Output) -> Value {
     error
 }
 
-struct Files {
-    dir: tempfile::TempDir,
-}
-
-impl Files {
-    fn new() -> Files {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("sysfs")).unwrap();
-        Files { dir }
-    }
-    fn sysfs(&self) -> PathBuf {
-        self.dir.path().join("sysfs")
-    }
-    fn file(&self, name: &str, len: usize, seed: u8) -> String {
-        let p = self.dir.path().join(name);
+impl Scratch {
+    /// A file of `len` bytes, a pattern that `seed` changes in every byte; its path.
+    fn patterned(&self, name: &str, len: usize, seed: u8) -> String {
         let bytes: Vec<u8> = (0..len)
             .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] ^ seed)
             .collect();
-        std::fs::write(&p, bytes).unwrap();
-        p.display().to_string()
+        self.file(name, &bytes).display().to_string()
     }
 }
 
@@ -176,9 +141,9 @@ fn every_json_command_prints_an_error_object_on_failure() {
 
 #[test]
 fn copy_refusals_before_any_write_are_error_objects_and_write_nothing() {
-    let f = Files::new();
-    let src = f.file("src", 1 << 20, 1);
-    let dst = f.file("dst", 1 << 20, 2);
+    let f = Scratch::new();
+    let src = f.patterned("src", 1 << 20, 1);
+    let dst = f.patterned("dst", 1 << 20, 2);
     let before = std::fs::read(&dst).unwrap();
     let sysfs = f.sysfs();
     let cases: &[(&[&str], &str, &str, i32)] = &[
@@ -223,7 +188,7 @@ fn copy_refusals_before_any_write_are_error_objects_and_write_nothing() {
         assert!(error["message"].as_str().unwrap().contains(word), "{error}");
         assert_eq!(std::fs::read(&dst).unwrap(), before, "{extra:?} wrote");
     }
-    let missing = f.dir.path().join("missing").display().to_string();
+    let missing = f.path("missing").display().to_string();
     let out = p2pdma(
         &sysfs,
         &["copy", &missing, &dst, "--json", "--bounce", "always"],
@@ -286,7 +251,7 @@ fn pairs_json_is_one_document() {
 fn closed_stdout(sysfs: &Path, args: &[&str]) -> Output {
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let out = Command::new(env!("CARGO_BIN_EXE_p2pdma"))
+    let out = p2pdma_command()
         .arg("--sysfs")
         .arg(sysfs)
         .args(args)
@@ -300,9 +265,9 @@ fn closed_stdout(sysfs: &Path, args: &[&str]) -> Output {
 
 #[test]
 fn a_closed_stdout_ends_every_command_quietly_with_success() {
-    let f = Files::new();
-    let src = f.file("src", 1 << 20, 3);
-    let dst = f.file("dst", 1 << 20, 4);
+    let f = Scratch::new();
+    let src = f.patterned("src", 1 << 20, 3);
+    let dst = f.patterned("dst", 1 << 20, 4);
     let mixed = fixture("mixed");
     let sysfs = f.sysfs();
     let cases: Vec<(&Path, Vec<&str>)> = vec![
@@ -412,9 +377,9 @@ fn sizes_take_suffixes_everywhere_and_quiet_silences_notes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("k, M, G or T suffix"));
 
-    let f = Files::new();
-    let src = f.file("src", 1 << 20, 5);
-    let dst = f.file("dst", 1 << 20, 6);
+    let f = Scratch::new();
+    let src = f.patterned("src", 1 << 20, 5);
+    let dst = f.patterned("dst", 1 << 20, 6);
     let sysfs = f.sysfs();
     let loud = p2pdma(&sysfs, &["copy", &src, &dst, "--bounce", "auto"]);
     assert!(loud.status.success());
@@ -428,7 +393,7 @@ fn sizes_take_suffixes_everywhere_and_quiet_silences_notes() {
     );
     assert!(!quiet.stdout.is_empty(), "--quiet keeps the result");
 
-    let snap = f.dir.path().join("snap");
+    let snap = f.path("snap");
     let out = p2pdma(&root, &["snapshot", snap.to_str().unwrap(), "-q"]);
     assert!(out.status.success());
     assert!(

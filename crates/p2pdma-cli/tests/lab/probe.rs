@@ -1,21 +1,16 @@
 //! `p2pdma probe` catches a DMA the platform drops: with ACS redirect disabled on the
 //! `acs` topology's root port the kernel allows P2P between the two functions, but
-//! QEMU's emulated IOMMU drops the peer writes (lab_copy's ACS test sees the same data
+//! QEMU's emulated IOMMU drops the peer writes (the copy module's ACS test sees the same data
 //! loss through `--verify`). The probe's buffer is filled with a random pattern first,
 //! so the read that "succeeds" while delivering nothing is reported as dropped, not as a
 //! match of zeros with zeros.
 
-#[allow(dead_code)] // each lab test binary uses part of the shared helpers
-mod common;
-
-use common::{json_after, Flavour, Lab};
+use crate::harness::{Flavour, Lab};
 
 #[test]
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn probe_reports_the_dma_the_emulated_iommu_drops_as_dropped() {
     let script = r#"
-bdf() { p2pdma lab guest nvme "$1" | awk '{print $1}'; }
-ns() { p2pdma lab guest nvme "$1" | awk '{print $3}'; }
 # The disk holds zeros, as lab disks do: a check without a pattern would pass.
 dd if=/dev/zero of=$(ns mf0) bs=4096 count=1 oflag=direct 2>/dev/null
 p2pdma probe --provider $(bdf mf1) $(ns mf0) --json > /tmp/probe.json; echo "RC $?"
@@ -25,7 +20,7 @@ p2pdma probe --provider $(bdf mf1) $(ns mf0); echo "TEXTRC $?"
     let run = Lab::new("acs", Flavour::Standard)
         .args(&["--kernel-arg", "pci=disable_acs_redir=0000:00:01.0"])
         .run(script);
-    let probe = json_after(&run.line("JSON").join(" "));
+    let probe = run.json("JSON");
     assert_eq!(probe["result"], "dropped", "{probe}");
     assert_eq!(
         probe["bytes_read"], probe["bytes"],
@@ -51,8 +46,6 @@ p2pdma probe --provider $(bdf mf1) $(ns mf0); echo "TEXTRC $?"
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn a_user_given_access_probes_and_copies_without_root() {
     let script = r#"
-bdf() { p2pdma lab guest nvme "$1" | awk '{print $1}'; }
-ns() { p2pdma lab guest nvme "$1" | awk '{print $3}'; }
 A=$(ns sw0); B=$(ns sw1); PB=$(bdf sw1)
 dd if=/dev/urandom of=$A bs=1M count=4 oflag=direct 2>/dev/null
 user() { p2pdma lab guest as-user 1000 1000 sh -c "$*"; }
@@ -80,11 +73,11 @@ echo "MD5 $(dd if=$A bs=1M count=4 iflag=direct 2>/dev/null | md5sum | cut -d' '
     assert_eq!(run.line("TOPO_RC"), ["0"]);
     assert_eq!(run.line("MEMINFO_RC"), ["0"]);
     assert_eq!(run.line("PROBE_RC"), ["0"], "{}", run.stdout);
-    let probe = json_after(&run.line("PROBE").join(" "));
+    let probe = run.json("PROBE");
     assert_eq!(probe["result"], "ok", "{probe}");
     assert_eq!(probe["pattern_replaced"], true, "{probe}");
     assert_eq!(run.line("COPY_RC"), ["0"], "{}", run.stdout);
-    let copy = json_after(&run.line("COPY").join(" "));
+    let copy = run.json("COPY");
     assert_eq!(copy["verified"], true, "{copy}");
     assert_eq!(copy["mode"], "p2p", "{copy}");
     let md5 = run.line("MD5");

@@ -1,59 +1,30 @@
 //! `p2pdma bench` on the host, without a VM: bad parameters give one-line errors and a
 //! non-zero exit before anything is opened; host-memory runs on regular files (real
-//! io_uring, O_DIRECT) report what they moved. P2P runs are tested in `lab_bench.rs`.
+//! io_uring, O_DIRECT) report what they moved. P2P runs are tested in `tests/lab/bench.rs`.
 //!
 //! An empty directory passed as `--sysfs` makes the PCI side deterministic: no device
 //! resolves and no provider exists, whatever this machine has.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 use serde_json::Value;
 
-struct Case {
-    dir: tempfile::TempDir,
-    sysfs: PathBuf,
-}
+use crate::util::{data, fixture, output, p2pdma_command, Scratch};
 
-impl Case {
-    fn new() -> Case {
-        let dir = tempfile::tempdir().unwrap();
-        let sysfs = dir.path().join("sysfs");
-        std::fs::create_dir(&sysfs).unwrap();
-        Case { dir, sysfs }
-    }
-
-    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, bytes).unwrap();
-        p
-    }
-
+impl Scratch {
     fn bench(&self, args: &[&str]) -> Output {
-        self.bench_in(&self.sysfs, args, None)
+        self.bench_in(&self.sysfs(), args, None)
     }
 
     fn bench_in(&self, sysfs: &Path, args: &[&str], path_env: Option<&Path>) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_p2pdma"));
+        let mut cmd = p2pdma_command();
         cmd.arg("--sysfs").arg(sysfs).arg("bench").args(args);
         if let Some(p) = path_env {
             cmd.env("PATH", p).env_remove("P2PDMA_FIO");
         }
-        let out = cmd.output().unwrap();
-        eprintln!(
-            "exit {:?}\nstdout: {}\nstderr: {}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        output(&mut cmd, "")
     }
-}
-
-fn data(len: usize, seed: u32) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
-        .collect()
 }
 
 /// Exits non-zero with exactly one line on stderr containing every piece of `expected`,
@@ -76,7 +47,7 @@ fn assert_one_line_error(out: &Output, expected: &[&str]) {
 
 #[test]
 fn bad_parameters_are_one_line_errors() {
-    let c = Case::new();
+    let c = Scratch::new();
     let src = c.file("src", &data(1 << 20, 1));
     let src = src.to_str().unwrap();
     let base = ["--workload", "read", "--src", src, "--mode", "host"];
@@ -105,7 +76,7 @@ fn bad_parameters_are_one_line_errors() {
 
 #[test]
 fn writes_need_an_explicit_destination_and_the_checks_of_copy() {
-    let c = Case::new();
+    let c = Scratch::new();
     let src = c.file("src", &data(1 << 20, 2));
     let src = src.to_str().unwrap();
     let out = c.bench(&[
@@ -157,7 +128,7 @@ fn writes_need_an_explicit_destination_and_the_checks_of_copy() {
 
 #[test]
 fn both_modes_without_p2p_say_why_and_fail() {
-    let c = Case::new();
+    let c = Scratch::new();
     let src = c.file("src", &data(1 << 20, 4));
     let out = c.bench(&[
         "--workload",
@@ -177,9 +148,9 @@ fn both_modes_without_p2p_say_why_and_fail() {
 
 #[test]
 fn a_provider_without_p2pmem_is_refused() {
-    let c = Case::new();
+    let c = Scratch::new();
     let src = c.file("src", &data(1 << 20, 5));
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../p2pdma/tests/fixtures/switch");
+    let fixture = fixture("switch");
     let out = c.bench_in(
         &fixture,
         &[
@@ -202,12 +173,12 @@ fn a_provider_without_p2pmem_is_refused() {
 
 #[test]
 fn fio_missing_names_fio_and_how_to_install_it() {
-    let c = Case::new();
+    let c = Scratch::new();
     let src = c.file("src", &data(1 << 20, 6));
-    let empty_path = c.dir.path().join("bin");
+    let empty_path = c.path("bin");
     std::fs::create_dir(&empty_path).unwrap();
     let out = c.bench_in(
-        &c.sysfs,
+        &c.sysfs(),
         &[
             "--workload",
             "read",
@@ -228,11 +199,11 @@ fn fio_missing_names_fio_and_how_to_install_it() {
 /// bytes afterwards, and the reported bytes are the range times the runs.
 #[test]
 fn a_host_copy_moves_what_it_reports() {
-    let c = Case::new();
+    let c = Scratch::new();
     let src_bytes = data(2 << 20, 7);
     let src = c.file("src", &src_bytes);
     let dst = c.file("dst", &data(2 << 20, 8));
-    let plot = c.dir.path().join("plot.svg");
+    let plot = c.path("plot.svg");
     let out = c.bench(&[
         "--workload",
         "copy",
@@ -306,11 +277,15 @@ fn a_host_copy_moves_what_it_reports() {
 /// ratio lines.
 #[test]
 fn fio_runs_beside_and_the_table_ends_with_ratios() {
-    if Command::new("fio").arg("--version").output().is_err() {
+    if std::process::Command::new("fio")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("SKIPPED: fio is not installed on this host (apt-get install fio)");
         return;
     }
-    let c = Case::new();
+    let c = Scratch::new();
     let src = c.file("src", &data(1 << 20, 9));
     let out = c.bench(&[
         "--workload",
@@ -344,7 +319,7 @@ fn fio_runs_beside_and_the_table_ends_with_ratios() {
 /// the exit-code table's kind and status.
 #[test]
 fn json_failures_follow_the_output_contract() {
-    let c = Case::new();
+    let c = Scratch::new();
     let src = c.file("src", &data(1 << 20, 10));
     let src = src.to_str().unwrap();
     let out = c.bench(&["--workload", "read", "--src", src, "--bs", "0", "--json"]);

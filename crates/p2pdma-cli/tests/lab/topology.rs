@@ -9,7 +9,7 @@
 //! topologies with an emulated IOMMU. The kernel's `pci=disable_acs_redir=` advice, when it logs one, must
 //! equal the ACS list p2pdma predicted for some pair.
 //!
-//! Besides the shipped topologies, `tests/lab_topology_extra.toml` adds ACS cases the
+//! Besides the shipped topologies, `tests/lab/topology_extra.toml` adds ACS cases the
 //! shipped ones do not reach (redirect above the common switch, ACS with an AMD CPU,
 //! redirecting root ports without a common bridge).
 //!
@@ -18,10 +18,11 @@
 //! pairs, once per namespace, and its verdicts are checked like the others.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use p2pdma_lab::spec::Catalog;
 use serde_json::Value;
+
+use crate::harness::{p2pdma, Flavour, Lab};
 
 const GUEST_SCRIPT: &str = r#"
 p2pdma topo --pairs --json
@@ -32,10 +33,14 @@ true
 "#;
 
 const EXTRA_TOPOLOGIES: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab_topology_extra.toml");
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/topology_extra.toml");
 
-fn p2pdma() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_p2pdma"))
+/// A guest on `topology` (shipped or extra), the standard kernel, with 300 s for the
+/// script.
+fn lab(topology: &str) -> Lab {
+    Lab::new(topology, Flavour::Standard)
+        .topologies(include_str!("topology_extra.toml"))
+        .args(&["--timeout", "300"])
 }
 
 fn topologies() -> Vec<String> {
@@ -85,28 +90,9 @@ fn predicted_verdicts_equal_what_the_kernel_does_for_every_pair_of_every_topolog
     let iommu = with_iommu();
     let mut dropped = 0usize;
     for topology in &names {
-        let out = p2pdma()
-            .args([
-                "lab",
-                "run",
-                "-q",
-                "--topologies",
-                EXTRA_TOPOLOGIES,
-                "--topology",
-                topology,
-                "--timeout",
-                "300",
-                "--",
-            ])
-            .arg(GUEST_SCRIPT)
-            .output()
-            .expect("run p2pdma lab run");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "{topology}: guest failed\n{stdout}\n{stderr}"
-        );
+        let out = lab(topology).run(GUEST_SCRIPT);
+        out.assert_success();
+        let (stdout, stderr) = (&out.stdout, &out.stderr);
 
         let mut predicted: BTreeMap<(String, String), Value> = BTreeMap::new();
         let mut probes = Vec::new();
@@ -240,30 +226,14 @@ fn predicted_verdicts_equal_what_the_kernel_does_for_every_pair_of_every_topolog
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn a_file_on_an_nvme_filesystem_resolves_to_its_controller_in_the_guest() {
     let script = r#"
-bdf_of() { for c in /sys/class/nvme/nvme*; do s=$(cat $c/serial); [ "${s%% *}" = "$1" ] && basename $(readlink $c/device); done; }
-ns_of() { for c in /sys/class/nvme/nvme*; do s=$(cat $c/serial); [ "${s%% *}" = "$1" ] && echo /dev/$(basename $c)n1; done; }
-mkdir -p /mnt/a && mount -t ext4 $(ns_of sw0) /mnt/a && echo hello > /mnt/a/file
-echo "SW0 $(bdf_of sw0)"
-p2pdma topo --explain $(bdf_of sw1) /mnt/a/file --json | tr -d '\n'; echo
-p2pdma topo --explain $(bdf_of sw1) /proc/cpuinfo; echo "PROC-EXIT $?"
+mkdir -p /mnt/a && mount -t ext4 $(ns sw0) /mnt/a && echo hello > /mnt/a/file
+echo "SW0 $(bdf sw0)"
+p2pdma topo --explain $(bdf sw1) /mnt/a/file --json | tr -d '\n'; echo
+p2pdma topo --explain $(bdf sw1) /proc/cpuinfo; echo "PROC-EXIT $?"
 "#;
-    let out = p2pdma()
-        .args([
-            "lab",
-            "run",
-            "-q",
-            "--topology",
-            "ext4",
-            "--timeout",
-            "300",
-            "--",
-        ])
-        .arg(script)
-        .output()
-        .expect("run p2pdma lab run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let out = lab("ext4").run(script);
+    out.assert_success();
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
     let sw0 = stdout
         .lines()
         .find_map(|l| l.strip_prefix("SW0 "))

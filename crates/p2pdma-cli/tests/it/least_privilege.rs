@@ -10,11 +10,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../p2pdma/tests/fixtures")
-        .join(name)
-}
+use crate::util::{fixture, output, stderr};
 
 fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -31,23 +27,10 @@ fn unprivileged(sysfs: &Path, args: &[&str]) -> Output {
     } else {
         Command::new(exe)
     };
-    let out = cmd
-        .arg("--sysfs")
-        .arg(sysfs)
-        .args(args)
-        .output()
-        .expect("run p2pdma (setpriv must be installed when the tests run as root)");
-    eprintln!(
-        "{args:?}: exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    output(
+        cmd.arg("--sysfs").arg(sysfs).args(args),
+        &format!("{args:?}: "),
+    )
 }
 
 /// A world-readable copy of the `switch` snapshot with an inaccessible `allocate` file

@@ -4,37 +4,15 @@
 //! Tests that boot QEMU are `#[ignore]`d with the reason, so a plain `cargo test` never
 //! starts a VM; README's test command runs them with `--include-ignored`.
 
-#[allow(dead_code)] // each lab test binary uses part of the shared helpers
-mod common;
-
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
 use p2pdma_lab::spec::{BridgeKind, Catalog, Topology};
 
-fn p2pdma() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_p2pdma"))
-}
+use crate::harness::{p2p_refusal_errno, p2pdma, Flavour, Lab};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn lab_run(topology: &str, extra: &[&str], command: &str) -> Output {
-    let out = p2pdma()
-        .args(["lab", "run", "--quiet", "--topology", topology])
-        .args(extra)
-        .arg("--")
-        .arg(command)
-        .output()
-        .expect("p2pdma runs");
-    eprintln!(
-        "--- {topology} stdout:\n{}\n--- stderr:\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    out
 }
 
 /// Prints, for every NVMe controller, `nvme SERIAL BDF CHAIN P2PMEM_SIZE PUBLISHED`, where
@@ -91,12 +69,12 @@ struct Guest {
 }
 
 fn describe(topology: &str) -> Guest {
-    let out = lab_run(topology, &[], DESCRIBE_GUEST);
-    assert!(out.status.success(), "{topology}: guest command failed");
+    let out = Lab::new(topology, Flavour::Standard).run(DESCRIBE_GUEST);
+    out.assert_success();
     let mut nvmes = HashMap::new();
     let mut rams = Vec::new();
     let mut bridges = HashMap::new();
-    for line in text(&out.stdout).lines() {
+    for line in out.stdout.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         match f.as_slice() {
             ["nvme", serial, _bdf, chain, size, published] => {
@@ -307,16 +285,16 @@ fn every_shipped_topology_has_a_boot_test() {
     for name in Catalog::load(None, &[]).unwrap().names() {
         assert!(
             source.contains(&format!("=> \"{name}\"")),
-            "topology {name} has no boot test in tests/lab.rs"
+            "topology {name} has no boot test in tests/lab/lab.rs"
         );
     }
 }
 
 #[test]
 fn unknown_topology_is_a_clear_error_without_booting() {
-    let out = lab_run("no-such-topology", &[], "true");
-    assert_eq!(out.status.code(), Some(125));
-    let err = text(&out.stderr);
+    let out = Lab::new("no-such-topology", Flavour::Standard).try_run("true");
+    assert_eq!(out.status, Some(125));
+    let err = &out.stderr;
     assert!(err.contains("unknown topology 'no-such-topology'"), "{err}");
     assert!(
         err.contains("switch"),
@@ -326,23 +304,12 @@ fn unknown_topology_is_a_clear_error_without_booting() {
 
 #[test]
 fn missing_kernel_source_is_a_clear_error() {
-    let out = p2pdma()
+    let out = Lab::new("switch", Flavour::Standard)
         .env_remove("P2PDMA_LAB_KERNEL")
-        .args([
-            "lab",
-            "run",
-            "-q",
-            "-t",
-            "switch",
-            "--source",
-            "/nonexistent/linux.tar.xz",
-            "--",
-            "true",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(125));
-    let err = text(&out.stderr);
+        .args(&["--source", "/nonexistent/linux.tar.xz"])
+        .try_run("true");
+    assert_eq!(out.status, Some(125));
+    let err = &out.stderr;
     assert!(err.contains("/nonexistent/linux.tar.xz not found"), "{err}");
     assert!(err.contains("p2pdma lab setup"), "{err}");
 }
@@ -360,36 +327,34 @@ fn cached_kernel() -> PathBuf {
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn missing_qemu_is_a_clear_error() {
     let kernel = cached_kernel();
-    let out = p2pdma()
+    let out = Lab::new("switch", Flavour::Standard)
         .env("PATH", "/nonexistent")
-        .args([
-            "lab", "run", "-q", "-t", "switch", "--accel", "tcg", "--kernel",
-        ])
-        .arg(&kernel)
-        .args(["--", "true"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(125));
-    let err = text(&out.stderr);
+        .args(&["--accel", "tcg", "--kernel", kernel.to_str().unwrap()])
+        .try_run("true");
+    assert_eq!(out.status, Some(125));
+    let err = &out.stderr;
     assert!(err.contains("qemu-system-x86_64 not found"), "{err}");
 }
 
 #[test]
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn guest_command_status_and_output_come_back() {
-    let out = lab_run("switch", &[], "echo to-stdout; echo to-stderr >&2; exit 7");
-    assert_eq!(out.status.code(), Some(7));
-    assert_eq!(text(&out.stdout), "to-stdout\n");
-    assert_eq!(text(&out.stderr), "to-stderr\n");
+    let out =
+        Lab::new("switch", Flavour::Standard).run("echo to-stdout; echo to-stderr >&2; exit 7");
+    assert_eq!(out.status, Some(7));
+    assert_eq!(out.stdout, "to-stdout\n");
+    assert_eq!(out.stderr, "to-stderr\n");
 }
 
 #[test]
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn a_hanging_command_is_killed_at_its_deadline() {
     let started = std::time::Instant::now();
-    let out = lab_run("switch", &["--timeout", "3"], "sleep 1000");
-    assert_eq!(out.status.code(), Some(125));
-    let err = text(&out.stderr);
+    let out = Lab::new("switch", Flavour::Standard)
+        .args(&["--timeout", "3"])
+        .try_run("sleep 1000");
+    assert_eq!(out.status, Some(125));
+    let err = &out.stderr;
     assert!(err.contains("did not finish within 3 s"), "{err}");
     assert!(started.elapsed().as_secs() < 120, "the lab itself hung");
 }
@@ -397,9 +362,10 @@ fn a_hanging_command_is_killed_at_its_deadline() {
 #[test]
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn a_guest_kernel_panic_is_reported_with_the_panic_line() {
-    let out = lab_run("switch", &[], "echo c > /proc/sysrq-trigger; sleep 30");
-    assert_eq!(out.status.code(), Some(125));
-    let err = text(&out.stderr);
+    let out =
+        Lab::new("switch", Flavour::Standard).try_run("echo c > /proc/sysrq-trigger; sleep 30");
+    assert_eq!(out.status, Some(125));
+    let err = &out.stderr;
     assert!(err.contains("the guest kernel panicked"), "{err}");
     assert!(err.contains("Kernel panic - not syncing"), "{err}");
 }
@@ -407,23 +373,12 @@ fn a_guest_kernel_panic_is_reported_with_the_panic_line() {
 #[test]
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn files_go_in_and_fetched_files_come_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("input.txt");
-    std::fs::write(&input, "from the host\n").unwrap();
-    let run_dir = dir.path().join("run");
-    let out = lab_run(
-        "switch",
-        &[
-            "--file",
-            &format!("{}:/root/in.txt", input.display()),
-            "--fetch",
-            "/tmp/result",
-            "--out",
-            run_dir.to_str().unwrap(),
-        ],
-        "mkdir /tmp/result && tr a-z A-Z < /root/in.txt > /tmp/result/upper.txt",
-    );
-    assert!(out.status.success());
+    let out = Lab::new("switch", Flavour::Standard)
+        .file("/root/in.txt", "from the host\n")
+        .args(&["--fetch", "/tmp/result"])
+        .run("mkdir /tmp/result && tr a-z A-Z < /root/in.txt > /tmp/result/upper.txt");
+    out.assert_success();
+    let run_dir = out.dir();
     let fetched = std::fs::read_to_string(run_dir.join("fetched/tmp/result/upper.txt")).unwrap();
     assert_eq!(fetched, "FROM THE HOST\n");
     assert!(
@@ -435,30 +390,28 @@ fn files_go_in_and_fetched_files_come_back() {
 #[test]
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn unbind_and_rebind_inside_the_guest() {
-    let out = lab_run(
-        "switch",
-        &[],
+    let out = Lab::new("switch", Flavour::Standard).run(
         "set -e; bdf=$(p2pdma lab guest nvme sw1 | cut -d' ' -f1); p2pdma lab guest unbind sw1; \
          test ! -e /sys/bus/pci/devices/$bdf/p2pmem && echo gone; p2pdma lab guest bind $bdf; \
          i=0; while [ ! -e /sys/bus/pci/devices/$bdf/p2pmem ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; \
          cat /sys/bus/pci/devices/$bdf/p2pmem/size",
     );
-    assert!(out.status.success());
-    assert_eq!(text(&out.stdout), "gone\n16777216\n");
+    out.assert_success();
+    assert_eq!(out.stdout, "gone\n16777216\n");
 }
 
 #[test]
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn device_del_on_a_guest_signal_removes_the_controller() {
-    let out = lab_run(
-        "switch",
-        &["--fault", "device_del:nvme-b@signal:remove-now"],
-        "set -e; bdf=$(p2pdma lab guest nvme sw1 | cut -d' ' -f1); p2pdma lab guest signal remove-now; \
-         i=0; while [ -e /sys/bus/pci/devices/$bdf ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
-         test ! -e /sys/bus/pci/devices/$bdf && echo removed; ls /sys/class/nvme | wc -l",
-    );
-    assert!(out.status.success());
-    assert_eq!(text(&out.stdout), "removed\n1\n");
+    let out = Lab::new("switch", Flavour::Standard)
+        .args(&["--fault", "device_del:nvme-b@signal:remove-now"])
+        .run(
+            "set -e; bdf=$(p2pdma lab guest nvme sw1 | cut -d' ' -f1); p2pdma lab guest signal remove-now; \
+             i=0; while [ -e /sys/bus/pci/devices/$bdf ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
+             test ! -e /sys/bus/pci/devices/$bdf && echo removed; ls /sys/class/nvme | wc -l",
+        );
+    out.assert_success();
+    assert_eq!(out.stdout, "removed\n1\n");
 }
 
 #[test]
@@ -486,6 +439,31 @@ fn readme_test_command_is_what_ci_runs() {
         ci.lines().any(|l| l.trim() == test_command),
         ".ci/run does not run README's test command"
     );
+    // The 7.2 pass picks the kernel-facing suites of the `lab` binary by module path: each
+    // filter must name a module (a filter that matches nothing would run nothing).
+    let second_pass = &test_command[test_command
+        .find("P2PDMA_LAB_RELEASE=7.2 cargo test -p p2pdma-cli --test lab -- ")
+        .expect("README's 7.2 pass runs the lab binary")..];
+    let modules = include_str!("main.rs");
+    for suite in [
+        "topology",
+        "copy",
+        "bad_input",
+        "reliability",
+        "ram",
+        "p2pmem",
+        "probe",
+    ] {
+        assert!(
+            second_pass.contains(&format!(" {suite}:: ")),
+            "README's 7.2 pass lacks the {suite} suite"
+        );
+        assert!(
+            modules.contains(&format!("\nmod {suite};\n")),
+            "tests/lab/main.rs has no module {suite}"
+        );
+    }
+    assert!(second_pass.ends_with(" --skip debug::"), "{second_pass}");
 }
 
 /// Writes random data to sw0's namespace, has `p2pdma copy` read it with O_DIRECT into
@@ -506,9 +484,9 @@ echo "dst $(dd if=$dst bs=1M skip=8 count=4 iflag=direct 2>/dev/null | md5sum | 
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn real_p2p_moves_data_through_another_controllers_cmb() {
     let script = P2P_PROOF.replace("SRC", "sw0").replace("DST", "sw1");
-    let out = lab_run("switch", &[], &script);
-    assert!(out.status.success(), "copy failed");
-    let stdout = text(&out.stdout);
+    let out = Lab::new("switch", Flavour::Standard).run(&script);
+    out.assert_success();
+    let stdout = &out.stdout;
     let sums: Vec<&str> = stdout
         .lines()
         .filter_map(|l| l.strip_prefix("src ").or_else(|| l.strip_prefix("dst ")))
@@ -526,10 +504,10 @@ fn real_p2p_moves_data_through_another_controllers_cmb() {
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn the_same_copy_on_rootbus_fails_with_the_kernels_p2p_error() {
     let script = P2P_PROOF.replace("SRC", "root0").replace("DST", "root1");
-    let out = lab_run("rootbus", &[], &script);
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
-    let (_, refusal) = common::p2p_refusal_errno();
+    let out = Lab::new("rootbus", Flavour::Standard).run(&script);
+    assert!(!out.success());
+    let err = &out.stderr;
+    let (_, refusal) = p2p_refusal_errno();
     assert!(
         err.contains(refusal),
         "not the kernel's P2P error ({refusal}): {err}"
@@ -549,7 +527,7 @@ fn the_same_copy_on_rootbus_fails_with_the_kernels_p2p_error() {
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn the_demo_runs_every_step_and_shows_measured_speed() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_p2pdma"))
+    let out = p2pdma()
         .args(["lab", "demo", "--out"])
         .arg(dir.path().join("run"))
         .output()

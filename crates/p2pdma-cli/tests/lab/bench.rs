@@ -17,17 +17,14 @@
 //!
 //! No speed is asserted: figures live in BENCHMARKS.md.
 
-#[allow(dead_code)] // each lab test binary uses part of the shared helpers
-mod common;
-
-use common::{json_after, Flavour, Lab, LabRun};
 use serde_json::Value;
+
+use crate::harness::{Flavour, Lab, LabRun};
 
 /// See the module documentation.
 const PRP_ONLY: [&str; 2] = ["--kernel-arg", "nvme.sgl_threshold=0"];
 
 const PRELUDE: &str = r#"
-ns() { p2pdma lab guest nvme "$1" | awk '{print $3}'; }
 A=$(ns sw0); B=$(ns sw1); a=${A#/dev/}; b=${B#/dev/}
 counters() { echo "$1 $(cat /sys/block/$a/stat) / $(cat /sys/block/$b/stat)"; }
 "#;
@@ -44,10 +41,6 @@ fn counters(run: &LabRun, key: &str) -> [(u64, u64); 2] {
         (stat[2].parse().unwrap(), stat[6].parse().unwrap())
     };
     [parse(&fields[..slash]), parse(&fields[slash + 1..])]
-}
-
-fn json(run: &LabRun, key: &str) -> Value {
-    json_after(&run.line(key).join(" "))
 }
 
 fn assert_close(what: &str, counted: u64, reported: u64, tolerance: u64) {
@@ -77,14 +70,14 @@ echo \"JSON3 $(tr '\\n' ' ' < /tmp/write.json)\"
     let run = Lab::new("switch", Flavour::Standard)
         .args(&PRP_ONLY)
         .run(&script);
-    assert!(run.status == Some(0), "the guest script failed");
+    run.assert_success();
     for rc in run.lines("RC") {
         assert_eq!(rc[1], "0", "bench {} failed: {}", rc[0], rc[2..].join(" "));
     }
     let [c0, c1, c2, c3] = ["C0", "C1", "C2", "C3"].map(|k| counters(&run, k));
 
     // Copy: p2p and host, both block sizes, the sides alone too.
-    let copy = json(&run, "JSON1");
+    let copy = run.json("JSON1");
     assert!(copy["provider"]["bdf"].is_string(), "{copy}");
     let modes: Vec<&str> = copy["results"]
         .as_array()
@@ -118,7 +111,7 @@ echo \"JSON3 $(tr '\\n' ' ' < /tmp/write.json)\"
     assert_eq!(c1[1].0, c0[1].0, "the copy read its destination");
 
     // Random reads, two jobs.
-    let read = json(&run, "JSON2");
+    let read = run.json("JSON2");
     let reported = read["p2pdma_totals"]["read_bytes"].as_u64().unwrap();
     assert_eq!(reported, 2 * 3 * (6 << 20), "{read}");
     assert_close(
@@ -135,7 +128,7 @@ echo \"JSON3 $(tr '\\n' ' ' < /tmp/write.json)\"
     );
 
     // A time-based p2p write: whatever it did, the device saw the same.
-    let write = json(&run, "JSON3");
+    let write = run.json("JSON3");
     let reported = write["p2pdma_totals"]["written_bytes"].as_u64().unwrap();
     let runs: u64 = write["results"][0]["runs"]
         .as_array()
@@ -170,7 +163,7 @@ echo \"JSON $(tr '\\n' ' ' < /tmp/out.json)\"
         .run(&script);
     let rc = run.line("RC");
     assert_eq!(rc[0], "0", "bench --fio failed: {}", rc[1..].join(" "));
-    let v = json(&run, "JSON");
+    let v = run.json("JSON");
     assert!(
         v["fio_version"].as_str().unwrap().starts_with("fio-"),
         "{v}"
@@ -218,7 +211,6 @@ echo \"JSON $(tr '\\n' ' ' < /tmp/out.json)\"
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn bench_where_the_kernel_refuses_p2p_says_why_and_host_mode_still_runs() {
     let script = r#"
-ns() { p2pdma lab guest nvme "$1" | awk '{print $3}'; }
 A=$(ns root0); B=$(ns root1)
 dd if=/dev/urandom of=$B bs=1M count=1 oflag=direct 2>/dev/null
 before=$(dd if=$B bs=1M count=1 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
@@ -245,7 +237,7 @@ echo "JSON $(tr '\n' ' ' < /tmp/host.json)"
     let same = run.line("SAME");
     assert_eq!(same[0], same[1], "the refused run changed the destination");
     assert_eq!(run.line("HOST"), ["0"]);
-    let v = json(&run, "JSON");
+    let v = run.json("JSON");
     // The destination written alone, then the copy: 1 MiB each.
     assert_eq!(v["p2pdma_totals"]["written_bytes"], 2 << 20, "{v}");
     assert!(v["provider"].is_null(), "{v}");

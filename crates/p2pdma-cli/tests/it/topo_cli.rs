@@ -1,32 +1,10 @@
 //! `p2pdma topo` and `p2pdma snapshot` on the lab snapshots kept as fixtures (no VM).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../p2pdma/tests/fixtures")
-        .join(name)
-}
-
-fn p2pdma(sysfs: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_p2pdma"))
-        .arg("--sysfs")
-        .arg(sysfs)
-        .args(args)
-        .output()
-        .expect("run p2pdma")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use crate::util::{fixture, p2pdma, stderr, stdout};
 
 #[test]
 fn tree_marks_providers_and_acs_redirect() {

@@ -9,12 +9,7 @@
 //! The same guest also runs commands that succeed (probe, mem test, a P2P copy ...) with a
 //! closed stdout: each must end quietly with status 0.
 
-#[allow(dead_code)] // each lab test binary uses part of the shared helpers
-mod common;
-
-use std::collections::HashMap;
-
-use common::{Flavour, Lab};
+use crate::harness::{p2p_refusal_errno, Flavour, Lab};
 
 /// Stands for the booted kernel's P2P refusal text in a case's words ("Remote I/O error"
 /// before Linux 6.17, "Invalid argument" from it).
@@ -380,9 +375,6 @@ const CASES: &[Case] = &[
 ];
 
 const PRELUDE: &str = r#"
-ns() { p2pdma lab guest nvme "$1" | awk '{print $3}'; }
-bdf() { p2pdma lab guest nvme "$1" | awk '{print $1}'; }
-one_line() { tr '\n' ' ' < "$1"; }
 sum() { if [ "$1" = - ]; then echo none; else eval "md5sum < \$$1" | cut -d' ' -f1; fi; }
 A=$(ns sw0); B=$(ns sw1); R=$(ns root0); PA=$(bdf sw0); PB=$(bdf sw1); N=$(bdf nocmb0)
 for d in $A $B $R; do dd if=/dev/urandom of=$d bs=1M count=64 oflag=direct 2>/dev/null; done
@@ -460,11 +452,7 @@ fn bad_input_gets_its_status_one_line_a_json_error_and_writes_nothing() {
         .args(&["--timeout", "900"])
         .run(&script());
     assert!(run.stdout.contains("DONE"), "the script did not finish");
-    let cases: HashMap<&str, Vec<&str>> = run
-        .lines("CASE")
-        .into_iter()
-        .map(|f| (f[0], f[1..].to_vec()))
-        .collect();
+    let cases = run.keyed("CASE");
     let mut failures = Vec::new();
     for c in CASES {
         let Some(f) = cases.get(c.name) else {
@@ -498,7 +486,7 @@ fn bad_input_gets_its_status_one_line_a_json_error_and_writes_nothing() {
         for &w in c.words {
             // The refusal's errno text depends on the kernel release booted.
             let w = if w == P2P_ERRNO_TEXT {
-                common::p2p_refusal_errno().1
+                p2p_refusal_errno().1
             } else {
                 w
             };

@@ -4,81 +4,17 @@
 //! the guest (busybox `dd | md5sum` over the same byte ranges). Refusals are proven
 //! harmless by checksumming the destination before and after.
 //!
-//! Each test boots one guest and runs a shell script there; the script prints one
+//! Each test boots one guest and runs a shell script there (with the harness's helpers:
+//! `ns`, `bdf`, `md5`, `fill`, `zeros`, `field`, `one_line`); the script prints one
 //! `KEY field...` line per fact, and the assertions are made here on the host.
 
-#[allow(dead_code)] // each lab test binary uses part of the shared helpers
-mod common;
-
-use common::{json_after, lines};
 use std::collections::HashMap;
-use std::io::Write;
-use std::process::{Command, Output};
 
-/// Shell helpers every guest script starts with.
-///
-/// - `ns SERIAL`: the namespace block device of the controller with that serial
-/// - `bdf SERIAL`: its PCI address
-/// - `md5 DEV OFFSET LEN`: md5 of a byte range (OFFSET and LEN multiples of 4096)
-/// - `fill DEV OFFSET LEN`: random bytes over a range
-/// - `zeros LEN`: md5 of LEN zero bytes
-/// - `field NAME FILE`: a number or string field of a one-line JSON object
-const PRELUDE: &str = r#"
-ns() { p2pdma lab guest nvme "$1" | awk '{print $3}'; }
-bdf() { p2pdma lab guest nvme "$1" | awk '{print $1}'; }
-md5() { dd if="$1" bs=4096 skip=$(($2 / 4096)) count=$(($3 / 4096)) 2>/dev/null | md5sum | cut -d' ' -f1; }
-fill() { dd if=/dev/urandom of="$1" bs=4096 seek=$(($2 / 4096)) count=$(($3 / 4096)) conv=notrunc 2>/dev/null; }
-zeros() { dd if=/dev/zero bs=4096 count=$(($1 / 4096)) 2>/dev/null | md5sum | cut -d' ' -f1; }
-field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^,\"}]*\).*/\1/p" "$2" | head -1; }
-one_line() { tr '\n' ' ' < "$1"; }
-"#;
+use crate::harness::{json_after, lines, p2p_refusal_errno, Flavour, Lab, LabRun};
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Boots `topology` (from `topologies_toml` if given) and runs `script` after the prelude.
-fn lab(topology: &str, topologies_toml: Option<&str>, script: &str) -> Output {
-    lab_run(topology, topologies_toml, &[], script)
-}
-
-/// [`lab`] with extra `lab run` arguments.
-fn lab_with_args(topology: &str, extra: &[&str], script: &str) -> Output {
-    lab_run(topology, None, extra, script)
-}
-
-fn lab_run(topology: &str, topologies_toml: Option<&str>, extra: &[&str], script: &str) -> Output {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let script_path = dir.path().join("copy-test.sh");
-    let mut f = std::fs::File::create(&script_path).unwrap();
-    writeln!(f, "{PRELUDE}\n{script}").unwrap();
-    drop(f);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_p2pdma"));
-    cmd.args(["lab", "run", "--quiet", "--topology", topology]);
-    cmd.args(extra);
-    if let Some(toml) = topologies_toml {
-        let toml_path = dir.path().join("topologies.toml");
-        std::fs::write(&toml_path, toml).unwrap();
-        cmd.arg("--topologies").arg(&toml_path);
-    }
-    let out = cmd
-        .arg("--file")
-        .arg(format!("{}:/root/copy-test.sh", script_path.display()))
-        .args(["--", "sh /root/copy-test.sh"])
-        .output()
-        .expect("p2pdma lab run starts");
-    eprintln!(
-        "--- {topology} exit {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    assert_ne!(
-        out.status.code(),
-        Some(125),
-        "the lab itself failed (see stderr above)"
-    );
-    out
+/// A guest on `topology`, the standard kernel.
+fn lab(topology: &str) -> Lab {
+    Lab::new(topology, Flavour::Standard)
 }
 
 /// Copies random data between each ordered pair with offsets on both sides; prints
@@ -104,9 +40,10 @@ fn pair_script(pairs: &[(&str, &str)]) -> String {
     s
 }
 
-fn check_pairs(stdout: &str, expected: &[(&str, &str)]) {
-    let pairs = lines(stdout, "PAIR");
-    let jsons: HashMap<(String, String), serde_json::Value> = lines(stdout, "JSON")
+fn check_pairs(run: &LabRun, expected: &[(&str, &str)]) {
+    let pairs = run.lines("PAIR");
+    let jsons: HashMap<(String, String), serde_json::Value> = run
+        .lines("JSON")
         .into_iter()
         .filter(|f| f.len() > 2)
         .map(|f| {
@@ -138,9 +75,9 @@ fn check_pairs(stdout: &str, expected: &[(&str, &str)]) {
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn p2p_copies_block_device_to_block_device_in_the_switch() {
     let pairs = [("sw0", "sw1"), ("sw1", "sw0")];
-    let out = lab("switch", None, &pair_script(&pairs));
-    assert!(out.status.success());
-    check_pairs(&text(&out.stdout), &pairs);
+    let out = lab("switch").run(&pair_script(&pairs));
+    out.assert_success();
+    check_pairs(&out, &pairs);
 }
 
 #[test]
@@ -154,9 +91,9 @@ fn p2p_copies_every_pair_of_the_cascade() {
         ("cas-a1", "cas-b0"),
         ("cas-b0", "cas-a1"),
     ];
-    let out = lab("cascade", None, &pair_script(&pairs));
-    assert!(out.status.success());
-    check_pairs(&text(&out.stdout), &pairs);
+    let out = lab("cascade").run(&pair_script(&pairs));
+    out.assert_success();
+    check_pairs(&out, &pairs);
 }
 
 /// On an AMD Zen CPU the kernel lets root-bus devices do P2P through the host bridge.
@@ -164,9 +101,9 @@ fn p2p_copies_every_pair_of_the_cascade() {
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn p2p_copies_through_the_host_bridge_on_amd() {
     let pairs = [("root0", "root1"), ("root1", "root0")];
-    let out = lab("rootbus-amd", None, &pair_script(&pairs));
-    assert!(out.status.success());
-    check_pairs(&text(&out.stdout), &pairs);
+    let out = lab("rootbus-amd").run(&pair_script(&pairs));
+    out.assert_success();
+    check_pairs(&out, &pairs);
 }
 
 /// Behind a root port with ACS redirect (guest IOMMU on), the kernel refuses P2P and the
@@ -189,43 +126,41 @@ echo "JSON $(one_line /tmp/out.json)"
 echo "ERR $(one_line /tmp/err.txt)"
 echo "DMAR $(dmesg | grep -c 'DMAR: \[DMA Write')"
 "#;
-    let refused = lab("acs", None, script);
-    let stdout = text(&refused.stdout);
-    let r = &lines(&stdout, "RESULT")[0];
+    let refused = lab("acs").run(script);
+    let stdout = &refused.stdout;
+    let r = &lines(stdout, "RESULT")[0];
     assert_ne!(r[0], "0", "P2P behind ACS redirect must be refused");
     assert_eq!(r[2], r[3], "the refused copy changed the destination");
-    let err = lines(&stdout, "ERR")[0].join(" ");
-    assert!(err.contains(common::p2p_refusal_errno().1), "{err}");
+    let err = lines(stdout, "ERR")[0].join(" ");
+    assert!(err.contains(p2p_refusal_errno().1), "{err}");
     let fix = err
         .split_whitespace()
         .find_map(|w| w.strip_prefix("pci=disable_acs_redir="))
         .map(|list| list.trim_end_matches([';', ')', ',']).to_owned())
         .unwrap_or_else(|| panic!("no pci=disable_acs_redir= in {err}"));
 
-    let allowed = lab_with_args(
-        "acs",
-        &["--kernel-arg", &format!("pci=disable_acs_redir={fix}")],
-        script,
-    );
-    let stdout = text(&allowed.stdout);
-    let err = lines(&stdout, "ERR")[0].join(" ");
+    let allowed = lab("acs")
+        .args(&["--kernel-arg", &format!("pci=disable_acs_redir={fix}")])
+        .run(script);
+    let stdout = &allowed.stdout;
+    let err = lines(stdout, "ERR")[0].join(" ");
     assert!(
-        !err.contains(common::p2p_refusal_errno().1),
+        !err.contains(p2p_refusal_errno().1),
         "the kernel still refuses with {fix}: {err}"
     );
-    let r = &lines(&stdout, "RESULT")[0];
+    let r = &lines(stdout, "RESULT")[0];
     assert_ne!(r[0], "0", "the data was lost, the exit status must say so");
     assert_ne!(r[1], r[2], "expected QEMU's IOMMU to drop the P2P writes");
     assert!(err.contains("verification failed"), "{err}");
     assert!(err.contains("offset 0 differs"), "{err}");
     assert_eq!(r[0], "5", "a verification mismatch exits 5");
     // One document on stdout: the error object, carrying the copy's summary.
-    let j = json_after(&lines(&stdout, "JSON")[0].join(" "))["error"].clone();
+    let j = json_after(&lines(stdout, "JSON")[0].join(" "))["error"].clone();
     assert_eq!(j["kind"], "verify_mismatch", "{j}");
     assert_eq!(j["mode"], "p2p", "{j}");
     assert_eq!(j["verified"], false, "{j}");
     assert_eq!(j["verification"]["first_difference"], 0, "{j}");
-    let faults: u32 = lines(&stdout, "DMAR")[0][0].parse().unwrap();
+    let faults: u32 = lines(stdout, "DMAR")[0][0].parse().unwrap();
     assert!(faults > 0, "no DMAR fault in the guest log");
 }
 
@@ -257,12 +192,12 @@ refused root0 sw0
 refused sw1 nocmb0
 "#,
     );
-    let out = lab("mixed", None, &script);
-    let stdout = text(&out.stdout);
-    check_pairs(&stdout, &pairs);
+    let out = lab("mixed").run(&script);
+    let stdout = &out.stdout;
+    check_pairs(&out, &pairs);
 
-    let never = lines(&stdout, "NEVER");
-    let never_err = lines(&stdout, "NEVERERR");
+    let never = lines(stdout, "NEVER");
+    let never_err = lines(stdout, "NEVERERR");
     assert_eq!(never.len(), 2);
     for (n, e) in never.iter().zip(&never_err) {
         let what = format!("{} -> {}", n[0], n[1]);
@@ -281,12 +216,12 @@ refused sw1 nocmb0
     // root0 -> sw0 is tried and refused by the kernel (EREMOTEIO, or EINVAL from 6.17),
     // with the verdict's fix.
     let first = never_err[0][2..].join(" ");
-    assert!(first.contains(common::p2p_refusal_errno().1), "{first}");
+    assert!(first.contains(p2p_refusal_errno().1), "{first}");
     assert!(first.contains("fix:"), "{first}");
     assert!(first.contains("0 B of"), "{first}");
 
-    let auto = lines(&stdout, "AUTO");
-    let auto_json = lines(&stdout, "AUTOJSON");
+    let auto = lines(stdout, "AUTO");
+    let auto_json = lines(stdout, "AUTOJSON");
     assert_eq!(auto.len(), 2);
     for (a, j) in auto.iter().zip(&auto_json) {
         let what = format!("{} -> {}", a[0], a[1]);
@@ -344,35 +279,35 @@ rc=$?; END=$(field contiguous_end /tmp/full.json)
 echo "FULL $rc $END $(field failure_kind /tmp/full.json) $(md5 $A 0 $END) $(md5 /mnt/b/full.bin 0 $END)"
 echo "FULLERR $(one_line /tmp/full.err)"
 "#;
-    let out = lab("copy-ext4", Some(EXT4_TOPOLOGY), script);
-    let stdout = text(&out.stdout);
+    let out = lab("copy-ext4").topologies(EXT4_TOPOLOGY).run(script);
+    let stdout = &out.stdout;
     assert!(!stdout.contains("MOUNTFAIL"), "mounting failed");
-    assert_eq!(lines(&stdout, "FSTYPE"), vec![vec!["ext4", "ext4"]]);
+    assert_eq!(lines(stdout, "FSTYPE"), vec![vec!["ext4", "ext4"]]);
 
-    let new = &lines(&stdout, "NEW")[0];
+    let new = &lines(stdout, "NEW")[0];
     assert_eq!(new[0], "0", "copy into a new file failed");
     assert_eq!(new[1], new[2], "guest md5 of the files differ");
     assert_eq!(new[3], (20 << 20).to_string());
-    let j = json_after(&lines(&stdout, "NEWJSON")[0].join(" "));
+    let j = json_after(&lines(stdout, "NEWJSON")[0].join(" "));
     assert_eq!(j["mode"], "p2p", "{j}");
     assert_eq!(j["verified"], true, "{j}");
 
-    let range = &lines(&stdout, "RANGE")[0];
+    let range = &lines(stdout, "RANGE")[0];
     assert_eq!(range[0], "0", "range copy between files failed");
     assert_eq!(range[1], range[2], "guest md5 of the ranges differ");
     assert_eq!(range[3], range[4], "bytes before --dst-offset changed");
     assert_eq!(range[5], (16 << 20).to_string(), "the file must not grow");
-    let j = json_after(&lines(&stdout, "RANGEJSON")[0].join(" "));
+    let j = json_after(&lines(stdout, "RANGEJSON")[0].join(" "));
     assert_eq!(j["mode"], "p2p", "{j}");
     assert_eq!(j["verified"], true, "{j}");
 
     assert_eq!(
-        lines(&stdout, "REMOUNT")[0][0],
+        lines(stdout, "REMOUNT")[0][0],
         new[1],
         "the new file's content did not survive a remount"
     );
 
-    let full = &lines(&stdout, "FULL")[0];
+    let full = &lines(stdout, "FULL")[0];
     assert_ne!(full[0], "0", "a copy larger than the free space must fail");
     let end: u64 = full[1].parse().expect("contiguous_end in the failure JSON");
     assert!(end > 0 && end < 48 << 20, "contiguous_end {end}");
@@ -385,7 +320,7 @@ echo "FULLERR $(one_line /tmp/full.err)"
         full[3], full[4],
         "the reported prefix is not the source's bytes"
     );
-    let err = lines(&stdout, "FULLERR")[0].join(" ");
+    let err = lines(stdout, "FULLERR")[0].join(" ");
     assert!(err.contains("is full"), "{err}");
     assert!(err.contains("No space left"), "{err}");
 }
@@ -433,12 +368,9 @@ mount -o remount,ro /mnt/b && sync
 DST=$B
 check mounted      $A $B --length 1M --force
 "#;
-    let out = lab("switch", None, script);
-    let stdout = text(&out.stdout);
-    let cases: HashMap<&str, Vec<&str>> = lines(&stdout, "CASE")
-        .into_iter()
-        .map(|f| (f[0], f[1..].to_vec()))
-        .collect();
+    let out = lab("switch").run(script);
+    let stdout = &out.stdout;
+    let cases = out.keyed("CASE");
     let expect = |name: &str, words: &[&str]| {
         let f = cases
             .get(name)
@@ -504,9 +436,9 @@ REST=$((67108864 - END))
 echo "REST $(md5 $D $END $REST) $(zeros $REST)"
 echo "ERR $(one_line /tmp/err.txt)"
 "#;
-    let out = lab("cascade", None, script);
-    let stdout = text(&out.stdout);
-    let result = &lines(&stdout, "RESULT")[0];
+    let out = lab("cascade").run(script);
+    let stdout = &out.stdout;
+    let result = &lines(stdout, "RESULT")[0];
     assert_ne!(result[0], "0", "the copy must fail");
     let end: u64 = result[1].parse().expect("contiguous_end in the JSON");
     let total: u64 = result[2].parse().expect("bytes_written in the JSON");
@@ -523,14 +455,14 @@ echo "ERR $(one_line /tmp/err.txt)"
         result[0], "4",
         "some bytes were written: a partial copy exits 4"
     );
-    let prefix = &lines(&stdout, "PREFIX")[0];
+    let prefix = &lines(stdout, "PREFIX")[0];
     assert_eq!(
         prefix[0], prefix[1],
         "the reported prefix is not the source's"
     );
-    let rest = &lines(&stdout, "REST")[0];
+    let rest = &lines(stdout, "REST")[0];
     assert_eq!(rest[0], rest[1], "bytes past the reported range changed");
-    let err = lines(&stdout, "ERR")[0].join(" ");
+    let err = lines(stdout, "ERR")[0].join(" ");
     assert!(err.contains("unbound or removed"), "{err}");
     assert!(
         err.contains(&format!("contiguous from offset 0 to {end}")),
@@ -569,10 +501,10 @@ mkdir -p /mnt/p
 mke2fs -q $P >/dev/null 2>&1 && mount -o ro $P /mnt/p && echo MOUNTED
 case_md5 mounted-partition $A $B --src-offset 0 --dst-offset 32M --length 1M
 "#;
-    let out = lab("switch", None, script);
-    let stdout = text(&out.stdout);
+    let out = lab("switch").run(script);
+    let stdout = &out.stdout;
     assert_eq!(
-        lines(&stdout, "PART")[0][0],
+        lines(stdout, "PART")[0][0],
         "2048",
         "fdisk made no partition"
     );
@@ -580,10 +512,7 @@ case_md5 mounted-partition $A $B --src-offset 0 --dst-offset 32M --length 1M
         stdout.contains("MOUNTED"),
         "mke2fs/mount of the partition failed"
     );
-    let cases: HashMap<&str, Vec<&str>> = lines(&stdout, "CASE")
-        .into_iter()
-        .map(|f| (f[0], f[1..].to_vec()))
-        .collect();
+    let cases = out.keyed("CASE");
     for (name, words) in [
         ("overlap", &["overlaps the source range"][..]),
         ("overlap-reverse", &["overlaps the source range"][..]),
@@ -600,14 +529,14 @@ case_md5 mounted-partition $A $B --src-offset 0 --dst-offset 32M --length 1M
             assert!(msg.contains(w), "{name}: {msg:?} lacks {w:?}");
         }
     }
-    let d = &lines(&stdout, "DISJOINT")[0];
+    let d = &lines(stdout, "DISJOINT")[0];
     assert_eq!(d[0], "0", "the disjoint copy failed");
     assert_eq!(
         d[1], d[2],
         "partition start does not hold the disk's 32 MiB"
     );
     assert_eq!(d[2], d[3], "the partition's 0 is not the disk's 1 MiB");
-    let j = json_after(&lines(&stdout, "DISJOINTJSON")[0].join(" "));
+    let j = json_after(&lines(stdout, "DISJOINTJSON")[0].join(" "));
     assert_eq!(j["mode"], "p2p", "{j}");
     assert_eq!(j["verified"], true, "{j}");
 }

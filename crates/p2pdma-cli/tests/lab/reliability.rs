@@ -16,11 +16,7 @@
 //! debug kernel (`debug::NAME`: KASAN, lockdep, DEBUG_VM, hung tasks panic), which
 //! `lab run` builds on first use. RELIABILITY.md has the measured cost and the results.
 
-#[allow(dead_code)] // each lab test binary uses part of the shared helpers
-#[macro_use]
-mod common;
-
-use common::{json_after, read_range, Flavour, Lab, LabRun};
+use crate::harness::{json_after, kernel_log_problems, read_range, Flavour, Lab, LabRun};
 
 /// A switch with three controllers: the copy's source and destination, and a third one
 /// whose CMB carries the data, so the provider can go away while both disks stay (and
@@ -42,8 +38,10 @@ nvme = [
 ]
 "#;
 
-/// Guest shell helpers, installed as /root/lib.sh and sourced by every script (and by
-/// commands that `p2pdma mem test --while-mapped` runs).
+/// Guest shell helpers, installed in /root/lib.sh after the harness's own and sourced by
+/// every script (and by commands that `p2pdma mem test --while-mapped` runs). `fill DEV
+/// LEN` here takes the place of the harness's range form: O_DIRECT from offset 0, so the
+/// data is on the device before a copy reads it with O_DIRECT.
 ///
 /// Helpers keep their counters `local`: a caller's loop variable survives them.
 /// Every wait has a deadline; a step that misses it prints `KEY hung` instead of its
@@ -51,14 +49,9 @@ nvme = [
 /// below those deadlines, so a task stuck in the kernel is also reported by the kernel
 /// (and panics the debug kernel).
 const GUEST_LIB: &str = r#"
-ns() { p2pdma lab guest nvme "$1" | awk '{print $3}'; }
-bdf() { p2pdma lab guest nvme "$1" | awk '{print $1}'; }
 now() { cut -d' ' -f1 /proc/uptime; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
-md5() { dd if="$1" bs=4096 skip=$(($2 / 4096)) count=$(($3 / 4096)) 2>/dev/null | md5sum | cut -d' ' -f1; }
 fill() { dd if=/dev/urandom of="$1" bs=1M count=$(($2 / 1048576)) oflag=direct 2>/dev/null; }
-field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^,\"}]*\).*/\1/p" "$2" | head -1; }
-one_line() { tr '\n' ' ' < "$1"; }
 available() { cat /sys/bus/pci/devices/$1/p2pmem/available 2>/dev/null || echo none; }
 sectors_written() { awk '{print $7}' /sys/block/${1#/dev/}/stat; }
 inflight() { awk '{print $1 "r/" $2 "w"}' /sys/block/${1#/dev/}/inflight; }
@@ -96,12 +89,7 @@ rebind() {
 fn lab(flavour: Flavour) -> Lab {
     Lab::new("reliability", flavour)
         .topologies(TOPOLOGY)
-        .file("/root/lib.sh", GUEST_LIB)
-}
-
-/// A guest script: the helpers, then `body`.
-fn script(body: &str) -> String {
-    format!(". /root/lib.sh\n{body}")
+        .helpers(GUEST_LIB)
 }
 
 /// Seconds from a `KEY STATUS SECONDS` line of `timed_unbind`; fails on `hung` or a
@@ -258,7 +246,7 @@ rebind rel-prov $P
 echo "POOL_END $(available $P)"
 "#
     );
-    let run = lab(flavour).args(&["--keep-disks"]).run(&script(&body));
+    let run = lab(flavour).args(&["--keep-disks"]).run(&body);
 
     let with_io = unbind_seconds(&run, "UNBIND");
     let idle = unbind_seconds(&run, "UNBIND_IDLE");
@@ -309,7 +297,7 @@ echo "PREFIX $(md5 $S 0 $END) $(md5 $D 0 $END)"
             "--fault",
             "device_del:nvme-prov@signal:remove",
         ])
-        .run(&script(&body));
+        .run(&body);
 
     let gone = removal_seconds(&run, "GONE");
     let copy = stopped_copy(&run, length);
@@ -348,7 +336,7 @@ fn hot_removing_the_destination_while_a_copy_is_in_flight_loses_nothing(flavour:
             "--fault",
             "device_del:nvme-dst@signal:remove",
         ])
-        .run(&script(&body));
+        .run(&body);
 
     let gone = removal_seconds(&run, "GONE");
     let copy = stopped_copy(&run, length);
@@ -399,7 +387,7 @@ rebind rel-prov $P
 echo "POOL_END $(available $P)"
 "#
     );
-    let run = lab(flavour).run(&script(&body));
+    let run = lab(flavour).run(&body);
 
     let with_io = unbind_seconds(&run, "UNBIND");
     assert_eq!(
@@ -448,9 +436,7 @@ p2pdma mem test $P --buffers 2 --size 1048576 --json > /tmp/final.json; echo "FI
 echo "FINAL $(one_line /tmp/final.json)"
 "#
     );
-    let run = lab(flavour)
-        .args(&["--timeout", "1200"])
-        .run(&script(&body));
+    let run = lab(flavour).args(&["--timeout", "1200"]).run(&body);
 
     let start = number(&run.line("POOL_START"), "POOL_START");
     let cycle_lines = run.lines("CYCLE");
@@ -527,7 +513,7 @@ echo "POOL_END $(available $P)"
 p2pdma mem test $P --buffers 2 --size 65536 > /dev/null 2>&1; echo "AFTER_RC $?"
 "#
     );
-    let run = lab(flavour).run(&script(&body));
+    let run = lab(flavour).run(&body);
 
     let unbinds = run.lines("UNBIND");
     assert_eq!(unbinds.len(), rounds, "not every round ran");
@@ -616,7 +602,7 @@ done
 echo "POOL_END $(available $P)"
 "#
     );
-    let run = lab(flavour).run(&script(&body));
+    let run = lab(flavour).run(&body);
 
     let start = number(&run.line("POOL_START"), "POOL_START");
     let held = number(&run.line("POOL_HELD"), "POOL_HELD");
@@ -769,7 +755,7 @@ done
 for p in $PROVS; do echo "POOL_END $p $(available $p)"; done
 "#
     );
-    let run = lab(flavour).run(&script(&body));
+    let run = lab(flavour).run(&body);
 
     assert_eq!(
         run.line("PARTITIONS"),
@@ -871,7 +857,7 @@ echo "LOOP_ERR $(one_line /tmp/rl.err)"
 echo "POOL_END $(available $P)"
 "#
     );
-    let run = lab(flavour).args(&["--timeout", "900"]).run(&script(&body));
+    let run = lab(flavour).args(&["--timeout", "900"]).run(&body);
 
     assert_eq!(
         run.line("READY"),
@@ -979,7 +965,7 @@ fn kernel_log_check_catches_bug_reports_and_passes_a_clean_boot() {
                  [    0.000000] Command line: console=ttyS0 panic=-1 oops=panic loglevel=7\n\
                  [    1.006015] rcu: \tRCU lockdep checking is enabled.\n\
                  [   12.416261] pcieport 0000:02:01.0: pciehp: Slot(3): Button press: will power off in 5 sec\n";
-    assert_eq!(common::kernel_log_problems(clean), Vec::<String>::new());
+    assert_eq!(kernel_log_problems(clean), Vec::<String>::new());
     for bad in [
         "[   3.1] BUG: KASAN: slab-use-after-free in p2pdma_page_free+0x1c/0x40",
         "[   3.1] WARNING: CPU: 1 PID: 77 at mm/memremap.c:499 free_zone_device_folio+0x8/0x10",
@@ -989,7 +975,7 @@ fn kernel_log_check_catches_bug_reports_and_passes_a_clean_boot() {
         "[   3.1] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [sh:80]",
     ] {
         let log = format!("{clean}{bad}\n");
-        assert_eq!(common::kernel_log_problems(&log), vec![bad.to_owned()]);
+        assert_eq!(kernel_log_problems(&log), vec![bad.to_owned()]);
     }
 }
 
@@ -1035,20 +1021,20 @@ fn kernel_log_check_sets_aside_only_the_known_pciehp_report() {
         "[   41.9] WARNING: CPU: 0 PID: 1 at drivers/pci/p2pdma.c:200 p2pdma_page_free+0x10/0x20\n";
     let log = format!("{PCIEHP_LOCKDEP_REPORT}{after}");
     assert_eq!(
-        common::kernel_log_problems(&log),
+        kernel_log_problems(&log),
         vec![after.trim_end().to_owned()],
         "the known report is set aside, what follows it is not"
     );
     let other_locks = PCIEHP_LOCKDEP_REPORT.replace("pci_rescan_remove_lock", "p2pdma_lock");
     assert!(
-        common::kernel_log_problems(&other_locks)
+        kernel_log_problems(&other_locks)
             .iter()
             .any(|l| l.contains("possible circular locking")),
         "a circular-locking report about other locks must count"
     );
     let truncated = PCIEHP_LOCKDEP_REPORT.replace("</TASK>", "");
     assert!(
-        !common::kernel_log_problems(&truncated).is_empty(),
+        !kernel_log_problems(&truncated).is_empty(),
         "a report cut short (the guest died mid-report) must count"
     );
 }

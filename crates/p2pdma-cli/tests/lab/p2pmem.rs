@@ -2,51 +2,23 @@
 //!
 //! Each test boots a lab topology with `p2pdma lab run` and runs this same static
 //! binary inside the guest (`p2pdma mem test`, `p2pdma probe`), then checks the JSON it
-//! printed. Controllers are found by the serial numbers of lab/topologies.toml.
-
-#[allow(dead_code)] // each lab test binary uses part of the shared helpers
-mod common;
-
-use std::process::Command;
+//! printed. Controllers are found by the serial numbers of lab/topologies.toml (the
+//! harness's `bdf SERIAL` and `ns SERIAL`).
 
 use serde_json::Value;
 
-/// Shell functions for the guest: the PCI address and the namespace node of the NVMe
-/// controller with a given serial (kernel names change with enumeration order), from
-/// `p2pdma lab guest nvme SERIAL`, which prints "BDF /dev/nvmeX /dev/nvmeXn1".
-const FIND_BY_SERIAL: &str = r#"
-bdf_of() { set -- $(p2pdma lab guest nvme "$1"); echo "$1"; }
-dev_of() { set -- $(p2pdma lab guest nvme "$1"); echo "$3"; }
-"#;
+use crate::harness::{
+    assert_removal_revoked_both_buffers, assert_unbind_revoked_both_buffers, lab_release,
+    p2p_refusal_errno, Flavour, Lab, LabRun,
+};
 
-struct GuestRun {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
-
-fn lab_run(topology: &str, script: &str) -> GuestRun {
-    lab_run_with(topology, &[], script)
-}
-
-/// `p2pdma lab run` with extra lab options (e.g. `--fault ...`) before the command.
-fn lab_run_with(topology: &str, lab_args: &[&str], script: &str) -> GuestRun {
-    let output = Command::new(env!("CARGO_BIN_EXE_p2pdma"))
-        .args(["lab", "run", "--topology", topology, "--timeout", "300"])
-        .args(lab_args)
-        .arg("--")
-        .arg(format!("{FIND_BY_SERIAL}\n{script}"))
-        .output()
-        .expect("run p2pdma lab run");
-    GuestRun {
-        success: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+/// A guest on `topology`, the standard kernel, with 300 s for the script.
+fn lab(topology: &str) -> Lab {
+    Lab::new(topology, Flavour::Standard).args(&["--timeout", "300"])
 }
 
 /// The JSON objects the guest printed, one per line starting with `{` or `[`, in order.
-fn json_lines(run: &GuestRun) -> Vec<Value> {
+fn json_lines(run: &LabRun) -> Vec<Value> {
     let values: Vec<Value> = run
         .stdout
         .lines()
@@ -72,12 +44,10 @@ fn u64_at(v: &Value, pointer: &str) -> u64 {
 #[test]
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn allocations_take_their_rounded_length_from_the_pool_and_hold_a_pattern() {
-    let run = lab_run(
-        "switch",
-        "p2pdma mem info --json; p2pdma mem test $(bdf_of sw0) --buffers 3 --size 100000 --json",
-    );
+    let run = lab("switch")
+        .run("p2pdma mem info --json; p2pdma mem test $(bdf sw0) --buffers 3 --size 100000 --json");
     let values = json_lines(&run);
-    assert!(run.success, "guest failed:\n{}\n{}", run.stdout, run.stderr);
+    run.assert_success();
     let pools = values[0].as_array().expect("mem info prints an array");
     assert_eq!(pools.len(), 2, "switch has two CMB providers: {pools:?}");
     for pool in pools {
@@ -112,12 +82,9 @@ fn allocations_take_their_rounded_length_from_the_pool_and_hold_a_pattern() {
 #[test]
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn an_exhausted_pool_says_how_many_bytes_are_free() {
-    let run = lab_run(
-        "switch",
-        "p2pdma mem test $(bdf_of sw1) --size 4194304 --exhaust --json",
-    );
+    let run = lab("switch").run("p2pdma mem test $(bdf sw1) --size 4194304 --exhaust --json");
     let values = json_lines(&run);
-    assert!(run.success, "guest failed:\n{}\n{}", run.stdout, run.stderr);
+    run.assert_success();
     let report = &values[0];
     let exhaustion = &report["exhaustion"];
     assert_eq!(exhaustion["error_kind"], "pool-exhausted", "{report}");
@@ -149,10 +116,8 @@ fn an_exhausted_pool_says_how_many_bytes_are_free() {
 #[test]
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn unbinding_the_provider_revokes_mapped_buffers_and_the_process_survives() {
-    let run = lab_run(
-        "switch",
-        "p2pdma mem test $(bdf_of sw0) --buffers 2 --unbind-after-map --json; echo exit=$?",
-    );
+    let run = lab("switch")
+        .run("p2pdma mem test $(bdf sw0) --buffers 2 --unbind-after-map --json; echo exit=$?");
     let values = json_lines(&run);
     assert!(
         run.stdout.contains("exit=0"),
@@ -160,21 +125,7 @@ fn unbinding_the_provider_revokes_mapped_buffers_and_the_process_survives() {
         run.stdout,
         run.stderr
     );
-    let unbind = &values[0]["unbind"];
-    assert_eq!(unbind["driver"], "nvme");
-    assert_eq!(unbind["is_live_before"], true);
-    assert_eq!(unbind["is_live_after_unbind"], false);
-    assert_eq!(
-        unbind["read_results"],
-        serde_json::json!(["revoked", "revoked"])
-    );
-    assert!(
-        u64_at(unbind, "/sigbus_revocations") >= 2,
-        "each read must have gone through the SIGBUS handler: {unbind}"
-    );
-    assert_eq!(unbind["io_ptr_result"], "revoked");
-    assert_eq!(unbind["rebound"], true);
-    assert_eq!(unbind["is_live_after_rebind"], false);
+    assert_unbind_revoked_both_buffers(&values[0], "nvme");
 }
 
 /// Issue 4, the hot-unplug path: QEMU deletes the provider (the guest's pciehp powers the
@@ -182,15 +133,15 @@ fn unbinding_the_provider_revokes_mapped_buffers_and_the_process_survives() {
 #[test]
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn hot_removing_the_provider_revokes_mapped_buffers_and_the_process_survives() {
-    let run = lab_run_with(
-        "switch",
-        &["--fault", "device_del:nvme-a@signal:mapped"],
-        r#"B=$(bdf_of sw0)
-        p2pdma mem test $B --buffers 2 --size 65536 --json --while-mapped \
-          "p2pdma lab guest signal mapped; i=0; while [ -e /sys/bus/pci/devices/$B ] && [ \$i -lt 60 ]; do sleep 1; i=\$((i+1)); done"
-        echo exit=$?
-        [ -e /sys/bus/pci/devices/$B ] && echo provider-still-present"#,
-    );
+    let run = lab("switch")
+        .args(&["--fault", "device_del:nvme-a@signal:mapped"])
+        .run(
+            r#"B=$(bdf sw0)
+            p2pdma mem test $B --buffers 2 --size 65536 --json --while-mapped \
+              "p2pdma lab guest signal mapped; i=0; while [ -e /sys/bus/pci/devices/$B ] && [ \$i -lt 60 ]; do sleep 1; i=\$((i+1)); done"
+            echo exit=$?
+            [ -e /sys/bus/pci/devices/$B ] && echo provider-still-present"#,
+        );
     let values = json_lines(&run);
     assert!(
         run.stdout.contains("exit=0") && !run.stdout.contains("provider-still-present"),
@@ -198,29 +149,17 @@ fn hot_removing_the_provider_revokes_mapped_buffers_and_the_process_survives() {
         run.stdout,
         run.stderr
     );
-    let report = &values[0];
-    let after = &report["while_mapped"];
-    assert_eq!(after["exit_code"], 0, "{report}");
-    assert_eq!(after["is_live_after"], false, "{report}");
-    assert_eq!(
-        after["read_results"],
-        serde_json::json!(["revoked", "revoked"])
-    );
-    assert!(u64_at(after, "/sigbus_revocations") >= 2, "{report}");
-    assert!(report["available_after"].is_null(), "{report}");
-    assert_eq!(report["passed"], true, "{report}");
+    assert_removal_revoked_both_buffers(&values[0]);
 }
 
 /// The same check with nothing happening to the provider: the buffers keep their data.
 #[test]
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn buffers_keep_their_data_while_a_harmless_command_runs() {
-    let run = lab_run(
-        "switch",
-        "p2pdma mem test $(bdf_of sw1) --buffers 2 --size 65536 --json --while-mapped 'sleep 1'",
-    );
+    let run = lab("switch")
+        .run("p2pdma mem test $(bdf sw1) --buffers 2 --size 65536 --json --while-mapped 'sleep 1'");
     let values = json_lines(&run);
-    assert!(run.success, "guest failed:\n{}\n{}", run.stdout, run.stderr);
+    run.assert_success();
     let after = &values[0]["while_mapped"];
     assert_eq!(after["is_live_after"], true);
     assert_eq!(
@@ -233,26 +172,25 @@ fn buffers_keep_their_data_while_a_harmless_command_runs() {
 #[test]
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn probe_reports_ok_behind_a_switch_and_refusal_across_the_root_bus() {
-    let run = lab_run(
-        "mixed",
-        "p2pdma probe --json --provider $(bdf_of sw0) $(dev_of sw1); \
-         p2pdma probe --json --provider $(bdf_of sw0) $(dev_of root0); \
-         p2pdma probe --provider $(bdf_of sw0) $(dev_of root0); echo exit=$?",
+    let run = lab("mixed").run(
+        "p2pdma probe --json --provider $(bdf sw0) $(ns sw1); \
+         p2pdma probe --json --provider $(bdf sw0) $(ns root0); \
+         p2pdma probe --provider $(bdf sw0) $(ns root0); echo exit=$?",
     );
     let values = json_lines(&run);
-    assert!(run.success, "guest failed:\n{}\n{}", run.stdout, run.stderr);
+    run.assert_success();
     assert_eq!(values.len(), 2, "{}", run.stdout);
     let (ok, refused) = (&values[0], &values[1]);
     assert_eq!(ok["result"], "ok", "{ok}");
     assert_eq!(u64_at(ok, "/bytes_read"), u64_at(ok, "/bytes"));
     assert_eq!(ok["matches_host_read"], true, "{ok}");
     assert_eq!(refused["result"], "p2p-refused", "{refused}");
-    let (errno, name) = common::p2p_refusal_errno();
+    let (errno, name) = p2p_refusal_errno();
     assert_eq!(
         u64_at(refused, "/errno") as i64,
         errno,
         "{name} on the {} kernel",
-        common::lab_release()
+        lab_release()
     );
     assert!(
         run.stdout
@@ -266,10 +204,7 @@ fn probe_reports_ok_behind_a_switch_and_refusal_across_the_root_bus() {
 #[test]
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn probe_cannot_run_without_p2pmem_and_says_why() {
-    let run = lab_run(
-        "mixed",
-        "p2pdma probe --provider $(bdf_of nocmb0) $(dev_of sw0); echo exit=$?",
-    );
+    let run = lab("mixed").run("p2pdma probe --provider $(bdf nocmb0) $(ns sw0); echo exit=$?");
     assert!(
         run.stdout.contains("exit=1"),
         "{}\n{}",
@@ -288,12 +223,9 @@ fn probe_cannot_run_without_p2pmem_and_says_why() {
 #[test]
 #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
 fn probe_reports_ok_through_an_amd_host_bridge() {
-    let run = lab_run(
-        "rootbus-amd",
-        "p2pdma probe --json --provider $(bdf_of root0) $(dev_of root1)",
-    );
+    let run = lab("rootbus-amd").run("p2pdma probe --json --provider $(bdf root0) $(ns root1)");
     let values = json_lines(&run);
-    assert!(run.success, "guest failed:\n{}\n{}", run.stdout, run.stderr);
+    run.assert_success();
     assert_eq!(values[0]["result"], "ok", "{}", values[0]);
     assert_eq!(values[0]["matches_host_read"], true, "{}", values[0]);
 }

@@ -1,9 +1,11 @@
-//! Helpers for lab test binaries: boot a topology with a guest script, keep the run
-//! directory (kernel serial log, disk images), and read what the script printed.
+//! The one lab harness: boot a topology with `p2pdma lab run`, run a guest script there
+//! (after the shared shell helpers of [`GUEST_LIB`]), keep the run directory (kernel
+//! serial log, disk images, fetched files), and read back what the script printed.
 //!
 //! Guest scripts print one `KEY field...` line per fact; the assertions are made on the
-//! host. Each lab test binary uses the part it needs.
+//! host. A failed test keeps its run directory and says where.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -33,6 +35,36 @@ pub struct Lab {
     topologies_toml: Option<String>,
     lab_args: Vec<String>,
     guest_files: Vec<(String, String)>,
+    helpers: String,
+    env: Vec<(String, Option<String>)>,
+}
+
+/// Shell helpers every guest script can use: the harness installs them, with a test's own
+/// [`Lab::helpers`] after them, as `/root/lib.sh` and sources that file first (commands a
+/// script starts, such as `p2pdma mem test --while-mapped`, may source it too).
+///
+/// - `ns SERIAL`: the namespace block device of the NVMe controller with that serial
+///   (kernel names change with enumeration order)
+/// - `bdf SERIAL`: that controller's PCI address
+/// - `md5 DEV OFFSET LEN`: md5 of a byte range (OFFSET and LEN multiples of 4096)
+/// - `fill DEV OFFSET LEN`: random bytes over a range
+/// - `zeros LEN`: md5 of LEN zero bytes
+/// - `field NAME FILE`: a number or string field of a one-line JSON object
+/// - `one_line FILE`: the file on one line
+pub const GUEST_LIB: &str = r#"
+ns() { p2pdma lab guest nvme "$1" | awk '{print $3}'; }
+bdf() { p2pdma lab guest nvme "$1" | awk '{print $1}'; }
+md5() { dd if="$1" bs=4096 skip=$(($2 / 4096)) count=$(($3 / 4096)) 2>/dev/null | md5sum | cut -d' ' -f1; }
+fill() { dd if=/dev/urandom of="$1" bs=4096 seek=$(($2 / 4096)) count=$(($3 / 4096)) conv=notrunc 2>/dev/null; }
+zeros() { dd if=/dev/zero bs=4096 count=$(($1 / 4096)) 2>/dev/null | md5sum | cut -d' ' -f1; }
+field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^,\"}]*\).*/\1/p" "$2" | head -1; }
+one_line() { tr '\n' ' ' < "$1"; }
+"#;
+
+/// The `p2pdma` binary under test, for what is not a guest run (`lab topologies`,
+/// `lab kernel`, `lab demo`).
+pub fn p2pdma() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_p2pdma"))
 }
 
 /// What a finished run left behind. The run directory lives as long as this value.
@@ -41,6 +73,7 @@ pub struct LabRun {
     pub status: Option<i32>,
     pub stdout: String,
     pub stderr: String,
+    topology: String,
     flavour: Flavour,
     dir: tempfile::TempDir,
 }
@@ -54,6 +87,8 @@ impl Lab {
             topologies_toml: None,
             lab_args: Vec::new(),
             guest_files: Vec::new(),
+            helpers: String::new(),
+            env: Vec::new(),
         }
     }
 
@@ -75,13 +110,52 @@ impl Lab {
         self
     }
 
-    /// Boots the topology and runs `script` (a busybox sh script) in the guest.
+    /// More shell helpers for `/root/lib.sh`, after (and so in place of same-named ones
+    /// of) [`GUEST_LIB`].
+    pub fn helpers(mut self, shell: &str) -> Lab {
+        self.helpers.push_str(shell);
+        self
+    }
+
+    /// Sets an environment variable of `p2pdma lab run`.
+    pub fn env(mut self, key: &str, value: &str) -> Lab {
+        self.env.push((key.into(), Some(value.into())));
+        self
+    }
+
+    /// Removes an environment variable from `p2pdma lab run`'s.
+    pub fn env_remove(mut self, key: &str) -> Lab {
+        self.env.push((key.into(), None));
+        self
+    }
+
+    /// Boots the topology and runs `script` (a busybox sh script) in the guest; fails
+    /// the test when the lab itself fails (exit 125: no boot, timeout, guest kernel
+    /// panic).
     pub fn run(self, script: &str) -> LabRun {
+        let run = self.try_run(script);
+        assert_ne!(
+            run.status,
+            Some(125),
+            "the lab itself failed (no boot, timeout, guest kernel panic): see stderr above"
+        );
+        run
+    }
+
+    /// [`Lab::run`] for a test of the lab's own failures: exit 125 is returned, not a
+    /// test failure.
+    pub fn try_run(self, script: &str) -> LabRun {
         let dir = tempfile::Builder::new()
             .prefix("p2pdma-lab-test-")
             .tempdir()
             .expect("temp dir");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_p2pdma"));
+        let mut cmd = p2pdma();
+        for (key, value) in &self.env {
+            match value {
+                Some(v) => cmd.env(key, v),
+                None => cmd.env_remove(key),
+            };
+        }
         cmd.args(["lab", "run", "--quiet", "--topology", &self.topology]);
         if self.flavour == Flavour::Debug {
             // P2PDMA_LAB_KERNEL names one image and excludes --flavour.
@@ -94,7 +168,11 @@ impl Lab {
             cmd.arg("--topologies").arg(path);
         }
         let mut files = self.guest_files;
-        files.push(("/root/test.sh".into(), script.into()));
+        files.push((
+            "/root/lib.sh".into(),
+            format!("{GUEST_LIB}{}", self.helpers),
+        ));
+        files.push(("/root/test.sh".into(), format!(". /root/lib.sh\n{script}")));
         for (i, (guest, content)) in files.iter().enumerate() {
             let host = dir.path().join(format!("guest-file-{i}"));
             std::fs::write(&host, content).unwrap();
@@ -111,6 +189,7 @@ impl Lab {
             status: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            topology: self.topology.clone(),
             flavour: self.flavour,
             dir,
         };
@@ -122,16 +201,33 @@ impl Lab {
             run.stdout,
             run.stderr
         );
-        assert_ne!(
-            run.status,
-            Some(125),
-            "the lab itself failed (no boot, timeout, guest kernel panic): see stderr above"
-        );
         run
     }
 }
 
 impl LabRun {
+    /// Whether the guest script exited 0.
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+
+    /// Asserts the guest script exited 0.
+    pub fn assert_success(&self) {
+        assert!(
+            self.success(),
+            "{}: the guest script failed (exit {:?})\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.topology,
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+    }
+
+    /// The JSON value (object or array) on the one line starting with `key`.
+    pub fn json(&self, key: &str) -> serde_json::Value {
+        json_after(&self.line(key).join(" "))
+    }
+
     /// The kernel the run booted.
     pub fn flavour(&self) -> Flavour {
         self.flavour
@@ -157,6 +253,15 @@ impl LabRun {
     /// The stdout lines starting with `key`, split into fields after the key.
     pub fn lines(&self, key: &str) -> Vec<Vec<&str>> {
         lines(&self.stdout, key)
+    }
+
+    /// The lines starting with `key`, by their first field (a case name), with the fields
+    /// after it.
+    pub fn keyed(&self, key: &str) -> HashMap<&str, Vec<&str>> {
+        self.lines(key)
+            .into_iter()
+            .map(|f| (f[0], f[1..].to_vec()))
+            .collect()
     }
 
     /// The fields of the one line starting with `key`.
@@ -205,10 +310,10 @@ pub fn lines<'a>(out: &'a str, key: &str) -> Vec<Vec<&'a str>> {
         .collect()
 }
 
-/// The JSON object starting at the first `{` of `line`.
+/// The JSON object or array starting at the first `{` or `[` of `line`.
 pub fn json_after(line: &str) -> serde_json::Value {
     let start = line
-        .find('{')
+        .find(['{', '['])
         .unwrap_or_else(|| panic!("no JSON in {line:?}"));
     serde_json::from_str(&line[start..]).unwrap_or_else(|e| panic!("{e}: {line:?}"))
 }
@@ -306,6 +411,50 @@ fn known_report_at(lines: &[&str]) -> Option<(&'static KnownReport, usize)> {
         .then_some((known, len))
 }
 
+/// Asserts the `unbind` object of a `p2pdma mem test --buffers 2 --unbind-after-map
+/// --json` report: the provider, bound to `driver`, was live; the unbind revoked both
+/// mapped buffers (and the I/O pointer) instead of killing the process; the rebind
+/// succeeded and the old mappings stayed dead.
+pub fn assert_unbind_revoked_both_buffers(report: &serde_json::Value, driver: &str) {
+    let unbind = &report["unbind"];
+    assert_eq!(unbind["driver"], driver, "{report}");
+    assert_eq!(unbind["is_live_before"], true, "{report}");
+    assert_eq!(unbind["is_live_after_unbind"], false, "{report}");
+    assert_both_reads_revoked(unbind, report);
+    assert_eq!(unbind["io_ptr_result"], "revoked", "{report}");
+    assert_eq!(unbind["rebound"], true, "{report}");
+    assert_eq!(unbind["is_live_after_rebind"], false, "{report}");
+}
+
+/// Asserts a `p2pdma mem test --buffers 2 --while-mapped CMD --json` report whose CMD
+/// removed the provider: CMD succeeded, both mapped buffers were revoked, no pool is left
+/// to report, and the test passed.
+pub fn assert_removal_revoked_both_buffers(report: &serde_json::Value) {
+    let after = &report["while_mapped"];
+    assert_eq!(after["exit_code"], 0, "{report}");
+    assert_eq!(after["is_live_after"], false, "{report}");
+    assert_both_reads_revoked(after, report);
+    assert!(report["available_after"].is_null(), "{report}");
+    assert_eq!(report["passed"], true, "{report}");
+}
+
+/// Both buffers' reads in `part` of `report` came back revoked, each through the SIGBUS
+/// handler.
+fn assert_both_reads_revoked(part: &serde_json::Value, report: &serde_json::Value) {
+    assert_eq!(
+        part["read_results"],
+        serde_json::json!(["revoked", "revoked"]),
+        "{report}"
+    );
+    let revocations = part["sigbus_revocations"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no sigbus_revocations in {report}"));
+    assert!(
+        revocations >= 2,
+        "each read must have gone through the SIGBUS handler: {report}"
+    );
+}
+
 /// Reads `len` bytes at `offset` of a disk image.
 pub fn read_range(image: &Path, offset: u64, len: u64) -> Vec<u8> {
     use std::io::{Read, Seek, SeekFrom};
@@ -339,11 +488,10 @@ pub fn p2p_refusal_errno() -> (i64, &'static str) {
     }
 }
 
-/// Declares each scenario `fn NAME(flavour: Flavour)` of the calling test binary as two
-/// tests, `standard::NAME` and `debug::NAME` (the debug kernel: KASAN, lockdep), so
-/// `--skip debug::` leaves out the flavour that is not built. The binary must have
-/// `Flavour` in scope.
-#[allow(unused_macros)] // only the binaries with teardown scenarios use it
+/// Declares each scenario `fn NAME(flavour: Flavour)` of the calling module as two
+/// tests, `MODULE::standard::NAME` and `MODULE::debug::NAME` (the debug kernel: KASAN,
+/// lockdep), so `--skip debug::` leaves out the flavour that is not built. The module
+/// must have `Flavour` in scope.
 macro_rules! on_both_kernels {
     ($($scenario:ident),* $(,)?) => {
         mod standard {
