@@ -199,7 +199,7 @@ impl StockRelease {
 
     /// The newest ABI name (`7.2.13+deb14`) the suite's lists have, updating the private
     /// lists first only when there are none.
-    fn newest_abi(&self, apt: &PrivateApt) -> Result<String, StockError> {
+    fn newest_abi(&self, apt: &PrivateApt, refresh: bool) -> Result<String, StockError> {
         let fetch = |what: &str| {
             let what = what.to_owned();
             let suite = self.suite;
@@ -212,7 +212,7 @@ impl StockRelease {
         let lists = paths::cache_root().join("apt").join(self.suite);
         let _lock = paths::FileLock::exclusive(&lists.join("update.lock"))
             .map_err(io_err("cannot lock", &lists))?;
-        if !apt.has_lists() {
+        if refresh || !apt.has_lists() {
             apt.update().map_err(fetch("update the package lists"))?;
         }
         let prefix = format!("linux-binary-{}.", self.name);
@@ -333,13 +333,33 @@ fn read_cached(dir: &Path) -> Option<StockKernel> {
 
 /// The cached stock kernel of `release`, fetched and prepared first if needed.
 ///
-/// Concurrent callers wait on a lock file rather than fetching twice.
+/// Which kernel is the newest comes from the private package lists, fetched once; a
+/// download that fails (sid drops superseded kernels from the mirror) refreshes them and
+/// tries once more. Concurrent callers wait on a lock file rather than fetching twice.
 pub fn ensure(
     release: &StockRelease,
     on_event: &mut dyn FnMut(BuildEvent),
 ) -> Result<StockKernel, StockError> {
     let apt = release.apt()?;
-    let abi = release.newest_abi(&apt)?;
+    match ensure_abi(release, &apt, release.newest_abi(&apt, false)?, on_event) {
+        Err(StockError::Fetch { .. }) => {
+            on_event(BuildEvent::Stage(format!(
+                "the download failed: refreshing the {} package lists and trying again",
+                release.suite
+            )));
+            let abi = release.newest_abi(&apt, true)?;
+            ensure_abi(release, &apt, abi, on_event)
+        }
+        other => other,
+    }
+}
+
+fn ensure_abi(
+    release: &StockRelease,
+    apt: &PrivateApt,
+    abi: String,
+    on_event: &mut dyn FnMut(BuildEvent),
+) -> Result<StockKernel, StockError> {
     let key = cache_key(&abi);
     let dir = paths::kernel_dir(&key);
     if let Some(kernel) = read_cached(&dir) {
@@ -354,7 +374,7 @@ pub fn ensure(
     }
     let started = Instant::now();
     let work = paths::cache_root().join("build").join(&key);
-    let prepared = prepare(release, &apt, &abi, &key, &work, &dir, on_event);
+    let prepared = prepare(release, apt, &abi, &key, &work, &dir, on_event);
     on_event(BuildEvent::Stage("removing the unpacked packages".into()));
     let _ = fs::remove_dir_all(&work);
     let mut kernel = prepared?;

@@ -395,16 +395,16 @@ fn ensure_kernel(
             let progress = BuildProgress::new(quiet);
             let mut on_event = |e: BuildEvent| progress.event(e);
             let stock = p2pdma_lab::stock::ensure(&release, &mut on_event)?;
-            let how = if stock.fetched_now {
-                format!("fetched and prepared in {:.0} s", stock.seconds)
+            if stock.fetched_now {
+                progress.finish(&format!(
+                    "stock kernel {} fetched and prepared in {:.0} s: {}",
+                    stock.kernel_release,
+                    stock.seconds,
+                    stock.image.display()
+                ));
             } else {
-                "cached".to_owned()
-            };
-            progress.finish(&format!(
-                "stock kernel {} ({how}): {}",
-                stock.kernel_release,
-                stock.image.display()
-            ));
+                progress.finish("");
+            }
             return Ok(stock.image);
         }
     };
@@ -493,7 +493,7 @@ impl BuildProgress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        if !self.quiet {
+        if !self.quiet && !message.is_empty() {
             eprintln!("{message}");
         }
     }

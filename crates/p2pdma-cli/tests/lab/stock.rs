@@ -5,36 +5,16 @@
 //! the kernel log but the out-of-tree/unsigned taint, and carries a verified copy.
 //!
 //! The guest scripts print one `KEY field...` line per fact; the assertions are made here.
+//! A cheap pass of the other suites on the stock kernel: `P2PDMA_LAB_FLAVOUR=stock`.
 
-#[allow(dead_code)] // each lab test binary uses part of the shared helpers
-mod common;
-
-use common::{Flavour, Lab};
-
-/// Shell helpers for the guest scripts.
-///
-/// - `ns SERIAL`, `bdf SERIAL`: an NVMe controller's namespace node and PCI address
-/// - `md5 DEV OFFSET LEN`: md5 of a byte range (multiples of 4096)
-/// - `fill DEV OFFSET LEN`: random bytes over a range
-/// - `zeros LEN`: md5 of LEN zero bytes
-const PRELUDE: &str = r#"
-ns() { p2pdma lab guest nvme "$1" | awk '{print $3}'; }
-bdf() { p2pdma lab guest nvme "$1" | awk '{print $1}'; }
-md5() { dd if="$1" bs=4096 skip=$(($2 / 4096)) count=$(($3 / 4096)) 2>/dev/null | md5sum | cut -d' ' -f1; }
-fill() { dd if=/dev/urandom of="$1" bs=4096 seek=$(($2 / 4096)) count=$(($3 / 4096)) conv=notrunc 2>/dev/null; }
-zeros() { dd if=/dev/zero bs=4096 count=$(($1 / 4096)) 2>/dev/null | md5sum | cut -d' ' -f1; }
-"#;
+use crate::harness::{json_after, Flavour, Lab};
 
 fn stock(topology: &str) -> Lab {
     // The stock kernel is chosen by flag; an image named by P2PDMA_LAB_KERNEL would
-    // conflict with it, and a release other than 7.2 has no stock kernel.
+    // conflict with it, and only release 7.2 has a stock kernel.
     Lab::new(topology, Flavour::Standard)
+        .env_remove("P2PDMA_LAB_KERNEL")
         .args(&["--flavour", "stock", "--release", "7.2"])
-        .file("/root/prelude.sh", PRELUDE)
-}
-
-fn script(body: &str) -> String {
-    format!(". /root/prelude.sh\n{body}")
 }
 
 /// Taint bits (Documentation/admin-guide/tainted-kernels.rst): O, out-of-tree module
@@ -59,8 +39,8 @@ echo "COPY $? $(md5 $A 0 $LEN) $(md5 $B 0 $LEN) $(zeros $LEN) $before"
 echo "JSON $(tr '\n' ' ' < /tmp/out.json)"
 echo "ERR $(tr '\n' ' ' < /tmp/err.txt)"
 "#;
-    let run = stock("switch").run(&script(body));
-    assert_eq!(run.status, Some(0), "guest script failed");
+    let run = stock("switch").run(body);
+    run.assert_success();
     let uname = run.line("UNAME")[0].to_owned();
     assert!(
         uname.starts_with("7.2.") && uname.ends_with("-amd64") && uname.contains("+deb"),
@@ -84,7 +64,7 @@ echo "ERR $(tr '\n' ' ' < /tmp/err.txt)"
         "the source is zeros: the fill did not happen"
     );
     assert_ne!(copy[4], copy[2], "the destination did not change");
-    let j = common::json_after(&run.line("JSON").join(" "));
+    let j = json_after(&run.line("JSON").join(" "));
     assert_eq!(j["verified"], true, "{j}");
     assert_eq!(
         j["provider"],
@@ -110,8 +90,8 @@ p2pdma copy $A $B --provider $R --length $LEN --dst-offset $DO --verify > /tmp/o
 echo "COPY $? $(md5 $A 0 $LEN) $(md5 $B $DO $LEN) $(zeros $LEN) $before"
 echo "OUT $(tr '\n' ' ' < /tmp/out.txt)"
 "#;
-    let run = stock("fast").run(&script(body));
-    assert_eq!(run.status, Some(0), "guest script failed");
+    let run = stock("fast").run(body);
+    run.assert_success();
     let ram = run.line("RAM");
     assert_eq!(ram.len(), 2, "no device bound to p2pdma_ram: {ram:?}");
     assert_eq!(ram[1], (256u64 << 20).to_string(), "{ram:?}");
