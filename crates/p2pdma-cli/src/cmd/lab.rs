@@ -25,13 +25,15 @@ use crate::output::{self, Failure};
 pub enum LabCommand {
     /// Check the host and install what the lab needs (Debian: apt-get; elsewhere: a list).
     Setup(SetupArgs),
-    /// Build the lab kernel (cached outside the repository; a second call returns at once).
+    /// Build the lab kernel, or fetch Debian's stock one with --flavour stock (cached
+    /// outside the repository; a second call returns at once).
     Kernel(KernelArgs),
     /// List the topologies (shipped and your own).
     Topologies(TopologiesArgs),
     /// Boot a topology, run a shell command in the guest, return its status and output.
     Run(RunArgs),
-    /// The tour for a newcomer without hardware: boot `switch` and show P2P at work.
+    /// The tour for a newcomer without hardware: boot `fast` on Debian's stock 7.2 kernel
+    /// (fetched on first use, no build) and show P2P at work.
     Demo(DemoArgs),
     /// Measure boot-to-command time of topologies (min/median/max over several boots).
     Bench(BenchArgs),
