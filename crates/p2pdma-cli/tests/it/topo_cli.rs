@@ -331,3 +331,38 @@ fn a_ram_provider_is_a_provider_like_any_cmb() {
         "{text}"
     );
 }
+
+#[test]
+fn host_facts_name_the_stable_fix_an_older_release_lacks() {
+    // The fixture's own kernel (6.12.117) has the removal-hang fix: nothing is said.
+    let o = p2pdma(&fixture("switch"), &["topo"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("6220694c52a5"), "{}", stdout(&o));
+    let o = p2pdma(&fixture("switch"), &["mem", "info"]);
+    assert!(!stderr(&o).contains("note:"), "{}", stderr(&o));
+
+    // 6.12.40 predates the 6.12.75 backport.
+    let old = ["--kernel-release", "6.12.40"];
+    let o = p2pdma(&fixture("switch"), &[&old[..], &["topo"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("kernel 6.12.40 lacks commit 6220694c52a5 \"PCI/P2PDMA: Release per-CPU pgmap ref when vm_insert_page() fails\""),
+        "{text}"
+    );
+    let o = p2pdma(
+        &fixture("switch"),
+        &[&old[..], &["topo", "--json"]].concat(),
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["host_notes"]["fixes"][0]["fix"]["commit"], "6220694c52a5");
+    assert_eq!(v["host_notes"]["fixes"][0]["status"]["status"], "lacks");
+    assert!(v["functions"].is_object() && v["host"].is_object());
+    let o = p2pdma(&fixture("switch"), &[&old[..], &["mem", "info"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with("p2pdma: note: kernel 6.12.40 lacks commit 6220694c52a5"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -165,7 +165,7 @@ fn the_snapshots_record_the_guests_host_facts() {
         "{:?}",
         q35.host
     );
-    assert_eq!(q35.host.p2pdma_config, p2pdma::snapshot::KernelP2pdma::Yes);
+    assert_eq!(q35.host.p2pdma_config, p2pdma::host::KernelP2pdma::Yes);
     let hb = q35.host_bridge_device("pci0000:00").unwrap();
     assert_eq!((hb.vendor, hb.device), (0x8086, 0x29c0));
 }
