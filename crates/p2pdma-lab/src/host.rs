@@ -338,6 +338,14 @@ impl PrivateApt {
         run_shown(self.apt_get(&["update", "-q"]), "apt-get update -q")
     }
 
+    /// [`PrivateApt::update`] with apt's output on stderr, for commands whose stdout is
+    /// their own (`lab kernel --print-path`).
+    pub fn update_on_stderr(&self) -> Result<(), SetupError> {
+        let mut command = self.apt_get(&["update", "-q"]);
+        command.stdout(std::io::stderr());
+        run_shown(command, "apt-get update -q")
+    }
+
     /// Finds, for each package, a suite that installs it without removing or
     /// downgrading anything (the default suites first, then backports), by simulation.
     pub fn plan(&self, packages: &[&str]) -> Result<InstallPlan, SetupError> {

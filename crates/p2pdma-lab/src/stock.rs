@@ -213,7 +213,8 @@ impl StockRelease {
         let _lock = paths::FileLock::exclusive(&lists.join("update.lock"))
             .map_err(io_err("cannot lock", &lists))?;
         if refresh || !apt.has_lists() {
-            apt.update().map_err(fetch("update the package lists"))?;
+            apt.update_on_stderr()
+                .map_err(fetch("update the package lists"))?;
         }
         let prefix = format!("linux-binary-{}.", self.name);
         let names = apt
