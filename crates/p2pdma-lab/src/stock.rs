@@ -367,7 +367,8 @@ fn ensure_abi(
         return Ok(kernel);
     }
     fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
-    let lock_path = dir.with_extension("lock");
+    // Beside the directory (`with_extension` would cut the key at the release's dot).
+    let lock_path = paths::kernel_dir(&format!("{key}.lock"));
     let _lock =
         paths::FileLock::exclusive(&lock_path).map_err(io_err("cannot lock", &lock_path))?;
     if let Some(kernel) = read_cached(&dir) {
