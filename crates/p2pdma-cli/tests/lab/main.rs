@@ -24,3 +24,6 @@ mod topology;
 
 // `p2pdma bench` in the guest.
 mod bench;
+
+// Debian's stock kernel (`--flavour stock`), fetched instead of built.
+mod stock;
