@@ -76,6 +76,8 @@ pub struct KernelChoice {
 enum FlavourArg {
     Standard,
     Debug,
+    /// Without CONFIG_PCI_P2PDMA (VFIO and the IOMMU on), for the VFIO path.
+    NoP2pdma,
 }
 
 impl From<FlavourArg> for Flavour {
@@ -83,6 +85,7 @@ impl From<FlavourArg> for Flavour {
         match f {
             FlavourArg::Standard => Flavour::Standard,
             FlavourArg::Debug => Flavour::Debug,
+            FlavourArg::NoP2pdma => Flavour::NoP2pdma,
         }
     }
 }
