@@ -27,4 +27,8 @@
 #![warn(missing_docs)]
 
 pub mod nvme;
+pub mod pool;
 pub mod table;
+pub mod vfio;
+
+pub use pool::{BarPool, InFlight, Lease, PoolError};
