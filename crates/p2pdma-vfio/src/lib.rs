@@ -32,3 +32,7 @@ pub mod table;
 pub mod vfio;
 
 pub use pool::{BarPool, InFlight, Lease, PoolError};
+pub mod driver;
+pub use driver::{Controller, DriverError};
+pub mod bind;
+pub mod copy;

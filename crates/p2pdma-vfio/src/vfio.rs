@@ -47,7 +47,7 @@ pub enum VfioError {
         path: PathBuf,
     },
     /// Opening the device through its group failed.
-    #[error("cannot open {bdf} through VFIO (is every device of its IOMMU group bound to vfio-pci or to no driver, and is it not in use by another process?)")]
+    #[error("cannot open {bdf} through VFIO (is every device of its IOMMU group bound to vfio-pci or to no driver, and not in use by another process? without interrupt remapping, type1 also needs vfio_iommu_type1.allow_unsafe_interrupts=1; dmesg says which)")]
     Open {
         /// The device.
         bdf: Bdf,
