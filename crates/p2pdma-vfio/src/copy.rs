@@ -218,10 +218,13 @@ impl Session {
                 stop_reason = Some(e.into());
                 break;
             }
-            for &(ctrl, cqe) in &cqes {
-                let Some(i) = owner.remove(&(ctrl, cqe.cid())) else {
-                    continue;
-                };
+            // Map every completion to its slot before submitting anything: a new command
+            // may reuse the command id of a completion reaped in this same batch.
+            let done: Vec<(usize, usize, Cqe)> = cqes
+                .iter()
+                .filter_map(|&(ctrl, cqe)| owner.remove(&(ctrl, cqe.cid())).map(|i| (i, ctrl, cqe)))
+                .collect();
+            for (i, ctrl, cqe) in done {
                 match std::mem::replace(&mut slots[i], Slot::Idle) {
                     Slot::Reading { chunk, len, cmd } => {
                         cmd.complete();

@@ -347,18 +347,9 @@ pub fn copy(args: &CopyArgs, provider_bar: u32, globals: &Globals) -> anyhow::Re
     let chunk = args.chunk_size.min(max_transfer).max(block) / block * block;
     let chunk = chunk.div_ceil(PAGE as u64) * PAGE as u64;
     let (_, pool_len, _, _) = pool.stats();
-    let mut depth = (args.queue_depth as usize)
+    let depth = (args.queue_depth as usize)
         .min((pool_len / chunk) as usize)
         .clamp(1, 32);
-    if provider_kind == "cmb" && depth > 1 {
-        // In the lab (QEMU 10, TCG, emulated IOMMU), more than one command at a time
-        // reading from a peer's CMB stalled: some Writes never completed (no completion
-        // within 30 s). Until the cause is known, CMB copies move one chunk at a time.
-        if !globals.quiet && !args.json {
-            eprintln!("p2pdma: note: --via vfio through a CMB moves one chunk at a time (queue depth 1; deeper queues stalled in testing)");
-        }
-        depth = 1;
-    }
     let mut requests = Vec::new();
     for c in &controllers {
         requests.push((c.bdf().to_string(), c.device().request_fd()?));
