@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 pub use crate::exit::Kind;
+pub use p2pdma::report::error::{one_line, ErrorObject, ErrorReport};
 
 /// An error with a kind and machine-readable details (`written` ranges, digests ...).
 /// Its message is the message of the error it wraps, with that error's causes.
@@ -61,27 +62,6 @@ impl fmt::Display for Failure {
 // No `source()`: the message already holds the wrapped error's causes.
 impl std::error::Error for Failure {}
 
-/// The JSON document printed on failure.
-#[derive(Debug, Serialize)]
-pub struct ErrorReport {
-    /// The error object.
-    pub error: ErrorObject,
-}
-
-/// `{"kind", "message", "exit_code", ...details}`.
-#[derive(Debug, Serialize)]
-pub struct ErrorObject {
-    /// The failure's kind (see the exit-code table).
-    pub kind: Kind,
-    /// The message `p2pdma: error:` prints on stderr, on one line.
-    pub message: String,
-    /// The process's exit status.
-    pub exit_code: u8,
-    /// Command-specific fields.
-    #[serde(flatten)]
-    pub details: Map<String, Value>,
-}
-
 /// The kind, one-line message and details of an error returned by a subcommand.
 pub fn describe(err: &anyhow::Error) -> ErrorObject {
     let (kind, details) = match err.downcast_ref::<Failure>() {
@@ -94,16 +74,6 @@ pub fn describe(err: &anyhow::Error) -> ErrorObject {
         exit_code: kind.code(),
         details,
     }
-}
-
-/// Multi-line causes (a guest's output, a kernel log excerpt) joined so the error stays
-/// one line.
-fn one_line(text: &str) -> String {
-    text.lines()
-        .map(str::trim_end)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" | ")
 }
 
 /// The kind of an error that carries no [`Failure`], from the library errors in its chain.
@@ -273,10 +243,5 @@ mod tests {
         assert!(!argv_wants_json(argv(
             "p2pdma lab run -t s -- p2pdma topo --json"
         )));
-    }
-
-    #[test]
-    fn multi_line_messages_become_one_line() {
-        assert_eq!(one_line("a\n\nb  \nc"), "a | b | c");
     }
 }

@@ -6,8 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+use p2pdma::host::{HostFacts, KernelP2pdma};
 use p2pdma::pci::{PciTree, ACS_RR};
-use p2pdma::snapshot::{HostFacts, KernelP2pdma};
 use p2pdma::sysfs::builder::{FunctionSpec as F, SysfsBuilder};
 use p2pdma::sysfs::SysfsRoot;
 use p2pdma::topology::{MapType, Topology};
@@ -175,9 +175,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &format!("{} candidates, picked {}", providers.len(), choice.provider),
     );
 
-    let (samples, facts) = time(20, || {
-        HostFacts::live(std::path::Path::new("/"), &Default::default())
-    });
+    let (samples, facts) = time(20, || HostFacts::live(std::path::Path::new("/"), None));
     stats(
         "host facts from /proc (part of reading /sys)",
         samples,

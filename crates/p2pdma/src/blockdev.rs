@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::sysfs::SysfsRoot;
+
 /// What went wrong reading a block device's facts.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockdevError {
@@ -134,7 +136,7 @@ impl BlockDevice {
     /// Reads the facts of block device `name` (`nvme0n1`, `nvme0n1p1`) under the sysfs
     /// root `root` (normally `/sys`), from `<root>/class/block/<name>/`.
     pub fn read(root: &Path, name: &str) -> Result<BlockDevice, BlockdevError> {
-        let dir = root.join("class/block").join(name);
+        let dir = SysfsRoot::new(root).class_block(name);
         if !dir.exists() {
             return Err(BlockdevError::NoSuchDevice {
                 name: name.to_owned(),
@@ -190,7 +192,7 @@ impl BlockDevice {
             major: rustix::fs::major(rdev),
             minor: rustix::fs::minor(rdev),
         };
-        let link = root.join("dev/block").join(dev.to_string());
+        let link = SysfsRoot::new(root).dev_block(dev.major, dev.minor);
         let target = std::fs::read_link(&link).map_err(|source| BlockdevError::Read {
             path: link.clone(),
             source,

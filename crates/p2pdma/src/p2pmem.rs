@@ -48,9 +48,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::revoke::RevokeError;
+use crate::sysfs::SysfsRoot;
 use crate::Bdf;
 
 mod mapping;
+pub mod pool_test;
 
 use mapping::{MapError, Mapping, Revoked};
 
@@ -218,8 +220,9 @@ impl Provider {
     /// Opens the provider `bdf` under the sysfs root `root` (normally `/sys`), checking
     /// that `<root>/bus/pci/devices/<bdf>/p2pmem/` exists.
     pub fn open(root: &Path, bdf: Bdf) -> Result<Provider, P2pmemError> {
-        let device = devices_dir(root).join(bdf.to_string());
-        let dir = device.join("p2pmem");
+        let sysfs = SysfsRoot::new(root);
+        let device = sysfs.pci_device(bdf);
+        let dir = sysfs.p2pmem_dir(bdf);
         if dir.is_dir() {
             return Ok(Provider { bdf, dir });
         }
@@ -365,7 +368,8 @@ impl Provider {
 
 /// Every PCI function under `root` that has a `p2pmem/` directory, sorted by address.
 pub fn list(root: &Path) -> Result<Vec<Bdf>, P2pmemError> {
-    let dir = devices_dir(root);
+    let sysfs = SysfsRoot::new(root);
+    let dir = sysfs.pci_devices_dir();
     let entries = std::fs::read_dir(&dir).map_err(|source| P2pmemError::Io {
         op: "list",
         path: dir.clone(),
@@ -373,15 +377,11 @@ pub fn list(root: &Path) -> Result<Vec<Bdf>, P2pmemError> {
     })?;
     let mut found: Vec<Bdf> = entries
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("p2pmem").is_dir())
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|bdf| sysfs.p2pmem_dir(*bdf).is_dir())
         .collect();
     found.sort();
     Ok(found)
-}
-
-fn devices_dir(root: &Path) -> PathBuf {
-    root.join("bus/pci/devices")
 }
 
 /// Parses a sysfs decimal number (`"16777216\n"`).

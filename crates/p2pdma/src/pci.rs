@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::snapshot::HostFacts;
+use crate::host::HostFacts;
 use crate::sysfs::{self, SysfsError, SysfsRoot};
 use crate::Bdf;
 
@@ -350,7 +350,11 @@ impl PciTree {
             let function = read_function(root, &canonical_root, bdf, &entry.path())?;
             functions.insert(bdf, function);
         }
-        let host = HostFacts::read(root, &functions)?;
+        let provider = functions
+            .values()
+            .find(|f| f.p2pmem.is_some())
+            .map(|f| f.bdf);
+        let host = HostFacts::read(root, provider)?;
         Ok(PciTree { functions, host })
     }
 

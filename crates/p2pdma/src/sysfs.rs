@@ -3,12 +3,16 @@
 //! Every path p2pdma reads goes through [`SysfsRoot`], whose methods name the path
 //! template they resolve, so a snapshot directory (see [`crate::snapshot`]) or a test
 //! fixture can stand in for `/sys`. Facts that do not live in sysfs (the CPU, the
-//! kernel's configuration) come from [`crate::snapshot::HostFacts`].
+//! kernel's configuration) come from [`crate::host::HostFacts`].
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 pub mod builder;
+
+/// Name of the host-facts file at the root of a snapshot or fixture (see
+/// [`crate::host::HostFacts`]); [`SysfsRoot::host_facts_file`] is its path.
+pub const HOST_FACTS_FILE: &str = "p2pdma-host.json";
 
 /// The directory that plays the role of `/sys`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +81,24 @@ impl SysfsRoot {
         self.pci_devices_dir().join(bdf.to_string())
     }
 
+    /// `<root>/bus/pci/devices/<bdf>/p2pmem`: the provider's pool (`size`, `available`,
+    /// `published`, `allocate`); present only when the kernel registered one.
+    pub fn p2pmem_dir(&self, bdf: crate::Bdf) -> PathBuf {
+        self.pci_device(bdf).join("p2pmem")
+    }
+
+    /// `<root>/bus/pci/devices/<bdf>/driver`: a link to the bound driver's directory
+    /// (absent when no driver is bound).
+    pub fn pci_driver_link(&self, bdf: crate::Bdf) -> PathBuf {
+        self.pci_device(bdf).join("driver")
+    }
+
+    /// `<root>/bus/pci/drivers/<driver>`: a PCI driver's directory, with its `bind` and
+    /// `unbind` files.
+    pub fn pci_driver_dir(&self, driver: &str) -> PathBuf {
+        self.0.join("bus/pci/drivers").join(driver)
+    }
+
     /// `<root>/class/block/<name>`: a disk or partition by kernel name.
     pub fn class_block(&self, name: &str) -> PathBuf {
         self.0.join("class/block").join(name)
@@ -85,6 +107,12 @@ impl SysfsRoot {
     /// `<root>/class/nvme/<name>`: an NVMe controller (`nvme0`) by kernel name.
     pub fn class_nvme(&self, name: &str) -> PathBuf {
         self.0.join("class/nvme").join(name)
+    }
+
+    /// `<root>/class/block/<partition>/../dev`: the device number of the disk a partition
+    /// belongs to (a partition's directory sits inside its disk's).
+    pub fn whole_disk_dev(&self, partition: &str) -> PathBuf {
+        self.class_block(partition).join("../dev")
     }
 
     /// `<root>/dev/block/<major>:<minor>`: a block device by number.
@@ -99,7 +127,7 @@ impl SysfsRoot {
 
     /// `<root>/p2pdma-host.json`: the host facts a snapshot recorded.
     pub fn host_facts_file(&self) -> PathBuf {
-        self.0.join(crate::snapshot::HOST_FACTS_FILE)
+        self.0.join(HOST_FACTS_FILE)
     }
 }
 
@@ -202,6 +230,23 @@ mod tests {
             Path::new("/snap/bus/pci/devices/0000:01:00.0")
         );
         assert_eq!(root.dev_block(259, 1), Path::new("/snap/dev/block/259:1"));
+        assert_eq!(
+            root.p2pmem_dir(bdf),
+            Path::new("/snap/bus/pci/devices/0000:01:00.0/p2pmem")
+        );
+        assert_eq!(
+            root.pci_driver_link(bdf),
+            Path::new("/snap/bus/pci/devices/0000:01:00.0/driver")
+        );
+        assert_eq!(
+            root.pci_driver_dir("nvme"),
+            Path::new("/snap/bus/pci/drivers/nvme")
+        );
+        assert_eq!(
+            root.whole_disk_dev("nvme0n1p1"),
+            Path::new("/snap/class/block/nvme0n1p1/../dev")
+        );
+        assert_eq!(root.host_facts_file(), Path::new("/snap/p2pdma-host.json"));
         assert!(SysfsRoot::default().is_live());
         assert!(!root.is_live());
     }

@@ -28,9 +28,9 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::host::KernelP2pdma;
 use crate::kernel_rules::RuleChoice;
 use crate::pci::{Link, PciTree};
-use crate::snapshot::KernelP2pdma;
 use crate::Bdf;
 
 /// How the kernel maps a provider's memory for a client (`enum pci_p2pdma_map_type`).
@@ -803,7 +803,7 @@ impl Cell {
     }
 }
 
-fn cpu_description(host: &crate::snapshot::HostFacts) -> String {
+fn cpu_description(host: &crate::host::HostFacts) -> String {
     match (&host.cpu_vendor, host.cpu_family) {
         (Some(v), Some(f)) => format!("{v} family {f:#x}"),
         (Some(v), None) => v.clone(),

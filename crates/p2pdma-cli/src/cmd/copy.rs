@@ -1,26 +1,19 @@
 //! `p2pdma copy`: move a range between NVMe devices (or files on them) through device
 //! memory.
 
-use std::fs::File;
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use p2pdma::copy::endpoint::{self, Inspected, Role};
-use p2pdma::copy::plan::{self, HumanBytes, DEFAULT_CHUNK_SIZE, DEFAULT_QUEUE_DEPTH};
-use p2pdma::copy::route::{self, Mode, Route, Side};
-use p2pdma::copy::EndpointKind;
+use p2pdma::copy::endpoint::Inspected;
+use p2pdma::copy::job::{self, CopyError, CopyJob, CopyObserver, EngineFailure, Phase, Prepared};
+use p2pdma::copy::plan::{HumanBytes, DEFAULT_CHUNK_SIZE, DEFAULT_QUEUE_DEPTH};
+use p2pdma::copy::route::{self, Mode, Route};
 use p2pdma::copy::{
-    engine, verify, CopyPlan, CopyRequest, Direction, Endpoint, EngineError, EngineReport,
-    FailureKind, HostBuffer, P2pSlot, Verification,
+    CopyPlan, CopyRequest, Direction, EngineError, EngineReport, FailureKind, Verification,
 };
-use p2pdma::p2pmem::{P2pmemError, Provider};
-use p2pdma::pci::PciTree;
-use p2pdma::snapshot::HostFacts;
-use p2pdma::sysfs::SysfsRoot;
 use p2pdma::topology::MapType;
 use p2pdma::Bdf;
 use serde::Serialize;
@@ -163,12 +156,6 @@ struct Summary<'a> {
     verify_seconds: Option<f64>,
 }
 
-/// The engine's buffers: device memory for P2P, host memory for a bounce copy.
-enum Buffers {
-    Device(Vec<P2pSlot>),
-    Host(Vec<HostBuffer>),
-}
-
 /// What `--dry-run` prints.
 #[derive(Debug, Serialize)]
 struct DryRun<'a> {
@@ -184,107 +171,66 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     if args.via == Via::Vfio {
         return super::vfio::copy(&args, args.provider_bar, globals);
     }
-    let src = endpoint::inspect(&globals.sysfs, &args.src, Role::Source)?;
-    let dst = endpoint::inspect(&globals.sysfs, &args.dst, Role::Destination)?;
-    let request = CopyRequest {
-        src_offset: args.src_offset,
-        dst_offset: args.dst_offset,
-        length: args.length,
-        chunk_size: args.chunk_size,
-        queue_depth: args.queue_depth,
-        force: args.force,
+    let job = CopyJob {
+        src: args.src.clone(),
+        dst: args.dst.clone(),
+        request: CopyRequest {
+            src_offset: args.src_offset,
+            dst_offset: args.dst_offset,
+            length: args.length,
+            chunk_size: args.chunk_size,
+            queue_depth: args.queue_depth,
+            force: args.force,
+        },
+        bounce: args.bounce.into(),
+        provider: args.provider,
+        direction: match args.only {
+            None => Direction::Copy,
+            Some(Half::Read) => Direction::ReadOnly,
+            Some(Half::Write) => Direction::WriteOnly,
+        },
+        verify: args.verify,
+        sysfs: globals.sysfs.clone(),
+        kernel_release: globals.kernel_release.clone(),
     };
-    let plan = plan::validate(&src.facts, &dst.facts, &request)?;
-    let (route, sides, kernel_release) = decide_route(globals, &args, &src, &dst)?;
 
     if args.dry_run {
-        print_dry_run(&args, &src, &dst, &plan, &route, &sides)?;
+        let prepared = job::prepare(&job).map_err(library_error)?;
+        print_dry_run(&args, &prepared)?;
         return Ok(ExitCode::SUCCESS);
     }
-    if let Some(note) = &route.bounce_reason {
-        if !args.json && !globals.quiet && args.bounce != Bounce::Always {
-            eprintln!("p2pdma: copying through host memory: {note}");
-        }
-    }
-
-    let direction = match args.only {
-        None => Direction::Copy,
-        Some(Half::Read) => Direction::ReadOnly,
-        Some(Half::Write) => Direction::WriteOnly,
+    let mut bars = Bars {
+        args: &args,
+        quiet: globals.quiet,
+        bar: None,
     };
-    // Buffers first: if the pool cannot supply them, nothing has been opened or created.
-    let buffers = match route.mode {
-        Mode::P2p => Buffers::Device(allocate_p2p(globals, &route, &plan)?),
-        Mode::Bounce => Buffers::Host(
-            (0..engine::buffers_wanted(direction, &plan))
-                .map(|_| HostBuffer::new(plan.chunk_size as usize))
-                .collect::<Result<Vec<_>, _>>()
-                .context("allocating the host bounce buffers")?,
-        ),
+    let outcome = match job::run(&job, &mut bars) {
+        Ok(outcome) => outcome,
+        Err(CopyError::Engine(failure)) => return Err(engine_failure(*failure)),
+        Err(e) => return Err(library_error(e)),
     };
-    let src_file = endpoint::open(&src.facts, Role::Source)?;
-    let dst_file = endpoint::open(&dst.facts, Role::Destination)?;
-    let src_end = Endpoint {
-        file: &src_file,
-        path: &args.src,
-    };
-    let dst_end = Endpoint {
-        file: &dst_file,
-        path: &args.dst,
-    };
-
-    let bar = progress_bar(plan.length, "copy", globals.quiet);
-    let mut progress = |n| bar.set_position(n);
-    let result = match buffers {
-        Buffers::Device(b) => {
-            engine::run_one_way(direction, src_end, dst_end, &plan, b, &mut progress)
-        }
-        Buffers::Host(b) => {
-            engine::run_one_way(direction, src_end, dst_end, &plan, b, &mut progress)
-        }
-    };
-    bar.finish_and_clear();
-    let report = match result {
-        Ok(report) => report,
-        Err(mut e) => {
-            let einval = reinterpret_einval(&mut e, &route, kernel_release.as_deref());
-            let (kind, summary) = failure_summary(&e, &route);
-            let mut err = explain_engine_error(e, &route, &plan, dst.facts.kind);
-            if let Some(why) = einval {
-                err = err.context(format!(
-                    "an I/O on device memory failed with EINVAL, reported as an I/O error, not a P2P refusal: {why}"
-                ));
-            }
-            return Err(Failure::new(kind, err).with_details(&summary).into());
-        }
-    };
+    let route = &outcome.prepared.route;
+    let plan = &outcome.prepared.plan;
     if route.mode == Mode::P2p && route.p2p_expected == Some(false) && !globals.quiet {
         eprintln!(
             "p2pdma: note: the topology verdict predicted that the kernel would refuse P2P ({}), but it allowed it; please report this with `p2pdma snapshot`",
             route.why_not.as_deref().unwrap_or("no reason recorded")
         );
     }
-    if direction != Direction::ReadOnly {
-        flush_destination(&dst_file, &dst)?;
-    }
 
-    let verification = if args.verify {
-        let bar = progress_bar(plan.length, "verify", globals.quiet);
-        let started = Instant::now();
-        let v = verify(src_end, dst_end, &plan, &mut |n| bar.set_position(n))?;
-        bar.finish_and_clear();
-        Some((v, started.elapsed()))
-    } else {
-        None
-    };
-
-    let summary = summary(&args, &plan, &route, &report, verification.as_ref());
-    let verification = verification.map(|(v, _)| v);
+    let summary = summary(
+        &args,
+        plan,
+        route,
+        &outcome.report,
+        outcome.verification.as_ref(),
+    );
+    let verification = outcome.verification.map(|(v, _)| v);
     match verification {
         Some(v) if !v.matched() => {
             let at = v.first_difference.unwrap_or(0);
             if !args.json {
-                output::unless_broken_pipe(print_summary(&args, &route, &summary))?;
+                output::unless_broken_pipe(print_summary(&args, route, &summary))?;
             }
             let err = anyhow::anyhow!(
                 "verification failed: {} offset {} differs from {} offset {} (xxh3-128 {:032x} vs {:032x})",
@@ -301,21 +247,81 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
                 .into())
         }
         _ => {
-            print_summary(&args, &route, &summary)?;
+            print_summary(&args, route, &summary)?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-/// O_DIRECT writes to a file may leave metadata (a grown size, allocated extents) only in
-/// memory, and a device may hold written data in a volatile cache: fdatasync covers both.
-fn flush_destination(file: &File, dst: &Inspected) -> anyhow::Result<()> {
-    file.sync_data().with_context(|| {
-        format!(
-            "flushing {} after the copy (every write completed, but the data may not be durable)",
-            dst.facts.path.display()
-        )
-    })
+/// The progress bars of the copy and the verification, and the note when the route
+/// bounces through host memory.
+struct Bars<'a> {
+    args: &'a CopyArgs,
+    quiet: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl CopyObserver for Bars<'_> {
+    fn route_decided(&mut self, prepared: &Prepared) {
+        if let Some(note) = &prepared.route.bounce_reason {
+            if !self.args.json && !self.quiet && self.args.bounce != Bounce::Always {
+                eprintln!("p2pdma: copying through host memory: {note}");
+            }
+        }
+    }
+
+    fn phase_started(&mut self, phase: Phase, total: u64) {
+        let what = match phase {
+            Phase::Copy => "copy",
+            Phase::Verify => "verify",
+        };
+        self.bar = Some(progress_bar(total, what, self.quiet));
+    }
+
+    fn progress(&mut self, done: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        }
+    }
+
+    fn phase_ended(&mut self, _phase: Phase) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// A library error as the CLI reports it: the error the library wraps, so the exit
+/// status is classified from it as before (`output::classify` looks for the library's
+/// error types in the chain).
+fn library_error(err: CopyError) -> anyhow::Error {
+    match err {
+        CopyError::Endpoint(e) => e.into(),
+        CopyError::Plan(e) => e.into(),
+        CopyError::Route(e) => e.into(),
+        CopyError::P2pmem(e) => e.into(),
+        CopyError::Verify(e) => e.into(),
+        CopyError::Engine(failure) => engine_failure(*failure),
+        e => e.into(),
+    }
+}
+
+/// A copy the engine stopped: the meaning of the first failed request, in terms of this
+/// copy, on top of the engine's report of what reached the destination, and the exact
+/// written ranges in the error object.
+fn engine_failure(failure: EngineFailure) -> anyhow::Error {
+    let (kind, summary) = failure_summary(&failure.error, &failure.route);
+    let advice = failure.advice();
+    let mut err = anyhow::Error::new(failure.error);
+    if !advice.is_empty() {
+        err = err.context(advice);
+    }
+    if let Some(why) = failure.einval {
+        err = err.context(format!(
+            "an I/O on device memory failed with EINVAL, reported as an I/O error, not a P2P refusal: {why}"
+        ));
+    }
+    Failure::new(kind, err).with_details(&summary).into()
 }
 
 fn progress_bar(len: u64, what: &'static str, quiet: bool) -> ProgressBar {
@@ -330,90 +336,6 @@ fn progress_bar(len: u64, what: &'static str, quiet: bool) -> ProgressBar {
     bar.set_style(style);
     bar.set_prefix(what);
     bar
-}
-
-/// Adds the meaning of the first failed request, in terms of this copy, to the engine's
-/// report of what reached the destination.
-fn explain_engine_error(
-    err: EngineError,
-    route: &Route,
-    plan: &CopyPlan,
-    dst_kind: EndpointKind,
-) -> anyhow::Error {
-    let advice = match &err {
-        EngineError::Stopped { failure, .. } => match failure.kind {
-            FailureKind::P2pRefused => refusal_advice(route),
-            FailureKind::OutOfMemory => format!(
-                "the transfer ran out of memory{}; try --chunk-size {} or --queue-depth {}",
-                pool_note(route),
-                HumanBytes((plan.chunk_size / 2).max(plan.block_size)),
-                (plan.queue_depth / 2).max(1)
-            ),
-            FailureKind::PermissionDenied => {
-                "permission denied by the kernel; run as root (opening block devices and p2pmem needs it)".into()
-            }
-            FailureKind::ProviderGone => format!(
-                "the p2pmem provider {} was unbound or removed during the copy; pick another with --provider or use --bounce always",
-                route.provider.map_or_else(|| "?".to_owned(), |b| b.to_string())
-            ),
-            FailureKind::NoSpace => no_space_advice(&failure.path, dst_kind),
-            FailureKind::DeviceError => device_error_advice(&failure.path),
-            FailureKind::Truncated => format!(
-                "{} is shorter than planned (did it shrink during the copy?)",
-                failure.path.display()
-            ),
-            FailureKind::Other => "see the kernel's error below".into(),
-        },
-        EngineError::Ring { .. } => {
-            "io_uring is unavailable (Linux >= 5.6 with io_uring enabled; check /proc/sys/kernel/io_uring_disabled)".into()
-        }
-        EngineError::BadBuffers { .. } | EngineError::RingFailed { .. } => String::new(),
-    };
-    let err = anyhow::Error::new(err);
-    if advice.is_empty() {
-        err
-    } else {
-        err.context(advice)
-    }
-}
-
-/// EIO from a transfer. A block device that is being hot-removed fails its requests with
-/// EIO before its node goes away (and with ENOSPC once its capacity is zeroed), so EIO on a
-/// block device names removal as well as a failing device, and a node already gone is
-/// named as removed.
-fn device_error_advice(path: &Path) -> String {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!(
-            "{} reported an I/O error and is gone: it was removed during the copy (check dmesg)",
-            path.display()
-        ),
-        Ok(m) if m.file_type().is_block_device() => format!(
-            "{} reported an I/O error: the device is failing or being removed; check dmesg for its error log",
-            path.display()
-        ),
-        _ => format!(
-            "{} reported an I/O error; check dmesg for the device's error log",
-            path.display()
-        ),
-    }
-}
-
-/// ENOSPC from a write. The plan kept every write inside the destination, so on a block
-/// device it means the device shrank under the copy: the kernel zeroes the capacity of a
-/// namespace that is being removed, and writes past the end fail with ENOSPC.
-fn no_space_advice(path: &Path, dst_kind: EndpointKind) -> String {
-    if dst_kind == EndpointKind::BlockDevice {
-        format!(
-            "{} refused a write inside the planned range: the device shrank or was removed during the copy (check dmesg)",
-            path.display()
-        )
-    } else {
-        format!(
-            "{} is full; free space or copy less (--length)",
-            path.display()
-        )
-    }
 }
 
 /// The details of the error object when the copy stops part-way: enough for a script to
@@ -463,163 +385,6 @@ fn failure_summary(err: &EngineError, route: &Route) -> (Kind, FailureSummary) {
         contiguous_end: written.map(|w| w.contiguous_end()),
     };
     (kind, summary)
-}
-
-fn refusal_advice(route: &Route) -> String {
-    let why = route
-        .why_not
-        .clone()
-        .or_else(|| {
-            let reasons: Vec<String> = route
-                .verdicts
-                .iter()
-                .flat_map(|v| v.reasons.iter().map(ToString::to_string))
-                .collect();
-            (!reasons.is_empty()).then(|| {
-                format!(
-                    "the topology verdict expected P2P to work ({}); the kernel's log (dmesg) says why it did not",
-                    reasons.join("; ")
-                )
-            })
-        })
-        .unwrap_or_else(|| {
-            "the topology verdict expected P2P to work; the kernel's log (dmesg) says why it did not".to_owned()
-        });
-    format!(
-        "the kernel refused P2P DMA through {}: {why}; apply the fix, or copy through host memory with --bounce auto (or always), or pick another provider with --provider",
-        provider_name(route)
-    )
-}
-
-fn pool_note(route: &Route) -> String {
-    match (route.provider, route.pool) {
-        (Some(bdf), Some(pool)) => format!(
-            " (the pool of {bdf} had {} of {} free when the copy was planned)",
-            HumanBytes(pool.available),
-            HumanBytes(pool.size)
-        ),
-        _ => String::new(),
-    }
-}
-
-fn provider_name(route: &Route) -> String {
-    match route.provider {
-        Some(bdf) => format!("{bdf}'s p2pmem"),
-        None => "host memory".to_owned(),
-    }
-}
-
-/// The engine reads EINVAL on device memory as a P2P refusal; that holds only on Linux
-/// 6.17 and later, for a pair the topology refuses ([`p2pdma::refusal::interpret`]). Otherwise the
-/// failure becomes an I/O error, and the reason is returned for the message.
-fn reinterpret_einval(
-    err: &mut EngineError,
-    route: &Route,
-    kernel_release: Option<&str>,
-) -> Option<String> {
-    let EngineError::Stopped { failure, .. } = err else {
-        return None;
-    };
-    if failure.kind != FailureKind::P2pRefused
-        || failure.source.raw_os_error() != Some(libc::EINVAL)
-    {
-        return None;
-    }
-    match p2pdma::refusal::interpret(libc::EINVAL, route.p2p_expected, kernel_release) {
-        p2pdma::refusal::Meaning::P2pRefused => None,
-        p2pdma::refusal::Meaning::IoError { why } => {
-            failure.kind = FailureKind::Other;
-            Some(why)
-        }
-    }
-}
-
-/// Decides the route; also returns the kernel release the PCI tree was read with.
-fn decide_route(
-    globals: &Globals,
-    args: &CopyArgs,
-    src: &Inspected,
-    dst: &Inspected,
-) -> anyhow::Result<(Route, [Side; 2], Option<String>)> {
-    let root = SysfsRoot::new(&globals.sysfs);
-    let sides = [
-        endpoint::pci_side(&root, "source", src),
-        endpoint::pci_side(&root, "destination", dst),
-    ];
-    let tree = match globals.read_tree(&root) {
-        Ok(tree) => tree,
-        // A bounce copy does not need the PCI tree, nor does explaining that a side
-        // cannot do P2P at all.
-        Err(_)
-            if args.bounce == Bounce::Always
-                || sides.iter().any(|s| s.not_p2p_because.is_some()) =>
-        {
-            PciTree::from_parts([], HostFacts::unknown("no PCI tree"))
-        }
-        Err(e) => {
-            return Err(anyhow::Error::new(e).context(format!(
-                "reading the PCI tree under {} to choose a p2pmem provider (--bounce always needs none)",
-                globals.sysfs.display()
-            )))
-        }
-    };
-    let route = route::decide(
-        &tree,
-        &sides[0],
-        &sides[1],
-        args.bounce.into(),
-        args.provider,
-    )?;
-    let release = tree.host.kernel_release.clone();
-    Ok((route, sides, release))
-}
-
-/// One p2pmem buffer per chunk in flight.
-fn allocate_p2p(globals: &Globals, route: &Route, plan: &CopyPlan) -> anyhow::Result<Vec<P2pSlot>> {
-    let bdf = route
-        .provider
-        .context("internal error: a P2P route without a provider")?;
-    let provider = Provider::open(&globals.sysfs, bdf)?;
-    let mut slots = Vec::with_capacity(plan.queue_depth as usize);
-    for i in 0..plan.queue_depth {
-        let buffer = provider.allocate(plan.chunk_size as usize).map_err(|e| {
-            let hint = match &e {
-                P2pmemError::PoolExhausted { available, .. } => {
-                    // What the pool could give this copy: what is free now plus the
-                    // buffers this copy already holds.
-                    let usable = available.unwrap_or(0) + u64::from(i) * plan.chunk_size;
-                    let (depth, chunk) = smaller_shape(usable, plan);
-                    format!(
-                        "; the pool has {} for this copy: try --queue-depth {depth} or --chunk-size {}",
-                        HumanBytes(usable),
-                        HumanBytes(chunk)
-                    )
-                }
-                _ => String::new(),
-            };
-            anyhow::Error::new(e).context(format!(
-                "allocating p2pmem buffer {} of {} ({} each) from {bdf}{hint}",
-                i + 1,
-                plan.queue_depth,
-                HumanBytes(plan.chunk_size)
-            ))
-        })?;
-        slots.push(P2pSlot::new(buffer)?);
-    }
-    Ok(slots)
-}
-
-/// A queue depth that fits `usable` bytes at the current chunk size, and a chunk size
-/// (a power of two, at least one block) that fits it at the current depth.
-fn smaller_shape(usable: u64, plan: &CopyPlan) -> (u64, u64) {
-    let depth = (usable / plan.chunk_size).clamp(1, u64::from(plan.queue_depth));
-    let per_buffer = usable / u64::from(plan.queue_depth.max(1));
-    let chunk = if per_buffer == 0 {
-        plan.block_size
-    } else {
-        (1u64 << (63 - per_buffer.leading_zeros())).max(plan.block_size)
-    };
-    (depth, chunk)
 }
 
 fn describe_route(route: &Route, out: &mut impl Write) -> std::io::Result<()> {
@@ -698,19 +463,16 @@ fn describe_route(route: &Route, out: &mut impl Write) -> std::io::Result<()> {
     Ok(())
 }
 
-fn print_dry_run(
-    args: &CopyArgs,
-    src: &Inspected,
-    dst: &Inspected,
-    plan: &CopyPlan,
-    route: &Route,
-    sides: &[Side; 2],
-) -> anyhow::Result<()> {
-    let buffers = match route.mode {
-        Mode::P2p => u64::from(plan.queue_depth),
-        Mode::Bounce => engine::buffers_wanted(Direction::Copy, plan) as u64,
-    };
-    let buffer_bytes = plan.chunk_size * buffers;
+fn print_dry_run(args: &CopyArgs, prepared: &Prepared) -> anyhow::Result<()> {
+    let Prepared {
+        src,
+        dst,
+        plan,
+        route,
+        sides,
+        ..
+    } = prepared;
+    let buffer_bytes = plan.chunk_size * prepared.buffers();
     if args.json {
         let dry = DryRun {
             src,
@@ -838,7 +600,7 @@ fn print_summary(args: &CopyArgs, route: &Route, summary: &Summary) -> anyhow::R
         summary.seconds,
         HumanBytes(summary.throughput_bytes_per_sec as u64),
         match route.mode {
-            Mode::P2p => format!("P2P through {}", provider_name(route)),
+            Mode::P2p => format!("P2P through {}", job::provider_name(route)),
             Mode::Bounce => "through host memory".to_owned(),
         }
     )?;
@@ -857,31 +619,8 @@ fn print_summary(args: &CopyArgs, route: &Route, summary: &Summary) -> anyhow::R
 #[cfg(test)]
 mod tests {
 
-    /// Hot removal of a destination fails its writes with EIO while its node still
-    /// exists: the advice must not read as a plain device fault or a full disk.
-    #[test]
-    fn eio_on_a_block_device_names_removal_and_a_vanished_node_is_called_removed() {
-        let gone = device_error_advice(Path::new("/dev/nvme-that-was-removed-0n1"));
-        assert!(gone.contains("was removed during the copy"), "{gone}");
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("dst.dat");
-        std::fs::write(&file, b"x").unwrap();
-        let plain = device_error_advice(&file);
-        assert!(!plain.contains("removed"), "{plain}");
-        if let Some(block) = ["/dev/vda", "/dev/sda", "/dev/nvme0n1", "/dev/loop0"]
-            .iter()
-            .map(Path::new)
-            .find(|p| {
-                use std::os::unix::fs::FileTypeExt;
-                std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device())
-            })
-        {
-            let advice = device_error_advice(block);
-            assert!(advice.contains("failing or being removed"), "{advice}");
-        }
-    }
-
     use super::*;
+    use p2pdma::copy::job::reinterpret_einval;
 
     fn stopped(errno: i32, kind: FailureKind) -> EngineError {
         EngineError::Stopped {
@@ -967,14 +706,5 @@ mod tests {
         assert_eq!(summary.bytes_written, 8192);
         assert_eq!(summary.written, vec![[0, 8192]]);
         assert_eq!(Kind::PartialCopy.code(), 4);
-    }
-
-    #[test]
-    fn no_space_on_a_block_device_means_it_went_away_not_that_it_is_full() {
-        let advice = no_space_advice(Path::new("/dev/nvme1n1"), EndpointKind::BlockDevice);
-        assert!(advice.contains("shrank or was removed"), "{advice}");
-        assert!(!advice.contains("is full"), "{advice}");
-        let advice = no_space_advice(Path::new("/mnt/b/out.bin"), EndpointKind::RegularFile);
-        assert!(advice.contains("/mnt/b/out.bin is full"), "{advice}");
     }
 }

@@ -20,3 +20,14 @@ pub fn size_usize(text: &str) -> Result<usize, String> {
     let n = size(text)?;
     usize::try_from(n).map_err(|_| format!("'{text}' is too large for this machine"))
 }
+
+/// Notes on stderr about the tree's kernel release and functions (stable fixes it lacks,
+/// possible pool-less providers), one `p2pdma: note:` line each; nothing when there is
+/// nothing to say.
+pub fn print_host_notes(tree: &p2pdma::pci::PciTree) {
+    use p2pdma::report::host::{host_notes, host_notes_text};
+    let text = host_notes_text(&host_notes(tree), tree.host.kernel_release.as_deref());
+    for line in text.lines() {
+        eprintln!("p2pdma: note: {line}");
+    }
+}

@@ -2,22 +2,24 @@
 //! into (or out of) `iodepth` buffers, each request timed from submission to completion
 //! (fio's `clat`) into an HDR histogram.
 //!
-//! The buffers belong to the job while it runs and are released only once every
-//! submitted request was reaped (or leaked if that is impossible), as in the copy engine.
-#![allow(unsafe_code)]
+//! The requests go through the copy engine's [`Pipeline`] over its io_uring backend
+//! ([`UringBackend`], both targets the same file), so the buffers belong to the job while
+//! it runs and are released only once every submitted request was reaped (or leaked if
+//! that is impossible), exactly as in the copy engine.
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use io_uring::{opcode, types, IoUring};
 
 use super::spec::Pattern;
 use super::BenchError;
+use crate::copy::backend::Target;
 use crate::copy::engine::{FailureKind, IoRegion, Op};
+use crate::copy::pipeline::Pipeline;
+use crate::copy::uring::UringBackend;
 
 /// How long a job goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,70 +128,6 @@ struct InFlight {
 
 const MAX_RETRIES: u32 = 16;
 
-/// The ring and the buffers it may be using; dropping it reaps every outstanding request
-/// before the buffers go, or leaks them if it cannot.
-struct Ring<R: IoRegion> {
-    ring: IoUring,
-    buffers: Option<Vec<R>>,
-    in_flight: usize,
-}
-
-impl<R: IoRegion> Ring<R> {
-    fn push(&mut self, slot: usize, op: Op, fd: i32, req: &InFlight, bs: u64) {
-        let buffer = &self.buffers.as_ref().expect("buffers present until drop")[slot];
-        let ptr = buffer.io_ptr().wrapping_add(req.done as usize);
-        let len = (bs - req.done) as u32;
-        let offset = req.offset + req.done;
-        let entry = match op {
-            Op::Read => opcode::Read::new(types::Fd(fd), ptr, len)
-                .offset(offset)
-                .build(),
-            Op::Write => opcode::Write::new(types::Fd(fd), ptr, len)
-                .offset(offset)
-                .build(),
-        }
-        .user_data(slot as u64);
-        // SAFETY: the entry covers bytes done..bs of this slot's buffer, which holds at least
-        // bs bytes (checked in run_job) and is owned by self until every completion is
-        // reaped (Drop drains first). One request per slot at a time and at least one SQ
-        // entry per slot, so the queue cannot be full; the fd outlives the ring (borrowed by
-        // run_job for its whole duration).
-        let pushed = unsafe { self.ring.submission().push(&entry) };
-        debug_assert!(pushed.is_ok(), "one SQ entry per slot");
-        self.in_flight += 1;
-    }
-
-    fn wait(&mut self, out: &mut Vec<(usize, i32)>) -> io::Result<()> {
-        loop {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => break,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => break,
-                Err(e) => return Err(e),
-            }
-        }
-        for cqe in self.ring.completion() {
-            out.push((cqe.user_data() as usize, cqe.result()));
-        }
-        self.in_flight -= out.len();
-        Ok(())
-    }
-}
-
-impl<R: IoRegion> Drop for Ring<R> {
-    fn drop(&mut self) {
-        let mut sink = Vec::new();
-        while self.in_flight > 0 {
-            sink.clear();
-            if self.wait(&mut sink).is_err() {
-                // The kernel may still use these buffers: never free them.
-                std::mem::forget(self.buffers.take());
-                return;
-            }
-        }
-    }
-}
-
 /// Runs one job on `file` through `buffers` (one request in flight per buffer).
 pub fn run_job<R: IoRegion>(
     file: &File,
@@ -206,18 +144,29 @@ pub fn run_job<R: IoRegion>(
     }
     let device_memory = buffers[0].is_device_memory();
     let entries = (depth as u32).next_power_of_two();
-    let ring = IoUring::new(entries).map_err(|source| BenchError::Ring { entries, source })?;
-    let mut ring = Ring {
-        ring,
-        buffers: Some(buffers),
-        in_flight: 0,
+    let backend = UringBackend::new([file, file], entries)
+        .map_err(|source| BenchError::Ring { entries, source })?;
+    let mut ring =
+        Pipeline::new(backend, buffers).map_err(|source| BenchError::Ring { entries, source })?;
+    let target = match spec.op {
+        Op::Read => Target::Source,
+        Op::Write => Target::Destination,
+    };
+    let push = |ring: &mut Pipeline<UringBackend<'_, R>>, slot: usize, req: &InFlight| {
+        ring.queue(
+            spec.op,
+            target,
+            slot,
+            req.done as usize,
+            (spec.bs - req.done) as usize,
+            req.offset + req.done,
+        );
     };
     let order = BlockOrder::new(spec.pattern, spec.blocks, spec.seed);
     let total_requests = match spec.amount {
         Amount::Bytes(b) => Some(b / spec.bs),
         Amount::Time(_) => None,
     };
-    let fd = file.as_raw_fd();
     let mut clat = new_histogram();
     let mut slots: Vec<Option<InFlight>> = vec![None; depth];
     let mut issued = 0u64;
@@ -245,22 +194,23 @@ pub fn run_job<R: IoRegion>(
                     retries: 0,
                 };
                 issued += 1;
-                ring.push(slot, spec.op, fd, &req, spec.bs);
+                push(&mut ring, slot, &req);
                 *state = Some(req);
             }
         }
-        if ring.in_flight == 0 {
+        if ring.is_idle() {
             break;
         }
         completions.clear();
-        if let Err(source) = ring.wait(&mut completions) {
+        if let Err(source) = ring.submit_and_wait(&mut completions) {
             return Err(BenchError::RingFailed {
                 path: path.to_owned(),
                 source,
             });
         }
         let now = Instant::now();
-        for &(slot, result) in &completions {
+        for completion in completions.drain(..) {
+            let slot = completion.tag as usize;
             let Some(mut req) = slots[slot].take() else {
                 continue;
             };
@@ -272,21 +222,22 @@ pub fn run_job<R: IoRegion>(
                 kind: FailureKind::classify(&source, device_memory, true),
                 source,
             };
-            if result < 0 {
-                let errno = -result;
-                if (errno == libc::EINTR || errno == libc::EAGAIN)
-                    && req.retries < MAX_RETRIES
-                    && failure.is_none()
-                {
-                    req.retries += 1;
-                    ring.push(slot, spec.op, fd, &req, spec.bs);
-                    slots[slot] = Some(req);
-                } else if failure.is_none() {
-                    failure = Some(fail(io::Error::from_raw_os_error(errno)));
+            let moved = match completion.result {
+                Ok(n) => n as u64,
+                Err(e) => {
+                    if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN))
+                        && req.retries < MAX_RETRIES
+                        && failure.is_none()
+                    {
+                        req.retries += 1;
+                        push(&mut ring, slot, &req);
+                        slots[slot] = Some(req);
+                    } else if failure.is_none() {
+                        failure = Some(fail(e));
+                    }
+                    continue;
                 }
-                continue;
-            }
-            let moved = result as u64;
+            };
             if moved == 0 {
                 if failure.is_none() {
                     failure = Some(fail(io::Error::new(
@@ -300,7 +251,7 @@ pub fn run_job<R: IoRegion>(
             req.done += moved;
             if req.done < spec.bs {
                 if failure.is_none() {
-                    ring.push(slot, spec.op, fd, &req, spec.bs);
+                    push(&mut ring, slot, &req);
                     slots[slot] = Some(req);
                 }
                 continue;

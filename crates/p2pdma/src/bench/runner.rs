@@ -18,12 +18,11 @@ use super::spec::{BenchRequest, MemKind, Pattern, Workload};
 use super::BenchError;
 use crate::copy::endpoint::{self, Inspected, Role};
 use crate::copy::engine::{self, Direction, Endpoint, EngineError, FailureKind, IoRegion, Op};
+use crate::copy::job;
 use crate::copy::plan::{self, CopyRequest, EndpointFacts, EndpointKind, StorageId};
 use crate::copy::route::{self, Bounce, RouteError};
 use crate::copy::{HostBuffer, P2pSlot};
 use crate::p2pmem::Provider;
-use crate::pci::PciTree;
-use crate::sysfs::SysfsRoot;
 
 /// Hears about each finished run (a progress bar, or nothing).
 pub trait Progress {
@@ -408,16 +407,14 @@ fn choose_provider(
     src: Option<&Inspected>,
     dst: Option<&Inspected>,
 ) -> Result<ProviderChoice, BenchError> {
-    let root = SysfsRoot::new(sysfs);
-    let mut tree = PciTree::read(&root).map_err(|e| BenchError::P2pImpossible {
-        why: format!(
-            "the PCI tree under {} cannot be read ({e})",
-            sysfs.display()
-        ),
+    let tree = job::read_tree(sysfs, req.kernel_release.as_deref()).map_err(|e| {
+        BenchError::P2pImpossible {
+            why: format!(
+                "the PCI tree under {} cannot be read ({e})",
+                sysfs.display()
+            ),
+        }
     })?;
-    if let Some(release) = &req.kernel_release {
-        tree.host.kernel_release = Some(release.clone());
-    }
     let providers: Vec<_> = tree.providers().map(|f| f.bdf).collect();
     if let Some(bdf) = req.provider {
         if !providers.contains(&bdf) {
@@ -438,10 +435,7 @@ fn choose_provider(
     }
     let a = src.or(dst).expect("check() requires a target");
     let b = dst.or(src).expect("check() requires a target");
-    let sides = [
-        endpoint::pci_side(&root, "source", a),
-        endpoint::pci_side(&root, "destination", b),
-    ];
+    let sides = job::pci_sides(sysfs, a, b);
     let route = route::decide(&tree, &sides[0], &sides[1], Bounce::Never, req.provider).map_err(
         |e| match e {
             RouteError::SideNotP2p { path, why, .. } => BenchError::P2pImpossible {

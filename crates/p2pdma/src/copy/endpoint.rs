@@ -15,6 +15,7 @@ use rustix::fs::{AtFlags, StatxFlags, CWD};
 use super::plan::{EndpointFacts, EndpointKind, StorageId};
 use super::route::Side;
 use crate::blockdev::{BlockDevice, BlockdevError, DevNumber};
+use crate::display::error_chain;
 use crate::resolve::resolve;
 use crate::sysfs::SysfsRoot;
 
@@ -264,7 +265,7 @@ fn filesystem_device(sysfs: &Path, st_dev: u64) -> Result<BlockDevice, String> {
         major: rustix::fs::major(st_dev),
         minor: rustix::fs::minor(st_dev),
     };
-    let link = sysfs.join("dev/block").join(dev.to_string());
+    let link = SysfsRoot::new(sysfs).dev_block(dev.major, dev.minor);
     let name = std::fs::read_link(&link).map_err(|e| {
         format!(
             "its device {dev} has no block device in sysfs ({}: {e})",
@@ -275,22 +276,14 @@ fn filesystem_device(sysfs: &Path, st_dev: u64) -> Result<BlockDevice, String> {
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| format!("{} does not name a block device", link.display()))?;
-    BlockDevice::read(sysfs, name).map_err(|e| {
-        let mut text = format!("reading block device {name} failed: {e}");
-        let mut cause = std::error::Error::source(&e);
-        while let Some(c) = cause {
-            text.push_str(": ");
-            text.push_str(&c.to_string());
-            cause = c.source();
-        }
-        text
-    })
+    BlockDevice::read(sysfs, name)
+        .map_err(|e| format!("reading block device {name} failed: {}", error_chain(&e)))
 }
 
 /// The whole disk a partition belongs to: `<sysfs>/class/block/<part>/../dev`, or the
 /// file that could not be read and why.
 fn whole_disk(sysfs: &Path, partition: &str) -> Result<DevNumber, (PathBuf, io::Error)> {
-    let link = sysfs.join("class/block").join(partition).join("../dev");
+    let link = SysfsRoot::new(sysfs).whole_disk_dev(partition);
     let text = std::fs::read_to_string(&link).map_err(|e| (link.clone(), e))?;
     DevNumber::parse(&text).ok_or_else(|| {
         (

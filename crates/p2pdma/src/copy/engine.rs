@@ -1,54 +1,37 @@
-//! The pipelined io_uring engine: O_DIRECT reads into a buffer, O_DIRECT writes out of it.
+//! The copy pipeline: chunks through slots, reads then writes, an exact account of what
+//! reached the destination, and what a failure means. Backend-generic: the requests go to
+//! an [`IoBackend`] ([`run_pipeline`]); [`run`] and [`run_one_way`] are the kernel path
+//! over io_uring and two O_DIRECT files ([`super::uring::UringBackend`]).
 //!
 //! Each buffer ("slot") carries one chunk at a time: read it in full, then write it in
 //! full, then take the next chunk. Reads and writes are kept in flight independently, up
 //! to the queue depth each, so with `2 * depth` slots the source sees `depth` reads and
-//! the destination `depth` writes at all times, as two fio jobs would. Requests are queued
-//! in user space and handed to the kernel in batches (one `io_uring_enter` for all of
-//! them); both files are registered with the ring, and host-memory buffers too
-//! (`IORING_OP_READ_FIXED`/`WRITE_FIXED`). Device memory stays on plain
-//! `IORING_OP_READ`/`IORING_OP_WRITE` with raw pointers: registering p2pmem as fixed
-//! buffers fails with EFAULT, and the kernel pins the pages per request instead (GUP with
-//! `FOLL_PCI_P2PDMA`). A destination file that grows is preallocated (fallocate) first.
+//! the destination `depth` writes at all times, as two fio jobs would. A write is queued
+//! for the chunks in the order their reads completed. A request that completes short is
+//! resubmitted for the rest; EINTR/EAGAIN are retried a bounded number of times. A
+//! destination file that grows is preallocated (fallocate) first.
 //!
-//! The buffers belong to the engine while it runs and are only released once every
-//! submitted request has completed, on success, on error and on unwinding alike. After
-//! the first failure nothing more is handed to the kernel, not even what was already
-//! queued, so the report of the destination bytes written is exact.
+//! The buffers belong to the pipeline while it runs and are only released once every
+//! submitted request has completed, on success, on error and on unwinding alike
+//! ([`super::pipeline::Pipeline`]). After the first failure nothing more is handed to the
+//! backend, not even what was already queued, so the report of the destination bytes
+//! written is exact.
 #![allow(unsafe_code)]
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::marker::PhantomData;
-use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use io_uring::{opcode, squeue, types, IoUring};
 use serde::Serialize;
 
+pub use super::backend::IoRegion;
+use super::backend::{DmaBuffer, IoBackend, Target};
+use super::pipeline::Pipeline;
 use super::plan::{Chunk, CopyPlan, HumanBytes, RangeSet};
-
-/// Memory the kernel may read and write through a raw pointer while I/O is in flight.
-///
-/// # Safety
-/// `io_ptr()` must point to `io_len()` bytes that stay mapped, writable and at the same
-/// address for as long as the value is alive (moving the value must not move the memory),
-/// and that no Rust reference aliases while the engine owns the value.
-pub unsafe trait IoRegion {
-    /// Start of the region.
-    fn io_ptr(&self) -> *mut u8;
-    /// Length of the region in bytes.
-    fn io_len(&self) -> usize;
-    /// The region is PCI device memory (p2pmem), not host RAM: decides how errors read.
-    fn is_device_memory(&self) -> bool;
-    /// The memory is still backed (false once a p2pmem provider was unbound or removed).
-    fn is_live(&self) -> bool {
-        true
-    }
-}
+use super::uring::UringBackend;
 
 /// One side of a copy: an open file (O_DIRECT) and the name to use in messages.
 #[derive(Debug, Clone, Copy)]
@@ -241,8 +224,15 @@ pub enum EngineError {
         #[source]
         failure: IoFailure,
     },
-    /// `io_uring_enter` itself failed with requests in flight. The buffers were leaked
-    /// rather than freed under the kernel's feet.
+    /// The backend refused the buffers (see [`IoBackend::register`]).
+    #[error("the I/O backend cannot use the buffers")]
+    Register {
+        /// The backend's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The backend itself (for io_uring, `io_uring_enter`) failed with requests in flight.
+    /// The buffers were leaked rather than freed under the device's feet.
     #[error("io_uring_enter failed with {in_flight} request(s) in flight ({written}; buffers leaked to stay safe)")]
     RingFailed {
         /// Requests that were never reaped.
@@ -295,328 +285,7 @@ pub fn process_cpu_time() -> (Duration, Duration) {
 /// How many times one request is retried after EINTR/EAGAIN before giving up.
 const MAX_RETRIES: u32 = 16;
 
-/// How many times in a row io_uring_enter may refuse new requests (EAGAIN, EBUSY) while
-/// nothing is in flight before the engine gives up.
-const MAX_ENTER_REFUSALS: u32 = 1000;
-
-/// `IORING_ENTER_GETEVENTS` from include/uapi/linux/io_uring.h: wait for completions.
-const IORING_ENTER_GETEVENTS: u32 = 1;
-
-/// Index of the source in a pipeline's files.
-pub(crate) const SRC: usize = 0;
-/// Index of the destination in a pipeline's files.
-pub(crate) const DST: usize = 1;
-
-/// Builds one read or write entry for a fixed (registered) or plain file descriptor.
-macro_rules! rw_entry {
-    ($fd:expr, $op:expr, $ptr:expr, $len:expr, $offset:expr, $fixed_buffer:expr) => {
-        match ($op, $fixed_buffer) {
-            (Op::Read, Some(index)) => opcode::ReadFixed::new($fd, $ptr, $len, index)
-                .offset($offset)
-                .build(),
-            (Op::Read, None) => opcode::Read::new($fd, $ptr, $len).offset($offset).build(),
-            (Op::Write, Some(index)) => {
-                opcode::WriteFixed::new($fd, $ptr.cast_const(), $len, index)
-                    .offset($offset)
-                    .build()
-            }
-            (Op::Write, None) => opcode::Write::new($fd, $ptr.cast_const(), $len)
-                .offset($offset)
-                .build(),
-        }
-    };
-}
-
-/// A queued request: its entry, its slot and its direction.
-#[derive(Debug, Clone)]
-struct Queued {
-    entry: squeue::Entry,
-    slot: usize,
-    op: Op,
-}
-
-/// The ring, two files and the buffers the ring may be using.
-///
-/// Requests are queued in user space ([`Pipeline::queue`]) and handed to the kernel in
-/// batches (one `io_uring_enter` for everything that fits in the submission queue) by
-/// [`Pipeline::submit_and_wait`]. Once [`Pipeline::stop`] was called, nothing queued is
-/// ever submitted, not even by the drain on drop: a stopped pipeline only waits for what
-/// the kernel already took. Dropping it reaps every request the kernel took before the
-/// buffers go; if that is impossible the buffers are leaked.
-pub(crate) struct Pipeline<'f, R: IoRegion> {
-    // Declared before `buffers`: the ring (and the buffers' registration) goes first.
-    ring: IoUring,
-    fds: [RawFd; 2],
-    _files: PhantomData<&'f File>,
-    fixed_files: bool,
-    fixed_buffers: bool,
-    buffers: Option<Vec<R>>,
-    /// Requests queued or in the kernel, per slot.
-    busy: Vec<u32>,
-    /// Queued requests not yet in the submission queue.
-    backlog: VecDeque<Queued>,
-    /// Requests in the submission queue the kernel has not consumed yet, in push order.
-    unconsumed: VecDeque<(usize, Op)>,
-    /// Requests the kernel consumed whose completions were not reaped yet.
-    in_flight: usize,
-    /// Requests in flight plus in the submission queue stay under this (the completion
-    /// queue's size), so completions never overflow.
-    max_outstanding: usize,
-    stopped: bool,
-    /// Requests the kernel consumed, by direction.
-    submitted: [u64; 2],
-}
-
-/// Sets up a ring with `entries` submission entries and twice as many completion
-/// entries, with the cheapest completion mode the kernel offers (deferred task work for
-/// a single issuer since Linux 6.1, cooperative task work since 5.19, else the default).
-fn new_ring(entries: u32) -> io::Result<IoUring> {
-    let cq = entries.saturating_mul(2);
-    IoUring::builder()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_cqsize(cq)
-        .build(entries)
-        .or_else(|_| {
-            IoUring::builder()
-                .setup_coop_taskrun()
-                .setup_cqsize(cq)
-                .build(entries)
-        })
-        .or_else(|_| IoUring::builder().setup_cqsize(cq).build(entries))
-}
-
-impl<'f, R: IoRegion> Pipeline<'f, R> {
-    /// A ring of `entries` submission entries over `files` ([`SRC`], [`DST`]) and
-    /// `buffers` (slot i is `buffers[i]`). The files are registered with the ring, and
-    /// host-memory buffers too (for `READ_FIXED`/`WRITE_FIXED`); device memory cannot be
-    /// registered (the kernel refuses to pin p2pmem that way), so it is always passed by
-    /// pointer. Either registration falling back to the plain form is not an error.
-    pub(crate) fn new(files: [&'f File; 2], buffers: Vec<R>, entries: u32) -> io::Result<Self> {
-        let ring = new_ring(entries)?;
-        let fds = files.map(|f| f.as_raw_fd());
-        let fixed_files = ring.submitter().register_files(&fds).is_ok();
-        let fixed_buffers = buffers.len() <= usize::from(u16::MAX)
-            && buffers.iter().all(|b| !b.is_device_memory())
-            && {
-                let iovecs: Vec<libc::iovec> = buffers
-                    .iter()
-                    .map(|b| libc::iovec {
-                        iov_base: b.io_ptr().cast(),
-                        iov_len: b.io_len(),
-                    })
-                    .collect();
-                // SAFETY: each iovec covers one buffer that the pipeline owns from here on;
-                // IoRegion guarantees it stays mapped at that address while the value
-                // lives, and the ring (with the registration) is dropped before the buffers
-                // (field order; Drop leaks the buffers instead if requests remain).
-                unsafe { ring.submitter().register_buffers(&iovecs) }.is_ok()
-            };
-        let max_outstanding = ring.params().cq_entries() as usize;
-        Ok(Pipeline {
-            ring,
-            fds,
-            _files: PhantomData,
-            fixed_files,
-            fixed_buffers,
-            busy: vec![0; buffers.len()],
-            buffers: Some(buffers),
-            backlog: VecDeque::new(),
-            unconsumed: VecDeque::new(),
-            in_flight: 0,
-            max_outstanding,
-            stopped: false,
-            submitted: [0; 2],
-        })
-    }
-
-    fn buffers(&self) -> &[R] {
-        // The Option is only emptied in Drop.
-        self.buffers.as_deref().expect("buffers present until drop")
-    }
-
-    /// Slot `slot`'s buffer.
-    pub(crate) fn buffer(&self, slot: usize) -> &R {
-        &self.buffers()[slot]
-    }
-
-    /// Slots `a` and `b`'s buffers (a != b), to touch their bytes: `None` while a request
-    /// on either is queued or in flight.
-    pub(crate) fn pair_mut(&mut self, a: usize, b: usize) -> Option<(&mut R, &mut R)> {
-        if a == b || self.busy[a] > 0 || self.busy[b] > 0 {
-            return None;
-        }
-        let buffers = self.buffers.as_deref_mut()?;
-        let (low, high) = (a.min(b), a.max(b));
-        let (head, tail) = buffers.split_at_mut(high);
-        let (x, y) = (&mut head[low], &mut tail[0]);
-        Some(if a < b { (x, y) } else { (y, x) })
-    }
-
-    /// Queues a request on slot `slot`: read `len` bytes at `file_offset` of file `file`
-    /// into the slot's buffer at `buf_offset`, or write them from there. Nothing reaches
-    /// the kernel before the next [`Pipeline::submit_and_wait`]; a stopped pipeline drops
-    /// the request.
-    ///
-    /// # Panics
-    /// If the range does not fit in the slot's buffer, or `file` is not [`SRC`]/[`DST`].
-    pub(crate) fn queue(
-        &mut self,
-        op: Op,
-        file: usize,
-        slot: usize,
-        buf_offset: usize,
-        len: usize,
-        file_offset: u64,
-    ) {
-        let buffer = self.buffer(slot);
-        assert!(
-            buf_offset <= buffer.io_len() && len <= buffer.io_len() - buf_offset,
-            "request of {len} bytes at {buf_offset} outside a buffer of {}",
-            buffer.io_len()
-        );
-        let len = u32::try_from(len).expect("requests are at most one chunk (< 4 GiB)");
-        let ptr = buffer.io_ptr().wrapping_add(buf_offset);
-        if self.stopped {
-            return;
-        }
-        let fixed_buffer = self.fixed_buffers.then_some(slot as u16);
-        let entry = if self.fixed_files {
-            let fd = types::Fixed(file as u32);
-            rw_entry!(fd, op, ptr, len, file_offset, fixed_buffer)
-        } else {
-            let fd = types::Fd(self.fds[file]);
-            rw_entry!(fd, op, ptr, len, file_offset, fixed_buffer)
-        }
-        .user_data(slot as u64);
-        self.busy[slot] += 1;
-        self.backlog.push_back(Queued { entry, slot, op });
-    }
-
-    /// Moves queued requests into the submission queue while it has room and the
-    /// completion queue could take every outstanding completion.
-    fn fill(&mut self) {
-        let mut sq = self.ring.submission();
-        while let Some(queued) = self.backlog.front() {
-            if sq.is_full() || self.in_flight + self.unconsumed.len() >= self.max_outstanding {
-                break;
-            }
-            // SAFETY: the entry was built by queue() for bytes inside the buffer of its
-            // slot, which the pipeline owns until every request the kernel consumed has
-            // completed (Drop drains, or leaks the buffers), and for one of the two files,
-            // borrowed for 'f, which outlives the pipeline. A registered buffer index or
-            // file index was only used when the registration succeeded.
-            if unsafe { sq.push(&queued.entry) }.is_err() {
-                break;
-            }
-            self.unconsumed.push_back((queued.slot, queued.op));
-            self.backlog.pop_front();
-        }
-    }
-
-    /// Nothing queued, nothing in the kernel.
-    pub(crate) fn is_idle(&self) -> bool {
-        self.in_flight == 0 && self.backlog.is_empty() && self.unconsumed.is_empty()
-    }
-
-    /// Hands everything queued to the kernel in one `io_uring_enter` (unless stopped) and
-    /// waits for at least one completion if anything is in flight; appends the reaped
-    /// completions to `out` as (slot, result).
-    pub(crate) fn submit_and_wait(&mut self, out: &mut Vec<(usize, i32)>) -> io::Result<()> {
-        let mut refusals = 0;
-        loop {
-            if !self.stopped {
-                self.fill();
-            }
-            let to_submit = if self.stopped {
-                0
-            } else {
-                self.unconsumed.len()
-            };
-            if to_submit == 0 && self.in_flight == 0 {
-                return Ok(());
-            }
-            // SAFETY: a plain io_uring_enter on our own ring with no argument; every entry
-            // in the submission queue is valid (see fill). A stopped pipeline passes
-            // to_submit 0, so entries left in the queue are never consumed.
-            let entered = unsafe {
-                self.ring.submitter().enter::<libc::sigset_t>(
-                    to_submit as u32,
-                    1,
-                    IORING_ENTER_GETEVENTS,
-                    None,
-                )
-            };
-            match entered {
-                Ok(consumed) => {
-                    for (_, op) in self.unconsumed.drain(..consumed.min(to_submit)) {
-                        self.submitted[op as usize] += 1;
-                        self.in_flight += 1;
-                    }
-                    break;
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                // No room for more requests in the kernel right now: reap what completed,
-                // or, with nothing in flight, try again a bounded number of times.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY)) => {
-                    if self.in_flight > 0 {
-                        break;
-                    }
-                    refusals += 1;
-                    if refusals > MAX_ENTER_REFUSALS {
-                        return Err(e);
-                    }
-                    std::thread::yield_now();
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let before = out.len();
-        out.extend(
-            self.ring
-                .completion()
-                .map(|cqe| (cqe.user_data() as usize, cqe.result())),
-        );
-        for &(slot, _) in &out[before..] {
-            self.busy[slot] -= 1;
-        }
-        self.in_flight -= out.len() - before;
-        Ok(())
-    }
-
-    /// Never submit anything again. Returns the slots of the requests that were queued
-    /// but never handed to the kernel: they are dropped, the kernel never sees them.
-    pub(crate) fn stop(&mut self) -> Vec<usize> {
-        self.stopped = true;
-        let mut dropped: Vec<usize> = self.backlog.drain(..).map(|q| q.slot).collect();
-        dropped.extend(self.unconsumed.drain(..).map(|(slot, _)| slot));
-        for &slot in &dropped {
-            self.busy[slot] -= 1;
-        }
-        dropped
-    }
-
-    /// Stops and waits for every request the kernel took.
-    fn drain(&mut self) -> io::Result<()> {
-        self.stop();
-        let mut sink = Vec::new();
-        while self.in_flight > 0 {
-            sink.clear();
-            self.submit_and_wait(&mut sink)?;
-        }
-        Ok(())
-    }
-}
-
-impl<R: IoRegion> Drop for Pipeline<'_, R> {
-    fn drop(&mut self) {
-        if self.drain().is_err() {
-            // The kernel may still be writing into these buffers: never free them.
-            std::mem::forget(self.buffers.take());
-        }
-    }
-}
-
+/// Where a slot's chunk is in its trip.
 #[derive(Debug, Clone, Copy)]
 enum SlotState {
     /// Free for the next chunk.
@@ -634,14 +303,14 @@ enum SlotState {
 
 impl SlotState {
     /// Queues the rest of the slot's read or write.
-    fn queue<R: IoRegion>(&self, pipeline: &mut Pipeline<'_, R>, slot: usize) {
+    fn queue<B: IoBackend>(&self, pipeline: &mut Pipeline<B>, slot: usize) {
         if let SlotState::Busy {
             chunk, op, done, ..
         } = *self
         {
             let (file, offset) = match op {
-                Op::Read => (SRC, chunk.src_offset),
-                Op::Write => (DST, chunk.dst_offset),
+                Op::Read => (Target::Source, chunk.src_offset),
+                Op::Write => (Target::Destination, chunk.dst_offset),
             };
             pipeline.queue(
                 op,
@@ -742,9 +411,40 @@ fn run_with_ring<R: IoRegion>(
     progress: &mut dyn FnMut(u64),
     sq_entries: Option<u32>,
 ) -> Result<EngineReport, EngineError> {
-    let depth = plan.queue_depth.max(1) as usize;
+    let slots = slots_for(direction, plan, &buffers)?;
+    let entries = sq_entries.unwrap_or((slots as u32).next_power_of_two());
+    let backend = UringBackend::new([src.file, dst.file], entries)
+        .map_err(|source| EngineError::Ring { entries, source })?;
+    let grown_from = match direction {
+        Direction::ReadOnly => None,
+        Direction::Copy | Direction::WriteOnly => preallocate(dst.file, plan),
+    };
+    let result = run_pipeline(
+        direction,
+        backend,
+        [src.path, dst.path],
+        plan,
+        buffers,
+        progress,
+    );
+    if let (Err(EngineError::Stopped { written, .. }), Some(old_len)) = (&result, grown_from) {
+        // Give back the preallocated tail: the file ends where it would have ended
+        // without preallocation (the old end, or the end of the last write).
+        let end = written.ranges.ranges().last().map_or(0, |r| r.end);
+        let _ = dst.file.set_len(old_len.max(end));
+    }
+    result
+}
+
+/// How many of `buffers` the pipeline uses for `direction` at `plan`'s depth; an error if
+/// they cannot carry the plan's chunks.
+fn slots_for<T: DmaBuffer>(
+    direction: Direction,
+    plan: &CopyPlan,
+    buffers: &[T],
+) -> Result<usize, EngineError> {
     let slots = buffers.len().min(buffers_wanted(direction, plan));
-    let smallest = buffers.iter().map(|b| b.io_len()).min().unwrap_or(0);
+    let smallest = buffers.iter().map(|b| b.dma_len()).min().unwrap_or(0);
     if slots == 0 || (smallest as u64) < plan.chunk_size.min(plan.length) {
         return Err(EngineError::BadBuffers {
             count: buffers.len(),
@@ -752,19 +452,33 @@ fn run_with_ring<R: IoRegion>(
             chunk_size: plan.chunk_size,
         });
     }
+    Ok(slots)
+}
+
+/// The copy pipeline over any [`IoBackend`]: moves `plan`'s range (or one half of it, as
+/// `direction` says) from the backend's source to its destination through `buffers`, one
+/// chunk per buffer, at most `plan.queue_depth` requests of each direction in flight.
+/// `names` (source, destination) are used in messages. Calls `progress` as
+/// [`run_one_way`] does. Nothing is ever submitted after the first failure, and every
+/// submitted request is reaped before the buffers are dropped (or they are leaked, if the
+/// backend fails), so [`EngineError::Stopped`] names exactly the destination bytes written.
+pub fn run_pipeline<B: IoBackend>(
+    direction: Direction,
+    backend: B,
+    names: [&Path; 2],
+    plan: &CopyPlan,
+    buffers: Vec<B::Buffer>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<EngineReport, EngineError> {
+    let depth = plan.queue_depth.max(1) as usize;
+    let slots = slots_for(direction, plan, &buffers)?;
     let mut buffers = buffers;
     buffers.truncate(slots);
-
-    let entries = sq_entries.unwrap_or((slots as u32).next_power_of_two());
-    let mut pipeline = Pipeline::new([src.file, dst.file], buffers, entries)
-        .map_err(|source| EngineError::Ring { entries, source })?;
-    let grown_from = match direction {
-        Direction::ReadOnly => None,
-        Direction::Copy | Direction::WriteOnly => preallocate(dst.file, plan),
-    };
+    let mut pipeline =
+        Pipeline::new(backend, buffers).map_err(|source| EngineError::Register { source })?;
 
     let mut written = Written {
-        path: dst.path.to_owned(),
+        path: names[1].to_owned(),
         dst_offset: plan.dst_offset,
         ranges: RangeSet::default(),
     };
@@ -834,8 +548,8 @@ fn run_with_ring<R: IoRegion>(
         }
         completions.clear();
         if let Err(source) = pipeline.submit_and_wait(&mut completions) {
-            let in_flight = pipeline.in_flight;
-            // Whatever is still queued never reaches the kernel.
+            let in_flight = pipeline.in_flight();
+            // Whatever is still queued never reaches the device.
             pipeline.stop();
             return Err(EngineError::RingFailed {
                 in_flight,
@@ -843,7 +557,8 @@ fn run_with_ring<R: IoRegion>(
                 source,
             });
         }
-        for &(slot, result) in &completions {
+        for completion in completions.drain(..) {
+            let slot = completion.tag as usize;
             let SlotState::Busy {
                 chunk,
                 op,
@@ -853,28 +568,25 @@ fn run_with_ring<R: IoRegion>(
             else {
                 unreachable!("a completion for a slot without a request");
             };
-            let endpoint = match op {
-                Op::Read => src,
-                Op::Write => dst,
-            };
+            let path = names[op as usize];
             let offset = match op {
                 Op::Read => chunk.src_offset + done,
                 Op::Write => chunk.dst_offset + done,
             };
-            let fail = |source: io::Error, buffer: &R| IoFailure {
+            let fail = |source: io::Error, buffer: &B::Buffer| IoFailure {
                 op,
-                path: endpoint.path.to_owned(),
+                path: path.to_owned(),
                 offset,
                 len: chunk.len - done,
                 kind: FailureKind::classify(&source, buffer.is_device_memory(), buffer.is_live()),
                 source,
             };
 
-            let error = if result < 0 {
-                let errno = -result;
-                if (errno == libc::EINTR || errno == libc::EAGAIN)
-                    && retries < MAX_RETRIES
-                    && failure.is_none()
+            let error = match completion.result {
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN))
+                        && retries < MAX_RETRIES
+                        && failure.is_none() =>
                 {
                     states[slot] = SlotState::Busy {
                         chunk,
@@ -886,9 +598,8 @@ fn run_with_ring<R: IoRegion>(
                     report.retries += 1;
                     continue;
                 }
-                Some(io::Error::from_raw_os_error(errno))
-            } else if result == 0 {
-                Some(match op {
+                Err(e) => Err(e),
+                Ok(0) => Err(match op {
                     Op::Read => io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the read returned 0 bytes: the source ends before the planned range",
@@ -896,29 +607,29 @@ fn run_with_ring<R: IoRegion>(
                     Op::Write => {
                         io::Error::new(io::ErrorKind::WriteZero, "the write returned 0 bytes")
                     }
-                })
-            } else {
-                None
+                }),
+                Ok(n) => Ok(n),
             };
-            if let Some(source) = error {
-                states[slot] = SlotState::Idle;
-                outstanding[op as usize] -= 1;
-                if failure.is_none() {
-                    failure = Some(fail(source, pipeline.buffer(slot)));
-                    // Requests queued but not handed to the kernel are dropped here: from
-                    // now on nothing is submitted, and `written` only grows by the writes
-                    // the kernel already has.
-                    for dropped in pipeline.stop() {
-                        if let SlotState::Busy { op, .. } = states[dropped] {
-                            outstanding[op as usize] -= 1;
+            let moved = match error {
+                Ok(n) => n as u64,
+                Err(source) => {
+                    states[slot] = SlotState::Idle;
+                    outstanding[op as usize] -= 1;
+                    if failure.is_none() {
+                        failure = Some(fail(source, pipeline.buffer(slot)));
+                        // Requests queued but not handed to the kernel are dropped here: from
+                        // now on nothing is submitted, and `written` only grows by the writes
+                        // the kernel already has.
+                        for dropped in pipeline.stop() {
+                            if let SlotState::Busy { op, .. } = states[dropped] {
+                                outstanding[op as usize] -= 1;
+                            }
+                            states[dropped] = SlotState::Idle;
                         }
-                        states[dropped] = SlotState::Idle;
                     }
+                    continue;
                 }
-                continue;
-            }
-
-            let moved = result as u64;
+            };
             if op == Op::Write {
                 let at = chunk.dst_offset + done;
                 written.ranges.insert(at..at + moved);
@@ -959,19 +670,12 @@ fn run_with_ring<R: IoRegion>(
     let cpu_end = process_cpu_time();
     report.cpu_user = cpu_end.0.saturating_sub(cpu_start.0);
     report.cpu_system = cpu_end.1.saturating_sub(cpu_start.1);
-    report.reads = pipeline.submitted[Op::Read as usize];
-    report.writes = pipeline.submitted[Op::Write as usize];
+    let submitted = pipeline.submitted();
+    report.reads = submitted[Op::Read as usize];
+    report.writes = submitted[Op::Write as usize];
 
     match failure {
-        Some(failure) => {
-            if let Some(old_len) = grown_from {
-                // Give back the preallocated tail: the file ends where it would have ended
-                // without preallocation (the old end, or the end of the last write).
-                let end = written.ranges.ranges().last().map_or(0, |r| r.end);
-                let _ = dst.file.set_len(old_len.max(end));
-            }
-            Err(EngineError::Stopped { written, failure })
-        }
+        Some(failure) => Err(EngineError::Stopped { written, failure }),
         None => Ok(report),
     }
 }
@@ -1320,21 +1024,24 @@ mod tests {
             .copy_from_slice(&pattern(16 << 10, 23));
         let first = buffers[0].as_mut_slice().to_vec();
         {
-            let mut pipeline = Pipeline::new([&file, &file], buffers, 4).unwrap();
+            let backend = UringBackend::new([&file, &file], 4).unwrap();
+            let mut pipeline = Pipeline::new(backend, buffers).unwrap();
             // The first write runs to completion.
-            pipeline.queue(Op::Write, DST, 0, 0, 16 << 10, 0);
+            pipeline.queue(Op::Write, Target::Destination, 0, 0, 16 << 10, 0);
             let mut done = Vec::new();
             while done.is_empty() {
                 pipeline.submit_and_wait(&mut done).unwrap();
             }
-            assert_eq!(done, vec![(0, 16 << 10)]);
+            assert_eq!(done.len(), 1);
+            assert_eq!(done[0].tag, 0);
+            assert_eq!(done[0].result.as_ref().unwrap(), &(16 << 10));
             // The second is pushed into the submission queue, then the copy "fails".
-            pipeline.queue(Op::Write, DST, 1, 0, 16 << 10, 32 << 10);
+            pipeline.queue(Op::Write, Target::Destination, 1, 0, 16 << 10, 32 << 10);
             pipeline.fill();
-            assert_eq!(pipeline.ring.submission().len(), 1, "pushed, not submitted");
+            assert_eq!(pipeline.backend().unconsumed(), 1, "pushed, not submitted");
             assert_eq!(pipeline.stop(), vec![1]);
             // Queuing after the stop is a no-op too.
-            pipeline.queue(Op::Write, DST, 1, 0, 16 << 10, 48 << 10);
+            pipeline.queue(Op::Write, Target::Destination, 1, 0, 16 << 10, 48 << 10);
             assert!(pipeline.is_idle());
         } // dropped: the drain runs here
         let after = std::fs::read(&path).unwrap();
@@ -1536,5 +1243,278 @@ mod tests {
             FailureKind::classify(&e(libc::EACCES), true, true),
             FailureKind::PermissionDenied
         );
+    }
+
+    mod fake_backend {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+
+        use super::super::super::fake::{target_of, Event, FakeBackend, FakeBuf, Fault};
+        use super::*;
+
+        const SRC_LEN: usize = 1 << 20;
+
+        fn fake_plan(length: u64, chunk: u64, depth: u32) -> CopyPlan {
+            CopyPlan {
+                src_offset: 8192,
+                dst_offset: 4096,
+                length,
+                chunk_size: chunk,
+                queue_depth: depth,
+                block_size: 512,
+                grows_destination: false,
+            }
+        }
+
+        struct Run {
+            result: Result<EngineReport, EngineError>,
+            files: [Vec<u8>; 2],
+            events: Vec<Event>,
+            max_in_flight: [usize; 2],
+            drops: usize,
+            src: Vec<u8>,
+            dst_before: Vec<u8>,
+        }
+
+        fn go(
+            plan: &CopyPlan,
+            seed: u64,
+            buffers: usize,
+            device: bool,
+            setup: impl FnOnce(FakeBackend) -> FakeBackend,
+        ) -> Run {
+            let src = pattern(SRC_LEN, seed + 100);
+            let dst_before = pattern(SRC_LEN, seed + 200);
+            let backend = setup(FakeBackend::new(src.clone(), dst_before.clone(), seed, 64));
+            let (files, log) = (Arc::clone(&backend.files), Arc::clone(&backend.log));
+            let drops = Arc::new(AtomicUsize::new(0));
+            let bufs = (0..buffers)
+                .map(|_| FakeBuf::new(plan.chunk_size as usize, device, &drops))
+                .collect();
+            let names = [Path::new("/fake/src"), Path::new("/fake/dst")];
+            let mut last = 0;
+            let result = run_pipeline(Direction::Copy, backend, names, plan, bufs, &mut |n| {
+                assert!(n > last, "progress only grows");
+                last = n;
+            });
+            let log = log.lock().unwrap();
+            let files = files.lock().unwrap().clone();
+            Run {
+                result,
+                files,
+                events: log.events.clone(),
+                max_in_flight: log.max_in_flight,
+                drops: drops.load(Ordering::SeqCst),
+                src,
+                dst_before,
+            }
+        }
+
+        /// Issue 10: the pipeline is backend-generic; with completions in any order it
+        /// copies exactly the range, keeps each direction at (and never above) the depth,
+        /// writes a chunk only after its read completed, and frees every buffer.
+        #[test]
+        fn any_completion_order_copies_the_range_at_the_planned_depth() {
+            // 10 chunks of 64 KiB and a short last one.
+            let plan = fake_plan(10 * 65536 + 4096, 65536, 3);
+            for seed in 1..40 {
+                let run = go(&plan, seed, 6, false, |b| b);
+                let report = run.result.unwrap();
+                assert_eq!(report.bytes, plan.length);
+                assert_eq!((report.reads, report.writes), (11, 11), "seed {seed}");
+                let (s, d, n) = (8192, 4096, plan.length as usize);
+                assert_eq!(&run.files[1][d..d + n], &run.src[s..s + n], "seed {seed}");
+                assert_eq!(&run.files[1][..d], &run.dst_before[..d]);
+                assert_eq!(&run.files[1][d + n..], &run.dst_before[d + n..]);
+                assert!(run.max_in_flight[0] <= 3 && run.max_in_flight[1] <= 3);
+                assert_eq!(run.files[0], run.src, "the source is never written");
+                // Every write of a chunk comes after the completed read of that chunk.
+                for (i, e) in run.events.iter().enumerate() {
+                    if let Event::Submitted(w) = e {
+                        if w.op == Op::Write {
+                            let from = w.offset - 4096 + 8192;
+                            assert!(
+                                run.events[..i].iter().any(|e| matches!(e,
+                                    Event::Completed(r, Ok(_)) if r.op == Op::Read
+                                        && r.offset == from && r.tag == w.tag)),
+                                "seed {seed}: write at {} before its read",
+                                w.offset
+                            );
+                        }
+                    }
+                    if let Event::Submitted(r) = e {
+                        assert_eq!(r.target, target_of(r.op));
+                    }
+                }
+                assert_eq!(run.drops, 6, "every buffer freed");
+            }
+            // Over the seeds the depth is reached in both directions, not just bounded.
+            let reached =
+                (1..40).any(|seed| go(&plan, seed, 6, false, |b| b).max_in_flight == [3, 3]);
+            assert!(reached);
+        }
+
+        /// Issue 10: a write failing mid-copy stops the copy with the exact destination
+        /// bytes written, whatever completed around it, and nothing reaches the device
+        /// after the failure was seen.
+        #[test]
+        fn a_failed_write_mid_copy_reports_exactly_the_bytes_written() {
+            let plan = fake_plan(16 * 32768, 32768, 4);
+            for seed in 1..40 {
+                let fail_at = 4096 + 6 * 32768;
+                let run = go(&plan, seed, 8, false, |b| {
+                    b.fault(Op::Write, fail_at, Fault::Errno(libc::EIO))
+                });
+                let Err(EngineError::Stopped { written, failure }) = run.result else {
+                    panic!("seed {seed}: expected Stopped");
+                };
+                assert_eq!(
+                    (failure.op, failure.offset, failure.kind),
+                    (Op::Write, fail_at, FailureKind::DeviceError)
+                );
+                assert_eq!(failure.path, Path::new("/fake/dst"));
+                // The ranges reported are exactly the writes that completed.
+                let mut expected = RangeSet::default();
+                let mut failed_seen = None;
+                for (i, e) in run.events.iter().enumerate() {
+                    match e {
+                        Event::Completed(r, Ok(n)) if r.op == Op::Write => {
+                            expected.insert(r.offset..r.offset + *n as u64);
+                        }
+                        Event::Completed(r, Err(_)) if failed_seen.is_none() => {
+                            assert_eq!(r.offset, fail_at);
+                            failed_seen = Some(i);
+                        }
+                        _ => {}
+                    }
+                }
+                assert_eq!(written.ranges, expected, "seed {seed}");
+                // Bytes reported are the source's, every other byte is untouched.
+                let mut covered = vec![false; SRC_LEN];
+                for r in written.ranges.ranges() {
+                    covered[r.start as usize..r.end as usize].fill(true);
+                }
+                for (i, b) in run.files[1].iter().enumerate() {
+                    let want = if covered[i] {
+                        run.src[i - 4096 + 8192]
+                    } else {
+                        run.dst_before[i]
+                    };
+                    assert_eq!(*b, want, "seed {seed}: byte {i}");
+                }
+                // Nothing was handed over once the pipeline saw the failure: the only
+                // submissions after it belong to the same reap batch (none).
+                let after = failed_seen.unwrap();
+                let late = run.events[after..]
+                    .iter()
+                    .filter(|e| matches!(e, Event::Submitted(_)))
+                    .count();
+                assert_eq!(late, 0, "seed {seed}: submitted after the failure");
+                assert_eq!(run.drops, 8, "buffers freed after the drain");
+            }
+        }
+
+        #[test]
+        fn short_transfers_are_resubmitted_for_the_rest_and_eintr_is_retried() {
+            let plan = fake_plan(4 * 65536, 65536, 2);
+            let run = go(&plan, 7, 4, false, |b| {
+                b.fault(Op::Read, 8192 + 65536, Fault::Short(4096))
+                    .fault(Op::Write, 4096 + 2 * 65536, Fault::Short(512))
+                    .fault(Op::Read, 8192, Fault::Errno(libc::EINTR))
+            });
+            let report = run.result.unwrap();
+            assert_eq!(report.short_transfers, 2);
+            assert_eq!(report.retries, 1);
+            assert_eq!((report.reads, report.writes), (6, 5));
+            let n = plan.length as usize;
+            assert_eq!(&run.files[1][4096..4096 + n], &run.src[8192..8192 + n]);
+        }
+
+        /// The meaning of a failure depends on the buffer: device memory whose provider
+        /// went away is ProviderGone, EINVAL on live device memory is a refused P2P
+        /// mapping, EINVAL on host memory is neither.
+        #[test]
+        fn revoked_device_memory_reads_as_provider_gone() {
+            let plan = fake_plan(8 * 65536, 65536, 2);
+            let run = go(&plan, 3, 4, true, |b| {
+                b.fault(Op::Read, 8192 + 3 * 65536, Fault::Revoke)
+            });
+            let Err(EngineError::Stopped { failure, written }) = run.result else {
+                panic!("expected Stopped");
+            };
+            assert_eq!(failure.kind, FailureKind::ProviderGone);
+            assert!(written.ranges.total() <= 3 * 65536);
+            for (device, kind) in [(true, FailureKind::P2pRefused), (false, FailureKind::Other)] {
+                let run = go(&plan, 3, 4, device, |b| {
+                    b.fault(Op::Write, 4096, Fault::Errno(libc::EINVAL))
+                });
+                let Err(EngineError::Stopped { failure, .. }) = run.result else {
+                    panic!("expected Stopped");
+                };
+                assert_eq!(failure.kind, kind, "device memory: {device}");
+            }
+        }
+
+        /// The buffer-lifetime contract: when the backend itself fails, requests may still
+        /// be in flight, so the buffers are leaked, never freed.
+        #[test]
+        fn a_failing_backend_leaks_the_buffers_instead_of_freeing_them_under_dma() {
+            let plan = fake_plan(16 * 65536, 65536, 4);
+            let run = go(&plan, 5, 8, false, |b| b.fail_reaps_from(3));
+            let Err(EngineError::RingFailed { in_flight, .. }) = run.result else {
+                panic!("expected RingFailed");
+            };
+            assert!(in_flight > 0);
+            assert_eq!(run.drops, 0, "no buffer may be freed with I/O in flight");
+        }
+
+        /// A backend that never takes a request, even with nothing in flight, is an
+        /// error, not a hang; nothing was in flight, so the buffers are freed.
+        #[test]
+        fn a_backend_that_takes_nothing_fails_instead_of_spinning() {
+            let plan = fake_plan(4 * 65536, 65536, 2);
+            let drops = Arc::new(AtomicUsize::new(0));
+            let backend = FakeBackend::new(vec![1; SRC_LEN], vec![2; SRC_LEN], 1, 0);
+            let err = run_pipeline(
+                Direction::Copy,
+                backend,
+                [Path::new("a"), Path::new("b")],
+                &plan,
+                (0..4).map(|_| FakeBuf::new(65536, false, &drops)).collect(),
+                &mut |_| {},
+            )
+            .unwrap_err();
+            assert!(
+                matches!(err, EngineError::RingFailed { in_flight: 0, .. }),
+                "{err:?}"
+            );
+            assert_eq!(drops.load(Ordering::SeqCst), 4);
+        }
+
+        #[test]
+        fn buffers_smaller_than_a_chunk_are_refused_before_the_backend_sees_anything() {
+            let plan = fake_plan(4 * 65536, 65536, 2);
+            let drops = Arc::new(AtomicUsize::new(0));
+            let backend = FakeBackend::new(vec![1; SRC_LEN], vec![2; SRC_LEN], 1, 8);
+            let log = Arc::clone(&backend.log);
+            let err = run_pipeline(
+                Direction::Copy,
+                backend,
+                [Path::new("a"), Path::new("b")],
+                &plan,
+                vec![FakeBuf::new(4096, false, &drops)],
+                &mut |_| {},
+            )
+            .unwrap_err();
+            assert!(matches!(
+                err,
+                EngineError::BadBuffers {
+                    count: 1,
+                    smallest: 4096,
+                    ..
+                }
+            ));
+            assert!(log.lock().unwrap().events.is_empty());
+        }
     }
 }

@@ -344,8 +344,8 @@ fn bounce_route(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::HostFacts;
     use crate::pci::{AcsState, LinkInfo, PciFunction, PortType, CLASS_NVME};
-    use crate::snapshot::HostFacts;
 
     fn bdf(s: &str) -> Bdf {
         s.parse().unwrap()
@@ -391,7 +391,7 @@ mod tests {
         let mut host = HostFacts::unknown("test");
         host.cpu_vendor = Some("GenuineIntel".to_owned());
         host.cpu_family = Some(6);
-        host.p2pdma_config = crate::snapshot::KernelP2pdma::Yes;
+        host.p2pdma_config = crate::host::KernelP2pdma::Yes;
         let mut bridge = function("0000:00:00.0", None, PortType::Other(0xff), None);
         bridge.vendor = 0x8086;
         bridge.device = 0x29c0;

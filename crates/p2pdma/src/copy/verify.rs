@@ -13,9 +13,12 @@ use std::path::PathBuf;
 use serde::Serialize;
 use xxhash_rust::xxh3::Xxh3;
 
-use super::engine::{Endpoint, Op, Pipeline, DST, SRC};
+use super::backend::Target;
+use super::engine::{Endpoint, Op};
 use super::host_buffer::{HostBuffer, HostBufferError};
+use super::pipeline::Pipeline;
 use super::plan::CopyPlan;
+use super::uring::UringBackend;
 
 /// Smallest read used while verifying (the copy's chunk size if larger).
 const VERIFY_MIN_STEP: u64 = 1 << 20;
@@ -135,15 +138,20 @@ pub fn verify(
         .collect::<Result<Vec<_>, _>>()
         .map_err(VerifyError::Buffer)?;
     let entries = (2 * pairs as u32).next_power_of_two();
-    let mut pipeline = Pipeline::new([src.file, dst.file], buffers, entries)
+    let backend = UringBackend::new([src.file, dst.file], entries)
         .map_err(|source| VerifyError::Ring { entries, source })?;
+    let mut pipeline =
+        Pipeline::new(backend, buffers).map_err(|source| VerifyError::Ring { entries, source })?;
     let ends = [src, dst];
     let starts = [plan.src_offset, plan.dst_offset];
-    let read = |pipeline: &mut Pipeline<'_, HostBuffer>, pair: usize, side: usize, p: &Pending| {
+    let read = |pipeline: &mut Pipeline<UringBackend<'_, HostBuffer>>,
+                pair: usize,
+                side: usize,
+                p: &Pending| {
         let done = p.done[side];
         pipeline.queue(
             Op::Read,
-            side,
+            [Target::Source, Target::Destination][side],
             2 * pair + side,
             done as usize,
             (p.len - done) as usize,
@@ -159,7 +167,7 @@ pub fn verify(
     let mut completions = Vec::with_capacity(2 * pairs);
     while next_hash < chunks {
         // Each side reads ahead on its own, up to `depth` reads and `pairs` chunks.
-        for side in [SRC, DST] {
+        for side in [Target::Source as usize, Target::Destination as usize] {
             while in_flight[side] < depth
                 && next_read[side] < chunks
                 && next_read[side] < next_hash + pairs as u64
@@ -206,13 +214,14 @@ pub fn verify(
         pipeline
             .submit_and_wait(&mut completions)
             .map_err(|source| VerifyError::Ring { entries, source })?;
-        for &(slot, result) in &completions {
+        for completion in completions.drain(..) {
+            let slot = completion.tag as usize;
             let (pair, side) = (slot / 2, slot % 2);
             let p = pending[pair]
                 .as_mut()
                 .expect("a completion for a pair without a chunk");
-            let error = match result {
-                r if r > 0 => {
+            let error = match completion.result {
+                Ok(r) if r > 0 => {
                     p.done[side] += r as u64;
                     p.retries[side] = 0;
                     if p.done[side] < p.len {
@@ -223,17 +232,20 @@ pub fn verify(
                     }
                     continue;
                 }
-                0 => io::Error::new(
+                Ok(_) => io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the read returned 0 bytes: the range ends past the end",
                 ),
-                r if (-r == libc::EINTR || -r == libc::EAGAIN) && p.retries[side] < MAX_RETRIES => {
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN))
+                        && p.retries[side] < MAX_RETRIES =>
+                {
                     p.retries[side] += 1;
                     let p = *p;
                     read(&mut pipeline, pair, side, &p);
                     continue;
                 }
-                r => io::Error::from_raw_os_error(-r),
+                Err(e) => e,
             };
             // Dropping the pipeline stops it and reaps what is in flight.
             return Err(VerifyError::Read {

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::snapshot::HostFacts;
+use crate::host::HostFacts;
 use crate::Bdf;
 
 /// What to write for one function.
@@ -31,6 +31,7 @@ pub struct FunctionSpec {
     p2pmem: Option<(u64, u64, bool)>,
     driver: Option<String>,
     physfn: Option<Bdf>,
+    iommu_group: Option<u32>,
     nvme: Option<(String, String, Vec<String>)>,
     root_bus: Option<String>,
 }
@@ -48,6 +49,7 @@ impl FunctionSpec {
             p2pmem: None,
             driver: None,
             physfn: None,
+            iommu_group: None,
             nvme: None,
             root_bus: None,
         }
@@ -110,6 +112,12 @@ impl FunctionSpec {
     /// A p2pmem pool with explicit `available` and `published`.
     pub fn p2pmem_full(mut self, size: u64, available: u64, published: bool) -> Self {
         self.p2pmem = Some((size, available, published));
+        self
+    }
+
+    /// In this IOMMU group (an `iommu_group` link to `kernel/iommu_groups/<group>`).
+    pub fn iommu_group(mut self, group: u32) -> Self {
+        self.iommu_group = Some(group);
         self
     }
 
@@ -203,7 +211,7 @@ impl SysfsBuilder {
     /// Writes `p2pdma-host.json`.
     pub fn host_facts(&mut self, facts: &HostFacts) -> io::Result<()> {
         std::fs::write(
-            self.root.join(crate::snapshot::HOST_FACTS_FILE),
+            self.root.join(crate::host::HOST_FACTS_FILE),
             serde_json::to_vec_pretty(facts)?,
         )
     }
@@ -253,6 +261,14 @@ impl SysfsBuilder {
             symlink(
                 up(depth).join("bus/pci/drivers").join(driver),
                 &dir.join("driver"),
+            )?;
+        }
+        if let Some(group) = spec.iommu_group {
+            symlink(
+                up(depth)
+                    .join("kernel/iommu_groups")
+                    .join(group.to_string()),
+                &dir.join("iommu_group"),
             )?;
         }
         if let Some(pf) = spec.physfn {

@@ -2,8 +2,8 @@
 //! the real reader.
 
 use super::*;
+use crate::host::HostFacts;
 use crate::pci::{ACS_CR, ACS_EC, ACS_RR};
-use crate::snapshot::HostFacts;
 use crate::sysfs::builder::{FunctionSpec as F, SysfsBuilder};
 use crate::sysfs::SysfsRoot;
 
@@ -523,7 +523,7 @@ fn unreadable_acs_makes_the_verdict_uncertain() {
 #[test]
 fn missing_host_facts_are_reported_not_guessed_silently() {
     let (dir, _) = standard(Opts::default());
-    std::fs::remove_file(dir.path().join(crate::snapshot::HOST_FACTS_FILE)).unwrap();
+    std::fs::remove_file(dir.path().join(crate::host::HOST_FACTS_FILE)).unwrap();
     let tree = PciTree::read(&SysfsRoot::new(dir.path())).unwrap();
     let v = v(&tree, "03:00.0", "05:00.0");
     assert_eq!(v.map_type, MapType::NotSupported);

@@ -1,0 +1,520 @@
+//! The one lab harness: boot a topology with `p2pdma lab run`, run a guest script there
+//! (after the shared shell helpers of [`GUEST_LIB`]), keep the run directory (kernel
+//! serial log, disk images, fetched files), and read back what the script printed.
+//!
+//! Guest scripts print one `KEY field...` line per fact; the assertions are made on the
+//! host. A failed test keeps its run directory and says where.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Which lab kernel a test boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// The standard lab kernel (or the image named by `P2PDMA_LAB_KERNEL`).
+    Standard,
+    /// The debug kernel: KASAN, lockdep, DEBUG_VM, hung tasks panic. `lab run` builds it
+    /// on first use (`p2pdma lab kernel --flavour debug` builds it ahead).
+    Debug,
+    /// The kernel without CONFIG_PCI_P2PDMA (VFIO and the Intel IOMMU on), for the VFIO
+    /// path (`p2pdma lab kernel --flavour no-p2pdma` builds it ahead).
+    #[allow(dead_code)]
+    NoP2pdma,
+}
+
+impl Flavour {
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavour::Standard => "standard",
+            Flavour::Debug => "debug",
+            Flavour::NoP2pdma => "no-p2pdma",
+        }
+    }
+}
+
+/// One `p2pdma lab run` to be made.
+pub struct Lab {
+    topology: String,
+    flavour: Flavour,
+    topologies_toml: Option<String>,
+    lab_args: Vec<String>,
+    guest_files: Vec<(String, String)>,
+    helpers: String,
+    env: Vec<(String, Option<String>)>,
+}
+
+/// Shell helpers every guest script can use: the harness installs them, with a test's own
+/// [`Lab::helpers`] after them, as `/root/lib.sh` and sources that file first (commands a
+/// script starts, such as `p2pdma mem test --while-mapped`, may source it too).
+///
+/// - `ns SERIAL`: the namespace block device of the NVMe controller with that serial
+///   (kernel names change with enumeration order)
+/// - `bdf SERIAL`: that controller's PCI address
+/// - `md5 DEV OFFSET LEN`: md5 of a byte range (OFFSET and LEN multiples of 4096)
+/// - `fill DEV OFFSET LEN`: random bytes over a range
+/// - `zeros LEN`: md5 of LEN zero bytes
+/// - `field NAME FILE`: a number or string field of a one-line JSON object
+/// - `one_line FILE`: the file on one line
+pub const GUEST_LIB: &str = r#"
+ns() { p2pdma lab guest nvme "$1" | awk '{print $3}'; }
+bdf() { p2pdma lab guest nvme "$1" | awk '{print $1}'; }
+md5() { dd if="$1" bs=4096 skip=$(($2 / 4096)) count=$(($3 / 4096)) 2>/dev/null | md5sum | cut -d' ' -f1; }
+fill() { dd if=/dev/urandom of="$1" bs=4096 seek=$(($2 / 4096)) count=$(($3 / 4096)) conv=notrunc 2>/dev/null; }
+zeros() { dd if=/dev/zero bs=4096 count=$(($1 / 4096)) 2>/dev/null | md5sum | cut -d' ' -f1; }
+field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^,\"}]*\).*/\1/p" "$2" | head -1; }
+one_line() { tr '\n' ' ' < "$1"; }
+"#;
+
+/// The `p2pdma` binary under test, for what is not a guest run (`lab topologies`,
+/// `lab kernel`, `lab demo`).
+pub fn p2pdma() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_p2pdma"))
+}
+
+/// What a finished run left behind. The run directory lives as long as this value.
+pub struct LabRun {
+    /// The exit status of `p2pdma lab run` (the guest script's, or 125 for a lab failure).
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    topology: String,
+    flavour: Flavour,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// A run of `topology` on the given kernel.
+    pub fn new(topology: &str, flavour: Flavour) -> Lab {
+        Lab {
+            topology: topology.into(),
+            flavour,
+            topologies_toml: None,
+            lab_args: Vec::new(),
+            guest_files: Vec::new(),
+            helpers: String::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Also read topologies from this TOML text.
+    pub fn topologies(mut self, toml: &str) -> Lab {
+        self.topologies_toml = Some(toml.into());
+        self
+    }
+
+    /// Extra `lab run` options (`--fault ...`, `--keep-disks`, `--timeout N`).
+    pub fn args(mut self, args: &[&str]) -> Lab {
+        self.lab_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// A file the guest gets at `guest_path`, with this content.
+    pub fn file(mut self, guest_path: &str, content: &str) -> Lab {
+        self.guest_files.push((guest_path.into(), content.into()));
+        self
+    }
+
+    /// More shell helpers for `/root/lib.sh`, after (and so in place of same-named ones
+    /// of) [`GUEST_LIB`].
+    pub fn helpers(mut self, shell: &str) -> Lab {
+        self.helpers.push_str(shell);
+        self
+    }
+
+    /// Sets an environment variable of `p2pdma lab run`.
+    pub fn env(mut self, key: &str, value: &str) -> Lab {
+        self.env.push((key.into(), Some(value.into())));
+        self
+    }
+
+    /// Removes an environment variable from `p2pdma lab run`'s.
+    pub fn env_remove(mut self, key: &str) -> Lab {
+        self.env.push((key.into(), None));
+        self
+    }
+
+    /// Boots the topology and runs `script` (a busybox sh script) in the guest; fails
+    /// the test when the lab itself fails (exit 125: no boot, timeout, guest kernel
+    /// panic).
+    pub fn run(self, script: &str) -> LabRun {
+        let run = self.try_run(script);
+        assert_ne!(
+            run.status,
+            Some(125),
+            "the lab itself failed (no boot, timeout, guest kernel panic): see stderr above"
+        );
+        run
+    }
+
+    /// [`Lab::run`] for a test of the lab's own failures: exit 125 is returned, not a
+    /// test failure.
+    pub fn try_run(self, script: &str) -> LabRun {
+        let dir = tempfile::Builder::new()
+            .prefix("p2pdma-lab-test-")
+            .tempdir()
+            .expect("temp dir");
+        let mut cmd = p2pdma();
+        for (key, value) in &self.env {
+            match value {
+                Some(v) => cmd.env(key, v),
+                None => cmd.env_remove(key),
+            };
+        }
+        cmd.args(["lab", "run", "--quiet", "--topology", &self.topology]);
+        if self.flavour != Flavour::Standard {
+            // P2PDMA_LAB_KERNEL names one image and excludes --flavour.
+            cmd.env_remove("P2PDMA_LAB_KERNEL")
+                .args(["--flavour", self.flavour.name()]);
+        }
+        if let Some(toml) = &self.topologies_toml {
+            let path = dir.path().join("topologies.toml");
+            std::fs::write(&path, toml).unwrap();
+            cmd.arg("--topologies").arg(path);
+        }
+        let mut files = self.guest_files;
+        files.push((
+            "/root/lib.sh".into(),
+            format!("{GUEST_LIB}{}", self.helpers),
+        ));
+        files.push(("/root/test.sh".into(), format!(". /root/lib.sh\n{script}")));
+        for (i, (guest, content)) in files.iter().enumerate() {
+            let host = dir.path().join(format!("guest-file-{i}"));
+            std::fs::write(&host, content).unwrap();
+            cmd.arg("--file").arg(format!("{}:{guest}", host.display()));
+        }
+        let out = cmd
+            .args(&self.lab_args)
+            .arg("--out")
+            .arg(dir.path().join("run"))
+            .args(["--", "sh /root/test.sh"])
+            .output()
+            .expect("p2pdma lab run starts");
+        let run = LabRun {
+            status: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            topology: self.topology.clone(),
+            flavour: self.flavour,
+            dir,
+        };
+        eprintln!(
+            "--- {} ({} kernel) exit {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.topology,
+            self.flavour.name(),
+            run.status,
+            run.stdout,
+            run.stderr
+        );
+        run
+    }
+}
+
+impl LabRun {
+    /// Whether the guest script exited 0.
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+
+    /// Asserts the guest script exited 0.
+    pub fn assert_success(&self) {
+        assert!(
+            self.success(),
+            "{}: the guest script failed (exit {:?})\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.topology,
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+    }
+
+    /// The JSON value (object or array) on the one line starting with `key`.
+    pub fn json(&self, key: &str) -> serde_json::Value {
+        json_after(&self.line(key).join(" "))
+    }
+
+    /// The kernel the run booted.
+    pub fn flavour(&self) -> Flavour {
+        self.flavour
+    }
+
+    /// The run directory (`serial.log`, `disks/` with `--keep-disks`, `fetched/`).
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    /// The guest kernel's console output.
+    pub fn serial_log(&self) -> String {
+        let path = self.dir().join("serial.log");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+    }
+
+    /// A disk image kept by `--keep-disks`, by NVMe id.
+    pub fn disk(&self, nvme_id: &str) -> PathBuf {
+        self.dir().join("disks").join(format!("{nvme_id}.img"))
+    }
+
+    /// The stdout lines starting with `key`, split into fields after the key.
+    pub fn lines(&self, key: &str) -> Vec<Vec<&str>> {
+        lines(&self.stdout, key)
+    }
+
+    /// The lines starting with `key`, by their first field (a case name), with the fields
+    /// after it.
+    pub fn keyed(&self, key: &str) -> HashMap<&str, Vec<&str>> {
+        self.lines(key)
+            .into_iter()
+            .map(|f| (f[0], f[1..].to_vec()))
+            .collect()
+    }
+
+    /// The fields of the one line starting with `key`.
+    pub fn line(&self, key: &str) -> Vec<&str> {
+        let found = self.lines(key);
+        assert_eq!(
+            found.len(),
+            1,
+            "expected one {key} line in the guest's output:\n{}",
+            self.stdout
+        );
+        found.into_iter().next().unwrap()
+    }
+
+    /// Asserts the guest kernel logged no sign of a kernel bug during the run.
+    pub fn assert_kernel_log_clean(&self) {
+        let log = self.serial_log();
+        let problems = kernel_log_problems(&log);
+        assert!(
+            problems.is_empty(),
+            "the guest kernel ({} flavour) reported problems:\n{}",
+            self.flavour.name(),
+            problems.join("\n")
+        );
+    }
+}
+
+impl Drop for LabRun {
+    /// A failed test keeps its run directory (serial log, disks) for a post-mortem.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            eprintln!(
+                "lab run directory kept: {}",
+                dir.keep().join("run").display()
+            );
+        }
+    }
+}
+
+/// The lines of `out` starting with `key` and a space, split into fields after the key.
+pub fn lines<'a>(out: &'a str, key: &str) -> Vec<Vec<&'a str>> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        .map(|rest| rest.split_whitespace().collect())
+        .collect()
+}
+
+/// The JSON object or array starting at the first `{` or `[` of `line`.
+pub fn json_after(line: &str) -> serde_json::Value {
+    let start = line
+        .find(['{', '['])
+        .unwrap_or_else(|| panic!("no JSON in {line:?}"));
+    serde_json::from_str(&line[start..]).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+/// Markers of a kernel bug report: BUG/WARNING splats, KASAN reports, oopses, the
+/// hung-task detector, lockdep reports, soft lockups and RCU stalls.
+const KERNEL_PROBLEM_MARKERS: &[&str] = &[
+    "BUG:",
+    "WARNING:",
+    "KASAN",
+    "Oops",
+    "hung_task",
+    "blocked for more than",
+    "lockdep",
+    "possible circular locking",
+    "possible recursive locking",
+    "inconsistent lock state",
+    "soft lockup",
+    "rcu_preempt detected stalls",
+    "rcu_sched detected stalls",
+    "Kernel panic",
+    "general protection fault",
+    "Call Trace:",
+];
+
+/// Boot banners that contain a marker but report nothing.
+const KERNEL_BENIGN_LINES: &[&str] = &[
+    // The debug flavour's PROVE_RCU announcing itself.
+    "RCU lockdep checking is enabled",
+];
+
+/// A known kernel report that is not about p2pdma: every line of the report must be
+/// present for it to be set aside.
+struct KnownReport {
+    /// Where it is explained.
+    reference: &'static str,
+    /// The report's first line.
+    header: &'static str,
+    /// Lines the report must also contain.
+    contains: &'static [&'static str],
+}
+
+/// Lockdep on the debug kernel flags pciehp itself on every hot removal below a switch
+/// port: pciehp_unconfigure_device() takes pci_rescan_remove_lock with the slot's
+/// reset_lock held, drops reset_lock around the removal and takes it again while still
+/// holding pci_rescan_remove_lock. It fires with no p2pmem in use (RELIABILITY.md).
+const KNOWN_REPORTS: &[KnownReport] = &[KnownReport {
+    reference: "RELIABILITY.md, known kernel issues: pciehp lock order",
+    header: "WARNING: possible circular locking dependency detected",
+    contains: &[
+        "reset_lock",
+        "pci_rescan_remove_lock",
+        "at: pciehp_unconfigure_device",
+        "pciehp_ist",
+    ],
+}];
+
+/// A report runs from its header to the end of its stack dump.
+const REPORT_END: &str = "</TASK>";
+
+/// The lines of a kernel log that report a kernel bug (see [`KERNEL_PROBLEM_MARKERS`]),
+/// leaving out the reports listed in [`KNOWN_REPORTS`] (each is named on stderr).
+pub fn kernel_log_problems(log: &str) -> Vec<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    let mut problems = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if let Some((known, len)) = known_report_at(&lines[i..]) {
+            eprintln!("kernel log: known report set aside ({})", known.reference);
+            i += len;
+            continue;
+        }
+        let line = lines[i];
+        if KERNEL_PROBLEM_MARKERS.iter().any(|m| line.contains(m))
+            && !KERNEL_BENIGN_LINES.iter().any(|b| line.contains(b))
+        {
+            problems.push(line.to_owned());
+        }
+        i += 1;
+    }
+    problems
+}
+
+/// The known report starting at `lines[0]` and how many lines it spans.
+fn known_report_at(lines: &[&str]) -> Option<(&'static KnownReport, usize)> {
+    let known = KNOWN_REPORTS
+        .iter()
+        .find(|k| lines.first().is_some_and(|l| l.contains(k.header)))?;
+    let len = lines.iter().position(|l| l.contains(REPORT_END))? + 1;
+    let report = &lines[..len];
+    known
+        .contains
+        .iter()
+        .all(|c| report.iter().any(|l| l.contains(c)))
+        .then_some((known, len))
+}
+
+/// Asserts the `unbind` object of a `p2pdma mem test --buffers 2 --unbind-after-map
+/// --json` report: the provider, bound to `driver`, was live; the unbind revoked both
+/// mapped buffers (and the I/O pointer) instead of killing the process; the rebind
+/// succeeded and the old mappings stayed dead.
+pub fn assert_unbind_revoked_both_buffers(report: &serde_json::Value, driver: &str) {
+    let unbind = &report["unbind"];
+    assert_eq!(unbind["driver"], driver, "{report}");
+    assert_eq!(unbind["is_live_before"], true, "{report}");
+    assert_eq!(unbind["is_live_after_unbind"], false, "{report}");
+    assert_both_reads_revoked(unbind, report);
+    assert_eq!(unbind["io_ptr_result"], "revoked", "{report}");
+    assert_eq!(unbind["rebound"], true, "{report}");
+    assert_eq!(unbind["is_live_after_rebind"], false, "{report}");
+}
+
+/// Asserts a `p2pdma mem test --buffers 2 --while-mapped CMD --json` report whose CMD
+/// removed the provider: CMD succeeded, both mapped buffers were revoked, no pool is left
+/// to report, and the test passed.
+pub fn assert_removal_revoked_both_buffers(report: &serde_json::Value) {
+    let after = &report["while_mapped"];
+    assert_eq!(after["exit_code"], 0, "{report}");
+    assert_eq!(after["is_live_after"], false, "{report}");
+    assert_both_reads_revoked(after, report);
+    assert!(report["available_after"].is_null(), "{report}");
+    assert_eq!(report["passed"], true, "{report}");
+}
+
+/// Both buffers' reads in `part` of `report` came back revoked, each through the SIGBUS
+/// handler.
+fn assert_both_reads_revoked(part: &serde_json::Value, report: &serde_json::Value) {
+    assert_eq!(
+        part["read_results"],
+        serde_json::json!(["revoked", "revoked"]),
+        "{report}"
+    );
+    let revocations = part["sigbus_revocations"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no sigbus_revocations in {report}"));
+    assert!(
+        revocations >= 2,
+        "each read must have gone through the SIGBUS handler: {report}"
+    );
+}
+
+/// Reads `len` bytes at `offset` of a disk image.
+pub fn read_range(image: &Path, offset: u64, len: u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(image)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", image.display()));
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    let mut buf = vec![0; usize::try_from(len).unwrap()];
+    f.read_exact(&mut buf)
+        .unwrap_or_else(|e| panic!("cannot read {len} bytes of {}: {e}", image.display()));
+    buf
+}
+
+/// The lab kernel release the tests boot: `P2PDMA_LAB_RELEASE` (what `lab run` reads), else
+/// 6.12, the lab's default.
+pub fn lab_release() -> String {
+    std::env::var("P2PDMA_LAB_RELEASE")
+        .ok()
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "6.12".to_owned())
+}
+
+/// How the booted kernel fails an O_DIRECT transfer it refuses as P2P: `EREMOTEIO` up to
+/// 6.16, `EINVAL` from 6.17 (`blk_rq_dma_map`), as (errno, strerror text).
+pub fn p2p_refusal_errno() -> (i64, &'static str) {
+    let version = p2pdma::kernel_rules::KernelVersion::parse(&lab_release());
+    if version.is_some_and(|v| v >= p2pdma::kernel_rules::EINVAL_REFUSAL_SINCE) {
+        (22, "Invalid argument")
+    } else {
+        (121, "Remote I/O error")
+    }
+}
+
+/// Declares each scenario `fn NAME(flavour: Flavour)` of the calling module as two
+/// tests, `MODULE::standard::NAME` and `MODULE::debug::NAME` (the debug kernel: KASAN,
+/// lockdep), so `--skip debug::` leaves out the flavour that is not built. The module
+/// must have `Flavour` in scope.
+macro_rules! on_both_kernels {
+    ($($scenario:ident),* $(,)?) => {
+        mod standard {
+            $(
+                #[test]
+                #[ignore = "lab: boots a QEMU guest; run with --include-ignored"]
+                fn $scenario() {
+                    super::$scenario(super::Flavour::Standard);
+                }
+            )*
+        }
+        mod debug {
+            $(
+                #[test]
+                #[ignore = "lab: boots a QEMU guest on the debug kernel (built on first use); run with --include-ignored"]
+                fn $scenario() {
+                    super::$scenario(super::Flavour::Debug);
+                }
+            )*
+        }
+    };
+}
