@@ -111,15 +111,15 @@ echo "MD5 $(md5 $A 0 $LEN) $(md5 $B 0 $LEN) $(zeros $LEN)"
 fn unbinding_the_cmb_owner_mid_copy_revokes_the_leases_and_reports_the_written_range() {
     let body = r#"
 A=$(ns vf0); B=$(ns vf1); BA=$(bdf vf0); BB=$(bdf vf1)
-LEN=33554432; DO=16777216
+LEN=67108864; DO=0
 fill $A 0 $LEN
 p2pdma vfio attach $BA $BB > /dev/null; echo "ATTACH $?"
-p2pdma copy --via vfio $BA/1 $BB/1 --src-offset $DO --dst-offset $DO --length $LEN --json > /tmp/c.json 2>/tmp/c.err &
+p2pdma copy --via vfio $BA/1 $BB/1 --src-offset $DO --dst-offset $DO --length $LEN --queue-depth 1 --json > /tmp/c.json 2>/tmp/c.err &
 PID=$!
-sleep 4
-t0=$(date +%s%N 2>/dev/null || date +%s)
+sleep 2
+t0=$(cut -d' ' -f1 /proc/uptime)
 echo $BA > /sys/bus/pci/drivers/vfio-pci/unbind; echo "UNBIND $?"
-t1=$(date +%s%N 2>/dev/null || date +%s)
+t1=$(cut -d' ' -f1 /proc/uptime)
 wait $PID; echo "COPY $? $(one_line /tmp/c.json)"
 echo "ERR $(one_line /tmp/c.err)"
 echo "TIMES $t0 $t1"
@@ -160,9 +160,11 @@ sync
         "{err}"
     );
     let times = run.line("TIMES");
-    let (t0, t1): (u64, u64) = (times[0].parse().unwrap(), times[1].parse().unwrap());
-    let unbind_ms = (t1 - t0) / 1_000_000;
-    eprintln!("unbind took {unbind_ms} ms");
+    let (t0, t1): (f64, f64) = (times[0].parse().unwrap(), times[1].parse().unwrap());
+    let unbind_ms = (t1 - t0) * 1000.0;
+    eprintln!("unbind took {unbind_ms:.0} ms (guest uptime, 10 ms resolution)");
+    // The bound: the 5 s drain deadline plus closing, well inside vfio's 10 s re-request.
+    assert!(unbind_ms < 10_000.0, "unbind took {unbind_ms} ms");
     assert_ne!(run.line("DRIVER"), ["vfio-pci"], "the unbind completed");
     assert_eq!(
         run.line("OTHER")[0],
@@ -172,7 +174,7 @@ sync
     assert_eq!(run.line("DETACH")[0], "0");
     // On the host: written ranges equal the source; past the last written or uncertain
     // byte, the destination is still zero.
-    let (do_, len) = (16u64 << 20, 32u64 << 20);
+    let (do_, len) = (0u64, 64u64 << 20);
     let src = read_range(&run.disk("nvme-a"), do_, len);
     let dst = read_range(&run.disk("nvme-b"), do_, len);
     let mut end = do_;
