@@ -119,8 +119,8 @@ fn test(args: TestArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         },
     )
     .map_err(|e| match e {
-        // The pool's own error, so `output::classify` sees it (exit status 2 for a
-        // missing device or pool, 13 for permission).
+        // The pool's own error, so `output::classify` sees it (kind `invalid_input` for
+        // a missing device or pool, `permission_denied` for the allocate file).
         PoolTestError::P2pmem(e) => anyhow::Error::new(e),
         e => anyhow::Error::new(e),
     })?;
