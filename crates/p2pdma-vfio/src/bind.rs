@@ -202,14 +202,11 @@ pub fn attach(sysfs: &SysfsRoot, bdf: Bdf) -> Result<Attached, BindError> {
         path: state.clone(),
         source,
     })?;
-    write(&dev.join("driver_override"), "vfio-pci")?;
+    write(&sysfs.pci_driver_override(bdf), "vfio-pci")?;
     if driver.is_some() {
-        write(&dev.join("driver/unbind"), &bdf.to_string())?;
+        write(&sysfs.pci_driver_link(bdf).join("unbind"), &bdf.to_string())?;
     }
-    write(
-        &sysfs.path().join("bus/pci/drivers_probe"),
-        &bdf.to_string(),
-    )?;
+    write(&sysfs.pci_drivers_probe(), &bdf.to_string())?;
     let now = wait_driver(sysfs, bdf, Some("vfio-pci"));
     if now.as_deref() != Some("vfio-pci") {
         return Err(BindError::Unbound {
@@ -255,14 +252,11 @@ pub fn detach(sysfs: &SysfsRoot, bdf: Bdf) -> Result<Detached, BindError> {
         return Err(BindError::NoDevice { bdf, path: dev });
     }
     let previous = read_state(bdf)?;
-    write(&dev.join("driver_override"), "\n")?;
+    write(&sysfs.pci_driver_override(bdf), "\n")?;
     if driver_of(sysfs, bdf).as_deref() == Some("vfio-pci") {
-        write(&dev.join("driver/unbind"), &bdf.to_string())?;
+        write(&sysfs.pci_driver_link(bdf).join("unbind"), &bdf.to_string())?;
     }
-    write(
-        &sysfs.path().join("bus/pci/drivers_probe"),
-        &bdf.to_string(),
-    )?;
+    write(&sysfs.pci_drivers_probe(), &bdf.to_string())?;
     let now = wait_driver(sysfs, bdf, previous.as_deref());
     if previous.is_some() && now != previous {
         return Err(BindError::Unbound {

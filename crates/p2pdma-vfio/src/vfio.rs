@@ -135,14 +135,14 @@ impl Container {
 
 /// The driver a device is bound to, from `/sys/bus/pci/devices/<bdf>/driver`.
 pub fn driver_of(sysfs: &SysfsRoot, bdf: Bdf) -> Option<String> {
-    fs::read_link(sysfs.pci_device(bdf).join("driver"))
+    fs::read_link(sysfs.pci_driver_link(bdf))
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
 }
 
 /// The IOMMU group number of a device, from `/sys/bus/pci/devices/<bdf>/iommu_group`.
 pub fn iommu_group(sysfs: &SysfsRoot, bdf: Bdf) -> Option<u32> {
-    fs::read_link(sysfs.pci_device(bdf).join("iommu_group"))
+    fs::read_link(sysfs.pci_iommu_group_link(bdf))
         .ok()
         .and_then(|p| p.file_name()?.to_str()?.parse().ok())
 }
@@ -175,7 +175,7 @@ impl Device {
         if iommu_group(sysfs, bdf).is_none() {
             return Err(VfioError::NoGroup {
                 bdf,
-                path: path.join("iommu_group"),
+                path: sysfs.pci_iommu_group_link(bdf),
             });
         }
         let ops: Arc<dyn VfioOps> = container.inner.clone();
