@@ -43,6 +43,7 @@ const REQUIREMENTS: &[(&str, &str, &str)] = &[
     ("kernel build", "cpio", "cpio"),
     ("kernel build", "xz", "xz-utils"),
     ("unpacking fetched files", "tar", "tar"),
+    ("unpacking the stock kernel's packages", "dpkg-deb", "dpkg"),
     ("listing guest program libraries", "ldd", "libc-bin"),
 ];
 
@@ -198,6 +199,84 @@ impl PrivateApt {
             })
     }
 
+    /// `apt-get download` of several packages into `dest` in one call, apt's output on
+    /// stderr (so that stdout stays the command's own); the `.deb` of each, in order.
+    pub fn download_all(
+        &self,
+        packages: &[String],
+        dest: &Path,
+    ) -> Result<Vec<PathBuf>, SetupError> {
+        let shown = format!("apt-get download {}", packages.join(" "));
+        let mut command = self.apt_get(&["download", "-q"]);
+        command.args(packages).current_dir(dest);
+        let output = command.output().map_err(|source| SetupError::Spawn {
+            program: "apt-get",
+            source,
+        })?;
+        use std::io::Write;
+        let mut stderr = std::io::stderr().lock();
+        let _ = stderr.write_all(&output.stdout);
+        let _ = stderr.write_all(&output.stderr);
+        if !output.status.success() {
+            return Err(SetupError::AptFailed {
+                command: shown,
+                status: output.status.to_string(),
+            });
+        }
+        let names: Vec<String> = fs::read_dir(dest)
+            .map_err(|source| SetupError::PrivateConfig {
+                path: dest.to_owned(),
+                source,
+            })?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        packages
+            .iter()
+            .map(|package| {
+                names
+                    .iter()
+                    .find(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+                    .map(|n| dest.join(n))
+                    .ok_or_else(|| SetupError::AptFailed {
+                        command: shown.clone(),
+                        status: format!("no {package}_*.deb appeared in {}", dest.display()),
+                    })
+            })
+            .collect()
+    }
+
+    /// Whether this configuration's package lists were fetched (`apt-get update`) before.
+    pub fn has_lists(&self) -> bool {
+        fs::read_dir(self.dir.join("lists")).is_ok_and(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().contains("_Packages"))
+        })
+    }
+
+    /// The names of the packages in this configuration's lists that start with `prefix`
+    /// (`apt-cache pkgnames`: read from the local lists, no network).
+    pub fn package_names(&self, prefix: &str) -> Result<Vec<String>, SetupError> {
+        let output = Command::new("apt-cache")
+            .args(self.options())
+            .args(["pkgnames", prefix])
+            .output()
+            .map_err(|source| SetupError::Spawn {
+                program: "apt-cache",
+                source,
+            })?;
+        if !output.status.success() {
+            return Err(SetupError::AptFailed {
+                command: format!("apt-cache pkgnames {prefix}"),
+                status: output.status.to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect())
+    }
+
     fn create_from(dir: &Path, etc_apt: &Path, codename: &str) -> Result<PrivateApt, SetupError> {
         let parts = create_private_dirs(dir)?;
         let mut sources = String::new();
@@ -257,6 +336,14 @@ impl PrivateApt {
     /// `apt-get update` of the private lists.
     pub fn update(&self) -> Result<(), SetupError> {
         run_shown(self.apt_get(&["update", "-q"]), "apt-get update -q")
+    }
+
+    /// [`PrivateApt::update`] with apt's output on stderr, for commands whose stdout is
+    /// their own (`lab kernel --print-path`).
+    pub fn update_on_stderr(&self) -> Result<(), SetupError> {
+        let mut command = self.apt_get(&["update", "-q"]);
+        command.stdout(std::io::stderr());
+        run_shown(command, "apt-get update -q")
     }
 
     /// Finds, for each package, a suite that installs it without removing or

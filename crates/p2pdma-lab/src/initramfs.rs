@@ -13,6 +13,10 @@ use std::process::Command;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
+/// The file beside a kernel image that lists, one a line and in load order, the module
+/// files (relative to the image's directory) the guest loads at boot.
+pub const MODULES_LOAD: &str = "modules.load";
+
 /// Errors while assembling the archive.
 #[derive(Debug, thiserror::Error)]
 pub enum InitramfsError {
@@ -191,6 +195,43 @@ impl Initramfs {
         Ok(self)
     }
 
+    /// The kernel modules a kernel image comes with, when it does: a distribution kernel
+    /// (`lab kernel --flavour stock`) has [`MODULES_LOAD`] beside its image, listing module
+    /// files (relative to the image's directory) in load order, each optionally followed by
+    /// module parameters (`modules/nvme_core.ko multipath=N`). Each module goes to
+    /// `/lib/modules/lab/`, and `/lab/modules` lists their guest paths and parameters for
+    /// the guest's init to `insmod` in that order. Returns how many modules were added (0
+    /// for a lab-built kernel, which has everything built in).
+    pub fn kernel_modules_beside(&mut self, image: &Path) -> Result<usize, InitramfsError> {
+        let Some(dir) = image.parent() else {
+            return Ok(0);
+        };
+        let list = dir.join(MODULES_LOAD);
+        let text = match fs::read_to_string(&list) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(source) => return Err(InitramfsError::Read { path: list, source }),
+        };
+        let mut guest_lines = Vec::new();
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let (relative, parameters) = line.split_once(' ').unwrap_or((line, ""));
+            let host = dir.join(relative);
+            let name = host
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or_else(|| InitramfsError::BadGuestPath(relative.to_owned()))?;
+            let guest = format!("/lib/modules/lab/{name}");
+            self.host_path(&host, &guest)?;
+            guest_lines.push(
+                format!("{guest} {}", parameters.trim())
+                    .trim_end()
+                    .to_owned(),
+            );
+        }
+        self.bytes("/lab/modules", guest_lines.join("\n") + "\n", 0o644)?;
+        Ok(guest_lines.len())
+    }
+
     /// Writes the archive, gzip-compressed, to `out`.
     pub fn write_gz(&self, out: &Path) -> Result<(), InitramfsError> {
         let werr = |source| InitramfsError::Write {
@@ -314,6 +355,41 @@ mod tests {
             ]
         );
         assert!(parse_ldd("\tlibfoo.so => not found\n").is_err());
+    }
+
+    #[test]
+    fn modules_listed_beside_an_image_go_in_with_their_load_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("vmlinuz");
+        fs::write(&image, b"kernel").unwrap();
+        let mut plain = Initramfs::new();
+        assert_eq!(plain.kernel_modules_beside(&image).unwrap(), 0);
+        assert!(plain.paths().is_empty());
+        fs::create_dir(dir.path().join("modules")).unwrap();
+        for name in ["nvme_core.ko", "nvme.ko"] {
+            fs::write(dir.path().join("modules").join(name), name).unwrap();
+        }
+        fs::write(
+            dir.path().join(MODULES_LOAD),
+            "modules/nvme_core.ko multipath=N\nmodules/nvme.ko\n",
+        )
+        .unwrap();
+        let mut fs = Initramfs::new();
+        assert_eq!(fs.kernel_modules_beside(&image).unwrap(), 2);
+        assert!(fs.paths().contains(&"/lib/modules/lab/nvme.ko".to_owned()));
+        match &fs.entries["lab/modules"] {
+            Entry::File {
+                data: FileData::Bytes(b),
+                ..
+            } => assert_eq!(
+                b.as_slice(),
+                b"/lib/modules/lab/nvme_core.ko multipath=N\n/lib/modules/lab/nvme.ko\n"
+            ),
+            other => panic!("{other:?}"),
+        }
+        fs::write(dir.path().join(MODULES_LOAD), "modules/gone.ko\n").unwrap();
+        let err = Initramfs::new().kernel_modules_beside(&image).unwrap_err();
+        assert!(err.to_string().contains("gone.ko"), "{err}");
     }
 
     #[test]

@@ -640,7 +640,7 @@ fn with_ram_driver(text: &str, addition: &str) -> Option<String> {
     Some(patched)
 }
 
-fn run_step(
+pub(crate) fn run_step(
     step: &str,
     cmd: &mut Command,
     log: &mut fs::File,

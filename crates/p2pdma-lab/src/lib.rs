@@ -5,6 +5,7 @@
 //! - [`spec`]: the topology file and the QEMU devices it becomes (pure).
 //! - [`kernel`]: building the lab kernel once and caching it outside the repository.
 //! - [`kernel_source`]: the kernel releases the lab ships and fetching their source.
+//! - [`stock`]: the distribution's own kernel (Debian's), fetched instead of built.
 //! - [`initramfs`]: the guest's root file system (busybox + the static p2pdma binary).
 //! - [`vm`]: booting a topology, running a command, deadlines and fault injection.
 //! - [`qmp`]: the QEMU monitor client used for surprise removal.
@@ -18,4 +19,5 @@ pub mod kernel_source;
 pub mod paths;
 pub mod qmp;
 pub mod spec;
+pub mod stock;
 pub mod vm;

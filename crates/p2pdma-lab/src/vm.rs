@@ -583,6 +583,7 @@ fn build_initramfs(req: &RunRequest) -> Result<Initramfs, VmError> {
     fs.symlink("/bin/sh", "busybox")?;
     fs.host_path(&stripped_guest_binary(&req.guest_binary), "/bin/p2pdma")?;
     fs.bytes("/init", INIT_SCRIPT, 0o755)?;
+    fs.kernel_modules_beside(&req.kernel)?;
     fs.bytes("/lab/cmd.sh", format!("{}\n", req.command), 0o755)?;
     let env = format!(
         "export P2PDMA_LAB_TOPOLOGY='{}'\nexport P2PDMA_LAB_NAMESPACES={}\n",

@@ -25,13 +25,15 @@ use crate::output::{self, Failure};
 pub enum LabCommand {
     /// Check the host and install what the lab needs (Debian: apt-get; elsewhere: a list).
     Setup(SetupArgs),
-    /// Build the lab kernel (cached outside the repository; a second call returns at once).
+    /// Build the lab kernel, or fetch Debian's stock one with --flavour stock (cached
+    /// outside the repository; a second call returns at once).
     Kernel(KernelArgs),
     /// List the topologies (shipped and your own).
     Topologies(TopologiesArgs),
     /// Boot a topology, run a shell command in the guest, return its status and output.
     Run(RunArgs),
-    /// The tour for a newcomer without hardware: boot `switch` and show P2P at work.
+    /// The tour for a newcomer without hardware: boot `fast` on Debian's stock 7.2 kernel
+    /// (fetched on first use, no build) and show P2P at work.
     Demo(DemoArgs),
     /// Measure boot-to-command time of topologies (min/median/max over several boots).
     Bench(BenchArgs),
@@ -54,40 +56,45 @@ pub struct KernelChoice {
     /// Kernel source: a tree or a tarball (default: the --release's Debian source).
     #[arg(long, value_name = "DIR|TARBALL")]
     source: Option<PathBuf>,
-    /// Which kernel release the lab builds: 6.12 (Debian bookworm's linux-source-6.12) or
-    /// 7.2 (Debian sid's linux-source-7.2, fetched once into the cache through a private
-    /// apt configuration). --source and --kernel take precedence over it.
-    #[arg(
-        long,
-        value_name = "RELEASE",
-        default_value = "6.12",
-        env = "P2PDMA_LAB_RELEASE"
-    )]
-    release: String,
-    /// Which kernel configuration.
-    #[arg(long, value_enum, default_value_t = FlavourArg::Standard)]
-    flavour: FlavourArg,
+    /// Which kernel release: 6.12 (Debian bookworm's linux-source-6.12) or 7.2 (Debian
+    /// sid's linux-source-7.2, or its stock kernel with --flavour stock; fetched once into
+    /// the cache through a private apt configuration). Default: 6.12, or 7.2 for the stock
+    /// kernel. --source and --kernel take precedence over it.
+    #[arg(long, value_name = "RELEASE", env = "P2PDMA_LAB_RELEASE")]
+    release: Option<String>,
+    /// Which kernel: standard, debug or no-p2pdma (built by the lab from source), or stock (the
+    /// distribution's own kernel, Debian sid's 7.2 image and modules, downloaded, not
+    /// built). Default: standard; `lab demo` boots the stock kernel.
+    #[arg(long, value_enum, env = "P2PDMA_LAB_FLAVOUR")]
+    flavour: Option<FlavourArg>,
     /// Boot this bzImage instead of the cached lab kernel.
     #[arg(long, value_name = "BZIMAGE", env = "P2PDMA_LAB_KERNEL", conflicts_with_all = ["source", "flavour"])]
     kernel: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+impl KernelChoice {
+    /// This choice with the stock kernel as its default flavour, when the user named
+    /// neither a flavour nor a source and the release (if named) has a stock kernel.
+    fn stock_by_default(&self) -> KernelChoice {
+        let mut choice = self.clone();
+        let stock_release = choice
+            .release
+            .as_deref()
+            .is_none_or(|r| p2pdma_lab::stock::StockRelease::named(r).is_ok());
+        if choice.flavour.is_none() && choice.source.is_none() && stock_release {
+            choice.flavour = Some(FlavourArg::Stock);
+        }
+        choice
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum FlavourArg {
     Standard,
     Debug,
     /// Without CONFIG_PCI_P2PDMA (VFIO and the IOMMU on), for the VFIO path.
     NoP2pdma,
-}
-
-impl From<FlavourArg> for Flavour {
-    fn from(f: FlavourArg) -> Flavour {
-        match f {
-            FlavourArg::Standard => Flavour::Standard,
-            FlavourArg::Debug => Flavour::Debug,
-            FlavourArg::NoP2pdma => Flavour::NoP2pdma,
-        }
-    }
+    Stock,
 }
 
 /// `p2pdma lab kernel`.
@@ -380,10 +387,36 @@ fn ensure_kernel(
         }
         return Ok(image.clone());
     }
+    let flavour = match choice.flavour.unwrap_or(FlavourArg::Standard) {
+        FlavourArg::Standard => Flavour::Standard,
+        FlavourArg::Debug => Flavour::Debug,
+        FlavourArg::NoP2pdma => Flavour::NoP2pdma,
+        FlavourArg::Stock => {
+            if choice.source.is_some() {
+                bail!("--flavour stock boots the distribution's kernel as it is; --source builds one: choose one of them");
+            }
+            let release =
+                p2pdma_lab::stock::StockRelease::named(choice.release.as_deref().unwrap_or("7.2"))?;
+            let progress = BuildProgress::new(quiet);
+            let mut on_event = |e: BuildEvent| progress.event(e);
+            let stock = p2pdma_lab::stock::ensure(&release, &mut on_event)?;
+            if stock.fetched_now {
+                progress.finish(&format!(
+                    "stock kernel {} fetched and prepared in {:.0} s: {}",
+                    stock.kernel_release,
+                    stock.seconds,
+                    stock.image.display()
+                ));
+            } else {
+                progress.finish("");
+            }
+            return Ok(stock.image);
+        }
+    };
     let source = match &choice.source {
         Some(path) => KernelSource::from_path(path)?,
         None => {
-            let release = LabRelease::named(&choice.release)?;
+            let release = LabRelease::named(choice.release.as_deref().unwrap_or("6.12"))?;
             let mut note = |line: &str| {
                 if !quiet {
                     eprintln!("lab kernel: {line}");
@@ -397,7 +430,6 @@ fn ensure_kernel(
             return Err(kernel::KernelError::SourceMissing { path: t.clone() }.into());
         }
     }
-    let flavour: Flavour = choice.flavour.into();
     if let Some(cached) = kernel::cached(&source, flavour)? {
         return Ok(cached.bzimage);
     }
@@ -466,7 +498,7 @@ impl BuildProgress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        if !self.quiet {
+        if !self.quiet && !message.is_empty() {
             eprintln!("{message}");
         }
     }
@@ -629,7 +661,7 @@ fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     eprintln!("switch (topology `fast`); fio runs beside p2pdma for the speed figures.");
     let fio = which("fio")
         .context("the demo compares with fio, which is not installed: run `p2pdma lab setup`")?;
-    let kernel = ensure_kernel(&args.kernel, None, false)?;
+    let kernel = ensure_kernel(&args.kernel.stock_by_default(), None, false)?;
     let catalog = Catalog::load(paths::user_topologies().as_deref(), &[])?;
     let topology = catalog.get("fast")?;
     let out_dir = args.out.unwrap_or_else(|| default_run_dir("demo"));

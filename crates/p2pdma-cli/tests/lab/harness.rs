@@ -473,12 +473,13 @@ pub fn read_range(image: &Path, offset: u64, len: u64) -> Vec<u8> {
 }
 
 /// The lab kernel release the tests boot: `P2PDMA_LAB_RELEASE` (what `lab run` reads), else
-/// 6.12, the lab's default.
+/// 6.12, the lab's default (7.2 with `P2PDMA_LAB_FLAVOUR=stock`, the stock kernel's release).
 pub fn lab_release() -> String {
+    let stock = std::env::var("P2PDMA_LAB_FLAVOUR").is_ok_and(|f| f == "stock");
     std::env::var("P2PDMA_LAB_RELEASE")
         .ok()
         .filter(|r| !r.is_empty())
-        .unwrap_or_else(|| "6.12".to_owned())
+        .unwrap_or_else(|| if stock { "7.2" } else { "6.12" }.to_owned())
 }
 
 /// How the booted kernel fails an O_DIRECT transfer it refuses as P2P: `EREMOTEIO` up to

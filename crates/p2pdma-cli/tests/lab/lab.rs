@@ -572,4 +572,23 @@ fn the_demo_runs_every_step_and_shows_measured_speed() {
         stdout.contains("Revoked") || stdout.contains("revoked"),
         "{stdout}"
     );
+    // Unless the environment chooses another kernel, the demo boots the distribution's
+    // own: Debian's stock 7.2, whose release names the Debian ABI.
+    let chosen = [
+        "P2PDMA_LAB_KERNEL",
+        "P2PDMA_LAB_FLAVOUR",
+        "P2PDMA_LAB_RELEASE",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
+    if !chosen {
+        let last = stdout
+            .lines()
+            .find(|l| l.starts_with("The demo ran every step for real in a "))
+            .unwrap_or_else(|| panic!("the closing line is missing:\n{stdout}"));
+        assert!(
+            last.contains(" 7.2.") && last.contains("+deb") && last.contains("-amd64 guest"),
+            "not Debian's stock kernel: {last}"
+        );
+    }
 }

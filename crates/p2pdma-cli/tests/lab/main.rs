@@ -26,3 +26,6 @@ mod vfio;
 
 // `p2pdma bench` in the guest.
 mod bench;
+
+// Debian's stock kernel (`--flavour stock`), fetched instead of built.
+mod stock;

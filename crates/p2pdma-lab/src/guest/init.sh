@@ -15,6 +15,14 @@ for tty in ttyS1 ttyS2 ttyS3; do stty -F /dev/$tty raw -echo 2>/dev/null; done
 exec 3>/dev/ttyS3
 . /lab/env
 
+# A distribution kernel (`--flavour stock`) has NVMe, ext4, vfio-pci and the lab's RAM
+# provider as modules: /lab/modules lists them in dependency order, with parameters.
+if [ -s /lab/modules ]; then
+    while read -r module parameters; do
+        insmod "$module" $parameters || echo "@@warning insmod $module $parameters failed" >&3
+    done < /lab/modules
+fi
+
 # nvme-pci probes controllers asynchronously: wait until every namespace the topology
 # declares has its block device, so commands never race the driver.
 waited=0

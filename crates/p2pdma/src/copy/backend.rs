@@ -15,6 +15,18 @@
 //! memory, a p2pmem mapping), a VFIO backend takes its own IOVA-mapped leases. All the
 //! pipeline needs of a buffer is [`DmaBuffer`]: its length and how to read a failure.
 //!
+//! # Plugging in a backend
+//! Implement [`IoBackend`] (and [`DmaBuffer`] for its buffer type), then call
+//! [`super::engine::run_pipeline`] with the backend, the buffers (one chunk each; see
+//! [`super::engine::buffers_wanted`]), the two names used in messages and a validated
+//! [`super::plan::CopyPlan`]. The result is the same [`super::engine::EngineReport`] or
+//! [`super::engine::EngineError`] the kernel path gives, exact written ranges included.
+//! Errors of a request should carry the nearest errno, since
+//! [`super::engine::FailureKind::classify`] reads them (EIO: device error, ENOMEM,
+//! EFAULT/ENODEV on device memory that is no longer live: provider gone, ...). The
+//! unit tests in `engine.rs` run the pipeline over an in-memory backend (`copy/fake.rs`)
+//! and show what a backend may do: complete out of order, short, with errors.
+//!
 //! # The buffer-lifetime contract
 //! A backend is handed a buffer by reference, but the device keeps using the memory after
 //! the call returns, until the request completes. So [`IoBackend::push`] is `unsafe`: the

@@ -41,6 +41,17 @@ impl Drop for FakeBuf {
     }
 }
 
+impl super::verify::CpuReadable for FakeBuf {
+    fn cpu_bytes(&mut self) -> &[u8] {
+        // The backend drops its handle when the request completes, and the pipeline lends
+        // the bytes only then, so this is the only handle left.
+        Arc::get_mut(&mut self.data)
+            .expect("no request holds the buffer")
+            .get_mut()
+            .unwrap()
+    }
+}
+
 impl DmaBuffer for FakeBuf {
     fn dma_len(&self) -> usize {
         self.data.lock().unwrap().len()

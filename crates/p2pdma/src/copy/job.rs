@@ -555,7 +555,7 @@ fn pool_note(route: &Route) -> String {
     }
 }
 
-/// "<BDF>'s p2pmem", or "host memory" for a route without a provider.
+/// "`<BDF>`'s p2pmem", or "host memory" for a route without a provider.
 pub fn provider_name(route: &Route) -> String {
     match route.provider {
         Some(bdf) => format!("{bdf}'s p2pmem"),

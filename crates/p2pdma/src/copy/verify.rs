@@ -8,12 +8,12 @@
 //! being read.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use xxhash_rust::xxh3::Xxh3;
 
-use super::backend::Target;
+use super::backend::{DmaBuffer, IoBackend, Target};
 use super::engine::{Endpoint, Op};
 use super::host_buffer::{HostBuffer, HostBufferError};
 use super::pipeline::Pipeline;
@@ -46,6 +46,13 @@ pub enum VerifyError {
         /// Ring size asked for.
         entries: u32,
         /// The error from io_uring_setup or io_uring_enter.
+        #[source]
+        source: io::Error,
+    },
+    /// The I/O backend failed (not one read: the backend itself).
+    #[error("the I/O backend failed while re-reading both ranges")]
+    Backend {
+        /// Its error.
         #[source]
         source: io::Error,
     },
@@ -101,6 +108,62 @@ struct Pending {
     retries: [u32; 2],
 }
 
+/// How a verification reads: `step` bytes per read, `pairs` buffer pairs (slot 2p holds
+/// pair p's source chunk, slot 2p + 1 its destination chunk), `depth` reads in flight per
+/// side. A backend-generic caller allocates `2 * pairs` buffers of `step` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyShape {
+    /// Bytes per read (the last may be shorter).
+    pub step: u64,
+    /// Chunks of `step` in the range.
+    pub chunks: u64,
+    /// Buffer pairs.
+    pub pairs: usize,
+    /// Reads in flight per side.
+    pub depth: usize,
+}
+
+impl VerifyShape {
+    /// The shape for `plan`; `None` for an empty range.
+    pub fn of(plan: &CopyPlan) -> Option<VerifyShape> {
+        if plan.length == 0 {
+            return None;
+        }
+        let block = plan.block_size.max(1);
+        let step = plan
+            .chunk_size
+            .clamp(VERIFY_MIN_STEP, VERIFY_MAX_STEP)
+            .next_multiple_of(block)
+            .min(plan.length.next_multiple_of(block));
+        let chunks = plan.length.div_ceil(step);
+        // Chunks a side may read ahead of the comparison: twice the depth, so one side
+        // being slower for a while does not hold the other back (within
+        // VERIFY_MAX_BUFFERS).
+        let depth = u64::from(plan.queue_depth).clamp(VERIFY_MIN_DEPTH, VERIFY_MAX_DEPTH);
+        let pairs = (2 * depth).min(VERIFY_MAX_BUFFERS / step).clamp(1, chunks) as usize;
+        Some(VerifyShape {
+            step,
+            chunks,
+            pairs,
+            // Reads in flight per side.
+            depth: (depth as usize).min(pairs),
+        })
+    }
+}
+
+/// A buffer the CPU may read once no request names it (host memory, not device memory:
+/// verification must not trust the P2P path it checks).
+pub trait CpuReadable {
+    /// The buffer's bytes.
+    fn cpu_bytes(&mut self) -> &[u8];
+}
+
+impl CpuReadable for HostBuffer {
+    fn cpu_bytes(&mut self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
 /// Re-reads `plan`'s source and destination ranges (files opened with O_DIRECT and read
 /// access) and compares them. Calls `progress` with the bytes compared so far.
 pub fn verify(
@@ -109,45 +172,79 @@ pub fn verify(
     plan: &CopyPlan,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Verification, VerifyError> {
+    let Some(shape) = VerifyShape::of(plan) else {
+        return Ok(empty());
+    };
+    let buffers = (0..2 * shape.pairs)
+        .map(|_| HostBuffer::new(shape.step as usize))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(VerifyError::Buffer)?;
+    let entries = (2 * shape.pairs as u32).next_power_of_two();
+    let backend = UringBackend::new([src.file, dst.file], entries)
+        .map_err(|source| VerifyError::Ring { entries, source })?;
+    verify_through(
+        backend,
+        buffers,
+        [src.path, dst.path],
+        plan,
+        &shape,
+        progress,
+    )
+    .map_err(|e| match e {
+        VerifyError::Backend { source } => VerifyError::Ring { entries, source },
+        e => e,
+    })
+}
+
+fn empty() -> Verification {
+    Verification {
+        src_digest: Xxh3::new().digest128(),
+        dst_digest: Xxh3::new().digest128(),
+        first_difference: None,
+    }
+}
+
+/// [`verify`] over any backend: `buffers` are `2 * shape.pairs` buffers of at least
+/// `shape.step` bytes; `names` (source, destination) are used in messages.
+pub fn verify_through<B: IoBackend>(
+    backend: B,
+    buffers: Vec<B::Buffer>,
+    names: [&Path; 2],
+    plan: &CopyPlan,
+    shape: &VerifyShape,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Verification, VerifyError>
+where
+    B::Buffer: CpuReadable,
+{
     let mut src_hash = Xxh3::new();
     let mut dst_hash = Xxh3::new();
     let mut first_difference = None;
+    let VerifyShape {
+        step,
+        chunks,
+        pairs,
+        depth,
+    } = *shape;
     if plan.length == 0 {
-        return Ok(Verification {
-            src_digest: src_hash.digest128(),
-            dst_digest: dst_hash.digest128(),
-            first_difference,
+        return Ok(empty());
+    }
+    if buffers.len() < 2 * pairs || buffers.iter().any(|b| (b.dma_len() as u64) < step) {
+        return Err(VerifyError::Backend {
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "verification needs {} buffers of {step} bytes, {} given",
+                    2 * pairs,
+                    buffers.len()
+                ),
+            ),
         });
     }
-    let block = plan.block_size.max(1);
-    let step = plan
-        .chunk_size
-        .clamp(VERIFY_MIN_STEP, VERIFY_MAX_STEP)
-        .next_multiple_of(block)
-        .min(plan.length.next_multiple_of(block));
-    let chunks = plan.length.div_ceil(step);
-    // Chunks a side may read ahead of the comparison: twice the depth, so one side being
-    // slower for a while does not hold the other back (within VERIFY_MAX_BUFFERS).
-    let depth = u64::from(plan.queue_depth).clamp(VERIFY_MIN_DEPTH, VERIFY_MAX_DEPTH);
-    let pairs = (2 * depth).min(VERIFY_MAX_BUFFERS / step).clamp(1, chunks) as usize;
-    // Reads in flight per side.
-    let depth = (depth as usize).min(pairs);
-    // Slot 2p holds pair p's source chunk, slot 2p + 1 its destination chunk.
-    let buffers = (0..2 * pairs)
-        .map(|_| HostBuffer::new(step as usize))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(VerifyError::Buffer)?;
-    let entries = (2 * pairs as u32).next_power_of_two();
-    let backend = UringBackend::new([src.file, dst.file], entries)
-        .map_err(|source| VerifyError::Ring { entries, source })?;
     let mut pipeline =
-        Pipeline::new(backend, buffers).map_err(|source| VerifyError::Ring { entries, source })?;
-    let ends = [src, dst];
+        Pipeline::new(backend, buffers).map_err(|source| VerifyError::Backend { source })?;
     let starts = [plan.src_offset, plan.dst_offset];
-    let read = |pipeline: &mut Pipeline<UringBackend<'_, HostBuffer>>,
-                pair: usize,
-                side: usize,
-                p: &Pending| {
+    let read = |pipeline: &mut Pipeline<B>, pair: usize, side: usize, p: &Pending| {
         let done = p.done[side];
         pipeline.queue(
             Op::Read,
@@ -193,7 +290,7 @@ pub fn verify(
                 .pair_mut(2 * pair, 2 * pair + 1)
                 .expect("both reads of a complete chunk have completed");
             let len = p.len as usize;
-            let (a, b) = (&a.as_slice()[..len], &b.as_slice()[..len]);
+            let (a, b) = (&a.cpu_bytes()[..len], &b.cpu_bytes()[..len]);
             src_hash.update(a);
             dst_hash.update(b);
             // Slice equality is a memcmp; the byte search only runs on a mismatch.
@@ -213,7 +310,7 @@ pub fn verify(
         completions.clear();
         pipeline
             .submit_and_wait(&mut completions)
-            .map_err(|source| VerifyError::Ring { entries, source })?;
+            .map_err(|source| VerifyError::Backend { source })?;
         for completion in completions.drain(..) {
             let slot = completion.tag as usize;
             let (pair, side) = (slot / 2, slot % 2);
@@ -249,7 +346,7 @@ pub fn verify(
             };
             // Dropping the pipeline stops it and reaps what is in flight.
             return Err(VerifyError::Read {
-                path: ends[side].path.to_owned(),
+                path: names[side].to_owned(),
                 offset: starts[side] + p.index * step,
                 len: p.len,
                 source: error,
@@ -369,6 +466,57 @@ mod tests {
         assert_eq!(v.dst_digest, xxhash_rust::xxh3::xxh3_128(&other));
         let same = verify(ea, ea, &p, &mut |_| {}).unwrap();
         assert!(same.matched());
+    }
+
+    /// The comparison is backend-generic: over the in-memory backend, with reads
+    /// completing out of order and short, it still names the earliest difference and
+    /// digests both ranges in order.
+    #[test]
+    fn any_backend_order_still_names_the_earliest_difference() {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::Arc;
+
+        use crate::copy::engine::Op;
+        use crate::copy::fake::{FakeBackend, FakeBuf, Fault};
+
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let data: Vec<u8> = (0..(6u32 << 20))
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let mut other = data.clone();
+        other[(5 << 20) + 77] ^= 0x10;
+        other[(2 << 20) + 4097] ^= 0x01;
+        let mut p = plan(0, 0, 6 << 20);
+        p.queue_depth = 4;
+        let shape = VerifyShape::of(&p).unwrap();
+        for seed in 1..6 {
+            let backend = FakeBackend::new(data.clone(), other.clone(), seed, 64).fault(
+                Op::Read,
+                1 << 20,
+                Fault::Short(4096),
+            );
+            let drops = Arc::new(AtomicUsize::new(0));
+            let buffers = (0..2 * shape.pairs)
+                .map(|_| FakeBuf::new(shape.step as usize, false, &drops))
+                .collect();
+            let v = verify_through(
+                backend,
+                buffers,
+                [Path::new("a"), Path::new("b")],
+                &p,
+                &shape,
+                &mut |_| {},
+            )
+            .unwrap();
+            assert_eq!(v.first_difference, Some((2 << 20) + 4097), "seed {seed}");
+            assert_eq!(v.src_digest, xxhash_rust::xxh3::xxh3_128(&data));
+            assert_eq!(v.dst_digest, xxhash_rust::xxh3::xxh3_128(&other));
+        }
     }
 
     #[test]
