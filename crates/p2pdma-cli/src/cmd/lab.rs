@@ -67,7 +67,7 @@ pub struct KernelChoice {
     /// kernel. --source and --kernel take precedence over it.
     #[arg(long, value_name = "RELEASE", env = "P2PDMA_LAB_RELEASE")]
     release: Option<String>,
-    /// Which kernel: standard or debug (built by the lab from source), or stock (the
+    /// Which kernel: standard, debug or no-p2pdma (built by the lab from source), or stock (the
     /// distribution's own kernel, Debian sid's 7.2 image and modules, downloaded, not
     /// built). Default: standard; `lab demo` boots the stock kernel.
     #[arg(long, value_enum, env = "P2PDMA_LAB_FLAVOUR")]
@@ -97,6 +97,8 @@ impl KernelChoice {
 enum FlavourArg {
     Standard,
     Debug,
+    /// Without CONFIG_PCI_P2PDMA (VFIO and the IOMMU on), for the VFIO path.
+    NoP2pdma,
     Stock,
 }
 
@@ -436,6 +438,7 @@ fn obtain_kernel(
     let flavour = match choice.flavour.unwrap_or(FlavourArg::Standard) {
         FlavourArg::Standard => Flavour::Standard,
         FlavourArg::Debug => Flavour::Debug,
+        FlavourArg::NoP2pdma => Flavour::NoP2pdma,
         FlavourArg::Stock => {
             if choice.source.is_some() {
                 bail!("--flavour stock boots the distribution's kernel as it is; --source builds one: choose one of them");

@@ -17,6 +17,10 @@ pub enum Flavour {
     /// The debug kernel: KASAN, lockdep, DEBUG_VM, hung tasks panic. `lab run` builds it
     /// on first use (`p2pdma lab kernel --flavour debug` builds it ahead).
     Debug,
+    /// The kernel without CONFIG_PCI_P2PDMA (VFIO and the Intel IOMMU on), for the VFIO
+    /// path (`p2pdma lab kernel --flavour no-p2pdma` builds it ahead).
+    #[allow(dead_code)]
+    NoP2pdma,
 }
 
 impl Flavour {
@@ -24,6 +28,7 @@ impl Flavour {
         match self {
             Flavour::Standard => "standard",
             Flavour::Debug => "debug",
+            Flavour::NoP2pdma => "no-p2pdma",
         }
     }
 }
@@ -157,10 +162,10 @@ impl Lab {
             };
         }
         cmd.args(["lab", "run", "--quiet", "--topology", &self.topology]);
-        if self.flavour == Flavour::Debug {
+        if self.flavour != Flavour::Standard {
             // P2PDMA_LAB_KERNEL names one image and excludes --flavour.
             cmd.env_remove("P2PDMA_LAB_KERNEL")
-                .args(["--flavour", "debug"]);
+                .args(["--flavour", self.flavour.name()]);
         }
         if let Some(toml) = &self.topologies_toml {
             let path = dir.path().join("topologies.toml");

@@ -22,6 +22,9 @@ mod ram;
 mod reliability;
 mod topology;
 
+// The VFIO provider on the kernel without P2PDMA (`--flavour no-p2pdma`; 6.12 only).
+mod vfio;
+
 // `p2pdma bench` in the guest.
 mod bench;
 
