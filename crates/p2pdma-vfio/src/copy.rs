@@ -1,21 +1,32 @@
 //! Namespace-to-namespace copies through a leased BAR range (a CMB, or any memory BAR),
 //! with the revocation sequence of the seed thread when the device must go.
 //!
-//! Each chunk is read from the source namespace into a lease (a Read whose data pointer is
-//! the lease's IOVA), then written from it to the destination (a Write from the same IOVA):
-//! the data never crosses host memory. Up to `depth` chunks move at once.
+//! The copy is the kernel path's pipeline ([`p2pdma::copy::engine::run_pipeline`]: depth
+//! per direction, write after read, exact written ranges, error meaning) over
+//! `NvmeBackend`, an [`IoBackend`] whose buffers are leases of the pool: a read of the
+//! source is an NVMe Read whose data pointer is the lease's IOVA, a write to the
+//! destination an NVMe Write from it, on the controllers' I/O queue pairs, completions
+//! polled. The data never crosses host memory.
 //!
-//! Revocation (device request eventfd on unbind or hot removal, or the caller's stop
-//! flag): stop new leases and submissions; revoke CPU access; wait for every command in
-//! flight to complete, until a deadline after which the controllers are disabled so DMA
-//! stops; only then unmap from the IOMMU, return the ranges and close the devices. Every
-//! step is logged with its time since the request.
+//! Revocation (device request eventfd on unbind or hot removal, the caller's stop flag, a
+//! failed or stalled command): stop new leases and submissions; revoke CPU access; wait
+//! for every command in flight to complete, until a deadline after which the controllers
+//! are disabled so DMA stops; only then unmap from the IOMMU, return the ranges and close
+//! the devices. Every step is logged with its time since the first.
+// Only to implement the unsafe `IoBackend::push` (no unsafe block of its own): the
+// pipeline keeps each lease alive and untouched until its command's completion is reaped.
+#![allow(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use p2pdma::copy::backend::{Completion, DmaBuffer, IoBackend, IoRequest, Reap};
+use p2pdma::copy::engine::{buffers_wanted, run_pipeline, Direction, EngineError, Op};
+use p2pdma::copy::plan::CopyPlan;
+
 use crate::driver::{Controller, DriverError};
-use crate::nvme::cmd::Cqe;
 use crate::pool::{BarPool, InFlight, Lease, PoolError};
 use crate::vfio::{IommuMapping, Mmio, RequestFd};
 
@@ -66,6 +77,10 @@ pub enum CopyStop {
     /// The pool refused.
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// The copy pipeline stopped for a reason no NVMe command or device gave (its
+    /// buffers, a request it could not carry out).
+    #[error("the copy pipeline stopped")]
+    Engine(#[source] EngineError),
 }
 
 /// What a copy did.
@@ -82,12 +97,6 @@ pub struct CopyOutcome {
     pub stop: Option<CopyStop>,
     /// The revocation's steps, if one ran.
     pub revocation: Vec<Step>,
-}
-
-enum Slot {
-    Idle,
-    Reading { chunk: u64, len: u64, cmd: InFlight },
-    Writing { chunk: u64, len: u64, cmd: InFlight },
 }
 
 /// Devices, pool and mappings of one VFIO copy, torn down in the order the thread gives.
@@ -127,299 +136,122 @@ fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 }
 
 impl Session {
-    fn requested(&self) -> Option<String> {
-        self.requests
-            .iter()
-            .find(|(_, fd)| fd.requested())
-            .map(|(name, _)| format!("the kernel asked for {name} back (unbind or removal)"))
-    }
-
-    fn reap_all(&mut self, out: &mut Vec<(usize, Cqe)>) -> Result<(), DriverError> {
-        let mut buf = Vec::new();
-        for (i, c) in self.controllers.iter_mut().enumerate() {
-            buf.clear();
-            c.reap(&mut buf)?;
-            out.extend(buf.iter().map(|cqe| (i, *cqe)));
-        }
-        Ok(())
-    }
-
-    /// Copies `spec` through leases of the pool. `stop` is polled between completions:
-    /// returning true starts the revocation as a device request would.
+    /// Copies `spec` through leases of the pool, over [`run_pipeline`]. `stop` is polled
+    /// between completions: returning true starts the revocation as a device request would.
     pub fn copy(&mut self, spec: &CopySpec, stop: &mut dyn FnMut() -> bool) -> CopyOutcome {
         let started = Instant::now();
-        let mut written = Vec::new();
-        let chunks = spec.length.div_ceil(spec.chunk);
-        let mut leases: Vec<Lease> = Vec::new();
-        let mut stop_reason: Option<CopyStop> = None;
-        for _ in 0..spec.depth.max(1) {
+        let plan = CopyPlan {
+            src_offset: spec.offset,
+            dst_offset: spec.offset,
+            length: spec.length,
+            chunk_size: spec.chunk,
+            queue_depth: u32::try_from(spec.depth.max(1)).unwrap_or(u32::MAX),
+            block_size: spec.block,
+            grows_destination: false,
+        };
+        let mut watch = Watch::default();
+        let mut leases = Vec::new();
+        for _ in 0..buffers_wanted(Direction::Copy, &plan) {
             match self.pool.lease(spec.chunk) {
                 Ok(l) => leases.push(l),
                 Err(e) if leases.is_empty() => {
-                    stop_reason = Some(e.into());
+                    watch.reason = Some(e.into());
                     break;
                 }
+                // Fewer buffers than the depth asks for: the pipeline runs on what it has.
                 Err(_) => break,
             }
         }
-        let mut slots: Vec<Slot> = leases.iter().map(|_| Slot::Idle).collect();
-        let mut owner: HashMap<(usize, u16), usize> = HashMap::new();
-        let mut next = 0u64;
-        let mut last_progress = Instant::now();
-        let mut cqes = Vec::new();
-        let mut revoke_why = None;
-        while stop_reason.is_none() {
-            // Submit reads into idle slots.
-            for (i, slot) in slots.iter_mut().enumerate() {
-                if next >= chunks || !matches!(slot, Slot::Idle) {
-                    continue;
+        let mut written = Vec::new();
+        if !leases.is_empty() {
+            let names = [
+                format!("{}/{}", self.controllers[spec.src].bdf(), spec.src_nsid),
+                format!("{}/{}", self.controllers[spec.dst].bdf(), spec.dst_nsid),
+            ];
+            let backend = NvmeBackend {
+                controllers: &mut self.controllers,
+                pool: &self.pool,
+                requests: &self.requests,
+                stop,
+                ends: [(spec.src, spec.src_nsid), (spec.dst, spec.dst_nsid)],
+                block: spec.block,
+                command_deadline: self.command_deadline,
+                drain_deadline: self.drain_deadline,
+                pending: VecDeque::new(),
+                in_flight: HashMap::new(),
+                last_progress: Instant::now(),
+                watch: &mut watch,
+            };
+            let result = run_pipeline(
+                Direction::Copy,
+                backend,
+                [Path::new(&names[0]), Path::new(&names[1])],
+                &plan,
+                leases,
+                &mut |_| {},
+            );
+            match result {
+                Ok(_) => written.push((spec.offset, spec.offset + spec.length)),
+                Err(
+                    EngineError::Stopped { written: w, .. }
+                    | EngineError::RingFailed { written: w, .. },
+                ) if watch.reason.is_some() => {
+                    written.extend(w.ranges.ranges().iter().map(|r| (r.start, r.end)));
                 }
-                let off = spec.offset + next * spec.chunk;
-                let len = spec.chunk.min(spec.offset + spec.length - off);
-                let cmd = match leases[i].submit() {
-                    Ok(c) => c,
-                    Err(e) => {
-                        stop_reason = Some(e.into());
-                        break;
+                Err(e) => {
+                    if let EngineError::Stopped { written: w, .. }
+                    | EngineError::RingFailed { written: w, .. } = &e
+                    {
+                        written.extend(w.ranges.ranges().iter().map(|r| (r.start, r.end)));
                     }
-                };
-                match self.controllers[spec.src].submit_rw(
-                    false,
-                    spec.src_nsid,
-                    off / spec.block,
-                    (len / spec.block) as u32,
-                    leases[i].iova(),
-                    len,
-                ) {
-                    Ok(cid) => {
-                        owner.insert((spec.src, cid), i);
-                        *slot = Slot::Reading {
-                            chunk: next,
-                            len,
-                            cmd,
-                        };
-                        next += 1;
-                    }
-                    Err(e) => {
-                        cmd.complete(); // never reached the device
-                        stop_reason = Some(e.into());
-                        break;
-                    }
+                    watch.reason.get_or_insert(CopyStop::Engine(e));
                 }
-            }
-            if stop_reason.is_some() {
-                break;
-            }
-            if next >= chunks && slots.iter().all(|s| matches!(s, Slot::Idle)) {
-                break;
-            }
-            cqes.clear();
-            if let Err(e) = self.reap_all(&mut cqes) {
-                stop_reason = Some(e.into());
-                break;
-            }
-            // Map every completion to its slot before submitting anything: a new command
-            // may reuse the command id of a completion reaped in this same batch.
-            let done: Vec<(usize, usize, Cqe)> = cqes
-                .iter()
-                .filter_map(|&(ctrl, cqe)| owner.remove(&(ctrl, cqe.cid())).map(|i| (i, ctrl, cqe)))
-                .collect();
-            for (i, ctrl, cqe) in done {
-                match std::mem::replace(&mut slots[i], Slot::Idle) {
-                    Slot::Reading { chunk, len, cmd } => {
-                        cmd.complete();
-                        if !cqe.status().is_success() {
-                            stop_reason = Some(
-                                DriverError::Command {
-                                    bdf: self.controllers[ctrl].bdf(),
-                                    what: format!(
-                                        "Read of {len} bytes at {} into the pool",
-                                        spec.offset + chunk * spec.chunk
-                                    ),
-                                    status: cqe.status(),
-                                }
-                                .into(),
-                            );
-                            continue;
-                        }
-                        if stop_reason.is_some() || revoke_why.is_some() {
-                            continue;
-                        }
-                        let off = spec.offset + chunk * spec.chunk;
-                        let cmd = match leases[i].submit() {
-                            Ok(c) => c,
-                            Err(e) => {
-                                stop_reason = Some(e.into());
-                                continue;
-                            }
-                        };
-                        match self.controllers[spec.dst].submit_rw(
-                            true,
-                            spec.dst_nsid,
-                            off / spec.block,
-                            (len / spec.block) as u32,
-                            leases[i].iova(),
-                            len,
-                        ) {
-                            Ok(cid) => {
-                                owner.insert((spec.dst, cid), i);
-                                slots[i] = Slot::Writing { chunk, len, cmd };
-                            }
-                            Err(e) => {
-                                cmd.complete();
-                                stop_reason = Some(e.into());
-                            }
-                        }
-                    }
-                    Slot::Writing { chunk, len, cmd } => {
-                        cmd.complete();
-                        let off = spec.offset + chunk * spec.chunk;
-                        if cqe.status().is_success() {
-                            written.push((off, off + len));
-                        } else {
-                            stop_reason = Some(
-                                DriverError::Command {
-                                    bdf: self.controllers[ctrl].bdf(),
-                                    what: format!("Write of {len} bytes at {off} from the pool"),
-                                    status: cqe.status(),
-                                }
-                                .into(),
-                            );
-                        }
-                    }
-                    Slot::Idle => {}
-                }
-            }
-            if revoke_why.is_none() {
-                revoke_why = self
-                    .requested()
-                    .or_else(|| stop().then(|| "stopped by the caller".to_owned()));
-                if let Some(why) = &revoke_why {
-                    stop_reason = Some(CopyStop::Revoked { why: why.clone() });
-                }
-            }
-            // A stall, not a slow queue: commands queued behind others wait their turn, so
-            // the deadline runs from the last completion of any command.
-            if !cqes.is_empty() {
-                last_progress = Instant::now();
-            } else if slots.iter().any(|s| !matches!(s, Slot::Idle))
-                && last_progress.elapsed() > self.command_deadline
-            {
-                let ctrl = if slots.iter().any(|s| matches!(s, Slot::Writing { .. })) {
-                    spec.dst
-                } else {
-                    spec.src
-                };
-                stop_reason.get_or_insert(CopyStop::Driver(DriverError::CommandTimeout {
-                    bdf: self.controllers[ctrl].bdf(),
-                    what: "the copy's commands (none completed)".into(),
-                    ms: self.command_deadline.as_millis() as u64,
-                }));
-            }
-            if cqes.is_empty() {
-                std::hint::spin_loop();
             }
         }
         let elapsed = started.elapsed();
-        let mut revocation = Vec::new();
-        let mut uncertain = Vec::new();
-        if stop_reason.is_some() {
-            // Drain: nothing new; wait for the commands in flight, then (deadline) disable.
-            let t0 = Instant::now();
-            let mut log = |what: String| {
-                revocation.push(Step {
-                    at_ms: t0.elapsed().as_secs_f64() * 1000.0,
-                    what,
-                })
-            };
-            let _ = self.pool.stop();
-            log("stopped new leases and submissions".into());
-            match self.pool.revoke_cpu() {
-                Ok(()) => log("revoked CPU access to the pool (mapping replaced)".into()),
-                Err(e) => log(format!("revoking CPU access failed: {e}")),
-            }
-            let deadline = Instant::now() + self.drain_deadline;
-            while slots.iter().any(|s| !matches!(s, Slot::Idle)) && Instant::now() < deadline {
-                cqes.clear();
-                if self.reap_all(&mut cqes).is_err() {
-                    break;
-                }
-                for &(ctrl, cqe) in &cqes {
-                    let Some(i) = owner.remove(&(ctrl, cqe.cid())) else {
-                        continue;
-                    };
-                    match std::mem::replace(&mut slots[i], Slot::Idle) {
-                        Slot::Reading { cmd, .. } => cmd.complete(),
-                        Slot::Writing { chunk, len, cmd } => {
-                            cmd.complete();
-                            let off = spec.offset + chunk * spec.chunk;
-                            if cqe.status().is_success() {
-                                written.push((off, off + len));
-                            }
-                        }
-                        Slot::Idle => {}
-                    }
-                }
-            }
-            let left = slots.iter().filter(|s| !matches!(s, Slot::Idle)).count();
-            if left == 0 {
-                log("every command in flight completed".into());
-            } else {
-                log(format!(
-                    "{left} command(s) still in flight after {} ms: disabling the controllers",
-                    self.drain_deadline.as_millis()
-                ));
-                for c in &self.controllers {
-                    match c.disable() {
-                        Ok(()) => log(format!(
-                            "controller {} disabled (CC.EN = 0, CSTS.RDY = 0)",
-                            c.bdf()
-                        )),
-                        Err(e) => log(format!("controller {}: {e}", c.bdf())),
-                    }
-                }
-                for (i, slot) in slots.iter_mut().enumerate() {
-                    if let Slot::Writing { chunk, len, .. } = slot {
-                        let off = spec.offset + *chunk * spec.chunk;
-                        uncertain.push((off, off + *len));
-                    }
-                    // Dropping the InFlight abandons it: the range stays until quiesced.
-                    let _ = i;
-                    *slot = Slot::Idle;
-                }
-            }
-            match self.pool.quiesced() {
-                Ok(()) => log("no DMA in flight: pool quiesced".into()),
-                Err(e) => log(format!("quiesce: {e}")),
-            }
-            drop(leases);
-            match self.pool.close() {
-                Ok(()) => log("ranges returned, pool closed".into()),
-                Err(e) => log(format!("close: {e}")),
-            }
-            if let Some(mut m) = self.pool_mapping.take() {
-                match m.unmap() {
-                    Ok(()) => log(format!("pool unmapped from the IOMMU at {:#x}", m.iova())),
-                    Err(e) => log(format!("IOMMU unmap: {e}")),
-                }
-            }
-            let names: Vec<String> = self
-                .controllers
-                .iter()
-                .map(|c| c.bdf().to_string())
-                .collect();
-            self.requests.clear();
-            self.controllers.clear();
-            self.provider = None;
-            log(format!("devices closed ({})", names.join(", ")));
+        if watch.reason.is_some() {
+            self.tear_down(&mut watch);
         }
         CopyOutcome {
             written: merge(written),
-            uncertain: merge(uncertain),
+            uncertain: merge(watch.uncertain),
             elapsed,
-            stop: stop_reason,
-            revocation,
+            stop: watch.reason,
+            revocation: watch.steps,
         }
+    }
+
+    /// The rest of the revocation once the pipeline is gone (every command completed, or
+    /// the controllers disabled): quiesce, return the ranges, unmap from the IOMMU, close.
+    fn tear_down(&mut self, watch: &mut Watch) {
+        // Usually begun by the backend; not when the pipeline could not start.
+        watch.begin(&self.pool);
+        if !watch.disabled && !watch.drained {
+            watch.log("every command in flight completed".into());
+        }
+        match self.pool.quiesced() {
+            Ok(()) => watch.log("no DMA in flight: pool quiesced".into()),
+            Err(e) => watch.log(format!("quiesce: {e}")),
+        }
+        match self.pool.close() {
+            Ok(()) => watch.log("ranges returned, pool closed".into()),
+            Err(e) => watch.log(format!("close: {e}")),
+        }
+        if let Some(mut m) = self.pool_mapping.take() {
+            match m.unmap() {
+                Ok(()) => watch.log(format!("pool unmapped from the IOMMU at {:#x}", m.iova())),
+                Err(e) => watch.log(format!("IOMMU unmap: {e}")),
+            }
+        }
+        let names: Vec<String> = self
+            .controllers
+            .iter()
+            .map(|c| c.bdf().to_string())
+            .collect();
+        self.requests.clear();
+        self.controllers.clear();
+        self.provider = None;
+        watch.log(format!("devices closed ({})", names.join(", ")));
     }
 
     /// xxh3-128 of `length` bytes at `offset` of namespace `nsid` on controller `ctrl`,
@@ -476,6 +308,367 @@ impl Session {
             off += len;
         }
         Ok(hasher.digest128())
+    }
+}
+
+/// Why the copy stopped and what the revocation did, filled in by the backend while the
+/// pipeline runs and by [`Session`] after it.
+#[derive(Default)]
+struct Watch {
+    /// The first reason (a device request replaces a driver error: it says more).
+    reason: Option<CopyStop>,
+    /// When the revocation began.
+    began: Option<Instant>,
+    steps: Vec<Step>,
+    /// Destination ranges of Writes cut off by disabling the controllers.
+    uncertain: Vec<(u64, u64)>,
+    /// The controllers were disabled with commands in flight.
+    disabled: bool,
+    /// Every command in flight completed after the revocation began (logged).
+    drained: bool,
+}
+
+impl Watch {
+    fn log(&mut self, what: String) {
+        let t0 = *self.began.get_or_insert_with(Instant::now);
+        self.steps.push(Step {
+            at_ms: t0.elapsed().as_secs_f64() * 1000.0,
+            what,
+        });
+    }
+
+    /// Revocation steps 1 and 2, once: no new leases or submissions, no CPU access.
+    fn begin(&mut self, pool: &BarPool) {
+        if self.began.is_some() {
+            return;
+        }
+        self.began = Some(Instant::now());
+        match pool.stop() {
+            Ok(()) => self.log("stopped new leases and submissions".into()),
+            Err(e) => self.log(format!("stopping new leases and submissions failed: {e}")),
+        }
+        match pool.revoke_cpu() {
+            Ok(()) => self.log("revoked CPU access to the pool (mapping replaced)".into()),
+            Err(e) => self.log(format!("revoking CPU access failed: {e}")),
+        }
+    }
+}
+
+/// A lease as a pipeline buffer: device memory, live until its CPU mapping is revoked.
+impl DmaBuffer for Lease {
+    fn dma_len(&self) -> usize {
+        usize::try_from(self.len()).unwrap_or(usize::MAX)
+    }
+
+    fn is_device_memory(&self) -> bool {
+        true
+    }
+
+    fn is_live(&self) -> bool {
+        Lease::is_live(self)
+    }
+}
+
+/// A request pushed but not yet on an I/O queue.
+struct Pending {
+    request: IoRequest,
+    /// IOVA of the request's first buffer byte.
+    iova: u64,
+    /// The lease's in-flight mark, taken at push; `None` when the pool refused it
+    /// (revocation began), and then the request never reaches the device.
+    cmd: Option<InFlight>,
+}
+
+/// A command on an I/O queue, and the mark that keeps its range out of the pool.
+struct Submitted {
+    request: IoRequest,
+    cmd: InFlight,
+}
+
+/// The pipeline's requests as NVMe commands on the controllers' I/O queues: buffers are
+/// leases named by IOVA, reads and writes are NVMe Read and Write commands whose PRPs name
+/// the lease, completions are polled. A command names its lease's range from just before
+/// the doorbell until its completion is reaped ([`InFlight`]), so the lease table never
+/// returns that range to the pool meanwhile. Device requests, a failed status, a stall or a
+/// vanished controller begin the revocation; commands still in flight at the drain
+/// deadline are cut off by disabling the controllers and complete with `ETIMEDOUT`
+/// (their Writes are reported as uncertain).
+struct NvmeBackend<'a> {
+    controllers: &'a mut [Controller],
+    pool: &'a BarPool,
+    requests: &'a [(String, RequestFd)],
+    stop: &'a mut dyn FnMut() -> bool,
+    /// (controller index, namespace) of the source and of the destination.
+    ends: [(usize, u32); 2],
+    block: u64,
+    command_deadline: Duration,
+    drain_deadline: Duration,
+    pending: VecDeque<Pending>,
+    in_flight: HashMap<(usize, u16), Submitted>,
+    last_progress: Instant,
+    watch: &'a mut Watch,
+}
+
+/// The error of a request the device never saw because the pool was being revoked.
+fn refused(tag: u64) -> Completion {
+    Completion {
+        tag,
+        result: Err(io::Error::from_raw_os_error(libc::ENODEV)),
+    }
+}
+
+impl NvmeBackend<'_> {
+    fn begin_stop(&mut self, reason: CopyStop) {
+        if self.watch.reason.is_none() {
+            self.watch.reason = Some(reason);
+        }
+        self.watch.begin(self.pool);
+    }
+
+    /// Device requests (unbind, removal) and the caller's stop flag.
+    fn check_requests(&mut self) {
+        if matches!(self.watch.reason, Some(CopyStop::Revoked { .. })) {
+            return;
+        }
+        let why = self
+            .requests
+            .iter()
+            .find(|(_, fd)| fd.requested())
+            .map(|(name, _)| format!("the kernel asked for {name} back (unbind or removal)"))
+            .or_else(|| (self.stop)().then(|| "stopped by the caller".to_owned()));
+        if let Some(why) = why {
+            self.watch.reason = Some(CopyStop::Revoked { why });
+            self.watch.begin(self.pool);
+        }
+    }
+
+    /// Puts pending requests on the I/O queues (or, once revocation began, fails them
+    /// without the device seeing them).
+    fn submit_pending(&mut self, out: &mut Vec<Completion>) {
+        while let Some(Pending { request, iova, cmd }) = self.pending.pop_front() {
+            let cmd = match cmd {
+                Some(cmd) if self.watch.began.is_none() => cmd,
+                Some(cmd) => {
+                    cmd.complete(); // never reached the device
+                    out.push(refused(request.tag));
+                    continue;
+                }
+                None => {
+                    out.push(refused(request.tag));
+                    continue;
+                }
+            };
+            let (ctrl, nsid) = self.ends[request.target as usize];
+            let len = u64::from(request.len);
+            match self.controllers[ctrl].submit_rw(
+                request.op == Op::Write,
+                nsid,
+                request.offset / self.block,
+                // A request is at most one chunk, itself at most the controllers' MDTS.
+                u32::try_from(len / self.block).unwrap_or(u32::MAX),
+                iova,
+                len,
+            ) {
+                Ok(cid) => {
+                    self.in_flight
+                        .insert((ctrl, cid), Submitted { request, cmd });
+                }
+                Err(DriverError::QueueFull { .. }) => {
+                    // Room comes back with the next completion.
+                    self.pending.push_front(Pending {
+                        request,
+                        iova,
+                        cmd: Some(cmd),
+                    });
+                    break;
+                }
+                Err(e) => {
+                    cmd.complete(); // never reached the device
+                    out.push(Completion {
+                        tag: request.tag,
+                        result: Err(io::Error::from_raw_os_error(libc::EIO)),
+                    });
+                    self.begin_stop(e.into());
+                }
+            }
+        }
+    }
+
+    /// Reaps what every controller completed.
+    fn poll(&mut self, out: &mut Vec<Completion>) {
+        let mut failures: Vec<CopyStop> = Vec::new();
+        let mut cqes = Vec::new();
+        for ctrl in 0..self.controllers.len() {
+            cqes.clear();
+            if let Err(e) = self.controllers[ctrl].reap(&mut cqes) {
+                failures.push(e.into());
+            }
+            for cqe in &cqes {
+                let Some(Submitted { request, cmd }) = self.in_flight.remove(&(ctrl, cqe.cid()))
+                else {
+                    continue;
+                };
+                cmd.complete();
+                let result = if cqe.status().is_success() {
+                    Ok(request.len as usize)
+                } else {
+                    let what = match request.op {
+                        Op::Read => format!(
+                            "Read of {} bytes at {} into the pool",
+                            request.len, request.offset
+                        ),
+                        Op::Write => format!(
+                            "Write of {} bytes at {} from the pool",
+                            request.len, request.offset
+                        ),
+                    };
+                    failures.push(
+                        DriverError::Command {
+                            bdf: self.controllers[ctrl].bdf(),
+                            what,
+                            status: cqe.status(),
+                        }
+                        .into(),
+                    );
+                    Err(io::Error::from_raw_os_error(libc::EIO))
+                };
+                out.push(Completion {
+                    tag: request.tag,
+                    result,
+                });
+            }
+        }
+        for f in failures {
+            self.begin_stop(f);
+        }
+    }
+
+    /// The drain deadline passed: disable the controllers so DMA stops, then complete
+    /// what was in flight as cut off.
+    fn cut_off(&mut self, out: &mut Vec<Completion>) {
+        self.watch.log(format!(
+            "{} command(s) still in flight after {} ms: disabling the controllers",
+            self.in_flight.len(),
+            self.drain_deadline.as_millis()
+        ));
+        for c in self.controllers.iter() {
+            match c.disable() {
+                Ok(()) => self.watch.log(format!(
+                    "controller {} disabled (CC.EN = 0, CSTS.RDY = 0)",
+                    c.bdf()
+                )),
+                Err(e) => self.watch.log(format!("controller {}: {e}", c.bdf())),
+            }
+        }
+        self.watch.disabled = true;
+        for (_, Submitted { request, cmd }) in self.in_flight.drain() {
+            if request.op == Op::Write {
+                let end = request.offset + u64::from(request.len);
+                self.watch.uncertain.push((request.offset, end));
+            }
+            // Abandoned, not completed: its range stays out of the pool until quiesced.
+            drop(cmd);
+            out.push(Completion {
+                tag: request.tag,
+                result: Err(io::Error::from_raw_os_error(libc::ETIMEDOUT)),
+            });
+        }
+    }
+}
+
+impl IoBackend for NvmeBackend<'_> {
+    type Buffer = Lease;
+
+    /// # Safety
+    /// As [`IoBackend::push`]: the lease outlives the command. The lease table's mark
+    /// ([`InFlight`]) also keeps its range out of the pool until the completion is reaped.
+    unsafe fn push(&mut self, request: &IoRequest, buffer: &Lease) -> bool {
+        // Two directions of `depth` at most; the I/O queues push back with QueueFull.
+        self.pending.push_back(Pending {
+            request: *request,
+            iova: buffer.iova() + request.buf_offset as u64,
+            cmd: buffer.submit().ok(),
+        });
+        true
+    }
+
+    fn reap(&mut self, wait: Reap, out: &mut Vec<Completion>) -> io::Result<()> {
+        let before = out.len();
+        loop {
+            self.check_requests();
+            self.submit_pending(out);
+            self.poll(out);
+            let now = Instant::now();
+            if out.len() > before {
+                self.last_progress = now;
+            }
+            if !self.in_flight.is_empty() {
+                match self.watch.began {
+                    Some(began) if now >= began + self.drain_deadline => self.cut_off(out),
+                    Some(_) => {}
+                    // A stall, not a slow queue: commands queued behind others wait their
+                    // turn, so the deadline runs from the last completion of any command.
+                    None if now - self.last_progress > self.command_deadline => {
+                        let ctrl = if self.in_flight.values().any(|s| s.request.op == Op::Write) {
+                            self.ends[1].0
+                        } else {
+                            self.ends[0].0
+                        };
+                        let bdf = self.controllers[ctrl].bdf();
+                        let ms = self.command_deadline.as_millis() as u64;
+                        self.begin_stop(CopyStop::Driver(DriverError::CommandTimeout {
+                            bdf,
+                            what: "the copy's commands (none completed)".into(),
+                            ms,
+                        }));
+                    }
+                    None => {}
+                }
+            }
+            if self.watch.began.is_some()
+                && self.in_flight.is_empty()
+                && !self.watch.disabled
+                && !self.watch.drained
+            {
+                self.watch.drained = true;
+                self.watch.log("every command in flight completed".into());
+            }
+            let done = out.len() > before
+                || self.in_flight.is_empty()
+                || match wait {
+                    Reap::NoWait => true,
+                    Reap::Wait => false,
+                    Reap::Until(t) => now >= t,
+                };
+            if done {
+                return Ok(());
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    fn discard_unsubmitted(&mut self) -> Vec<u64> {
+        self.pending
+            .drain(..)
+            .map(|p| {
+                if let Some(cmd) = p.cmd {
+                    cmd.complete(); // never reached the device
+                }
+                p.request.tag
+            })
+            .collect()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+}
+
+impl Drop for NvmeBackend<'_> {
+    fn drop(&mut self) {
+        // Requests the device never saw release their marks; commands still on a queue
+        // (only if the pipeline could not drain) stay abandoned until quiesced.
+        self.discard_unsubmitted();
     }
 }
 

@@ -256,6 +256,11 @@ impl Lease {
         false
     }
 
+    /// The CPU may still reach the range: revocation has not yet replaced the mapping.
+    pub fn is_live(&self) -> bool {
+        self.pool.table().phase() < Phase::CpuRevoked
+    }
+
     fn cpu<T>(&self, offset: u64, len: u64, f: impl FnOnce(usize) -> T) -> Result<T, PoolError> {
         if offset.checked_add(len).is_none_or(|end| end > self.len) {
             return Err(PoolError::OutOfRange {
