@@ -531,10 +531,6 @@ fn topologies(args: TopologiesArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn default_run_dir(label: &str) -> PathBuf {
-    paths::run_dir(label)
-}
-
 fn parse_file_arg(arg: &str) -> anyhow::Result<(PathBuf, String)> {
     let (host, guest) = match arg.split_once(':') {
         Some((h, g)) => (PathBuf::from(h), g.to_owned()),
@@ -557,18 +553,6 @@ fn parse_file_arg(arg: &str) -> anyhow::Result<(PathBuf, String)> {
         );
     }
     Ok((host, guest))
-}
-
-fn guest_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()
-        .context("cannot find the running p2pdma binary to put into the guest")?;
-    if !vm::is_static_elf(&exe) {
-        bail!(
-            "{} is dynamically linked; the lab guest needs the static build (cargo build in this workspace links statically via .cargo/config.toml)",
-            exe.display()
-        );
-    }
-    Ok(exe)
 }
 
 fn choose_accel(arg: AccelArg, kernel: &Path) -> Accel {
@@ -594,17 +578,18 @@ fn lab_run_inner(args: RunArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|f| parse_file_arg(f))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let guest_binary = guest_binary()?;
+    let guest_binary = vm::guest_binary()?;
     let kernel = ensure_kernel(&args.kernel, None, args.quiet)?;
     let programs = if args.with_fio {
-        vec![which("fio").context("--with-fio: fio is not installed; run `p2pdma lab setup`")?]
+        vec![paths::which("fio")
+            .context("--with-fio: fio is not installed; run `p2pdma lab setup`")?]
     } else {
         Vec::new()
     };
     let out_dir = args
         .out
         .clone()
-        .unwrap_or_else(|| default_run_dir(&topology.name));
+        .unwrap_or_else(|| paths::run_dir(&topology.name));
     let accel = choose_accel(args.accel, &kernel);
     let request = RunRequest {
         files,
@@ -655,10 +640,6 @@ fn lab_run_inner(args: RunArgs) -> anyhow::Result<ExitCode> {
     ))
 }
 
-fn which(program: &str) -> Option<PathBuf> {
-    paths::which(program)
-}
-
 /// The demo's guest script; each step runs the real tool and stops the demo if it fails.
 const DEMO_SCRIPT: &str = include_str!("../../../../lab/demo.sh");
 
@@ -666,17 +647,17 @@ fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     eprintln!("p2pdma lab demo: a real Linux kernel with CONFIG_PCI_P2PDMA boots in QEMU with two emulated NVMe");
     eprintln!("controllers with Controller Memory Buffers and a RAM-backed p2pmem provider, behind one PCIe");
     eprintln!("switch (topology `fast`); fio runs beside p2pdma for the speed figures.");
-    let fio = which("fio")
+    let fio = paths::which("fio")
         .context("the demo compares with fio, which is not installed: run `p2pdma lab setup`")?;
     let kernel = ensure_kernel(&args.kernel.stock_by_default(), None, false)?;
     let catalog = Catalog::load(paths::user_topologies().as_deref(), &[])?;
     let topology = catalog.get("fast")?;
-    let out_dir = args.out.unwrap_or_else(|| default_run_dir("demo"));
+    let out_dir = args.out.unwrap_or_else(|| paths::run_dir("demo"));
     let accel = choose_accel(AccelArg::Auto, &kernel);
     let mut request = RunRequest::new(
         topology,
         kernel,
-        guest_binary()?,
+        vm::guest_binary()?,
         DEMO_SCRIPT.to_owned(),
         out_dir,
         accel,
@@ -713,7 +694,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let kernel = ensure_kernel(&args.kernel, None, false)?;
     let accel = choose_accel(AccelArg::Auto, &kernel);
-    let guest_binary = guest_binary()?;
+    let guest_binary = vm::guest_binary()?;
     let mut figures = Vec::new();
     if !args.json {
         writeln!(output::stdout(), "boot-to-command time: QEMU start until the guest has every NVMe namespace and runs the command")?;
@@ -767,7 +748,7 @@ fn check(args: CheckArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|n| catalog.get(n))
         .collect::<Result<Vec<_>, _>>()?;
-    let guest_binary = guest_binary()?;
+    let guest_binary = vm::guest_binary()?;
     let kernel = obtain_kernel(&args.kernel, args.jobs, globals.quiet)
         .map_err(|e| Failure::new(Kind::Lab, e.context("lab check: the kernel")))?;
     let accel = choose_accel(AccelArg::Auto, &kernel.image);
@@ -778,7 +759,7 @@ fn check(args: CheckArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         scenarios: !args.no_scenarios,
         rules_release: globals.kernel_release.clone(),
         accel,
-        out_dir: args.out.clone().unwrap_or_else(|| default_run_dir("check")),
+        out_dir: args.out.clone().unwrap_or_else(|| paths::run_dir("check")),
     };
     let quiet = globals.quiet;
     let mut progress = |line: &str| {
