@@ -6,6 +6,7 @@
 //! - [`kernel`]: building the lab kernel once and caching it outside the repository.
 //! - [`kernel_source`]: the kernel releases the lab ships and fetching their source.
 //! - [`stock`]: the distribution's own kernel (Debian's), fetched instead of built.
+//! - [`obtain`]: the kernel a command boots: given, stock, cached or built.
 //! - [`initramfs`]: the guest's root file system (busybox + the static p2pdma binary).
 //! - [`vm`]: booting a topology, running a command, deadlines and fault injection.
 //! - [`qmp`]: the QEMU monitor client used for surprise removal.
@@ -22,6 +23,7 @@ pub mod host;
 pub mod initramfs;
 pub mod kernel;
 pub mod kernel_source;
+pub mod obtain;
 pub mod paths;
 pub mod qmp;
 pub mod spec;

@@ -372,6 +372,29 @@ fn panic_line(path: &Path) -> Option<String> {
         .map(|l| l.trim().to_owned())
 }
 
+/// Why the running binary cannot go into the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestBinaryError {
+    /// The running executable could not be found.
+    #[error("cannot find the running p2pdma binary to put into the guest")]
+    NotFound(#[source] std::io::Error),
+    /// It is dynamically linked; busybox's guest has no dynamic loader for it.
+    #[error("{} is dynamically linked; the lab guest needs the static build (cargo build in this workspace links statically via .cargo/config.toml)", path.display())]
+    Dynamic {
+        /// The running executable.
+        path: PathBuf,
+    },
+}
+
+/// The running executable, which the guest runs as `p2pdma`: it must be statically linked.
+pub fn guest_binary() -> Result<PathBuf, GuestBinaryError> {
+    let exe = std::env::current_exe().map_err(GuestBinaryError::NotFound)?;
+    if !is_static_elf(&exe) {
+        return Err(GuestBinaryError::Dynamic { path: exe });
+    }
+    Ok(exe)
+}
+
 /// Is `path` a statically linked ELF (no program interpreter)?
 pub fn is_static_elf(path: &Path) -> bool {
     let Ok(data) = fs::read(path) else {

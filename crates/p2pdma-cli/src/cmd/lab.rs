@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use p2pdma_lab::check::{self, CheckRequest, KernelInfo};
-use p2pdma_lab::kernel::{self, BuildEvent, Flavour, KernelSource};
-use p2pdma_lab::kernel_source::LabRelease;
+use p2pdma_lab::kernel::{BuildEvent, Flavour};
+use p2pdma_lab::obtain::{self, KernelProgress, KernelRequest};
 use p2pdma_lab::spec::Catalog;
 use p2pdma_lab::vm::{self, Accel, Fault, RunRequest};
 use p2pdma_lab::{guest, host, paths};
@@ -78,6 +78,32 @@ pub struct KernelChoice {
 }
 
 impl KernelChoice {
+    /// The library's request for this choice.
+    fn request(&self, jobs: Option<usize>) -> anyhow::Result<KernelRequest> {
+        if let Some(image) = &self.kernel {
+            return Ok(KernelRequest::Image(image.clone()));
+        }
+        let flavour = match self.flavour.unwrap_or(FlavourArg::Standard) {
+            FlavourArg::Standard => Flavour::Standard,
+            FlavourArg::Debug => Flavour::Debug,
+            FlavourArg::NoP2pdma => Flavour::NoP2pdma,
+            FlavourArg::Stock => {
+                if self.source.is_some() {
+                    bail!("--flavour stock boots the distribution's kernel as it is; --source builds one: choose one of them");
+                }
+                return Ok(KernelRequest::Stock {
+                    release: self.release.clone(),
+                });
+            }
+        };
+        Ok(KernelRequest::Build {
+            flavour,
+            release: self.release.clone(),
+            source: self.source.clone(),
+            jobs,
+        })
+    }
+
     /// This choice with the stock kernel as its default flavour, when the user named
     /// neither a flavour nor a source and the release (if named) has a stock kernel.
     fn stock_by_default(&self) -> KernelChoice {
@@ -418,118 +444,31 @@ fn obtain_kernel(
     jobs: Option<usize>,
     quiet: bool,
 ) -> anyhow::Result<KernelInfo> {
-    if let Some(image) = &choice.kernel {
-        if !image.is_file() {
-            bail!(
-                "kernel image {} not found: pass a bzImage, or omit --kernel to use the lab kernel",
-                image.display()
-            );
-        }
-        return Ok(KernelInfo {
-            image: image.clone(),
-            origin: "given with --kernel".to_owned(),
-            cache_hit: None,
-            build_seconds: 0.0,
-            cold_build_seconds: None,
-            release: None,
-        });
-    }
-    let started = std::time::Instant::now();
-    let flavour = match choice.flavour.unwrap_or(FlavourArg::Standard) {
-        FlavourArg::Standard => Flavour::Standard,
-        FlavourArg::Debug => Flavour::Debug,
-        FlavourArg::NoP2pdma => Flavour::NoP2pdma,
-        FlavourArg::Stock => {
-            if choice.source.is_some() {
-                bail!("--flavour stock boots the distribution's kernel as it is; --source builds one: choose one of them");
-            }
-            let release =
-                p2pdma_lab::stock::StockRelease::named(choice.release.as_deref().unwrap_or("7.2"))?;
-            let progress = BuildProgress::new(quiet);
-            let mut on_event = |e: BuildEvent| progress.event(e);
-            let stock = p2pdma_lab::stock::ensure(&release, &mut on_event)?;
-            if stock.fetched_now {
-                progress.finish(&format!(
-                    "stock kernel {} fetched and prepared in {:.0} s: {}",
-                    stock.kernel_release,
-                    stock.seconds,
-                    stock.image.display()
-                ));
-            } else {
-                progress.finish("");
-            }
-            return Ok(KernelInfo {
-                origin: format!("Debian's stock kernel {}, not built", stock.kernel_release),
-                cache_hit: Some(!stock.fetched_now),
-                build_seconds: started.elapsed().as_secs_f64(),
-                cold_build_seconds: stock.fetched_now.then_some(stock.seconds),
-                release: None,
-                image: stock.image,
-            });
-        }
-    };
-    let source = match &choice.source {
-        Some(path) => KernelSource::from_path(path)?,
-        None => {
-            let release = LabRelease::named(choice.release.as_deref().unwrap_or("6.12"))?;
-            let mut note = |line: &str| {
-                if !quiet {
-                    eprintln!("lab kernel: {line}");
-                }
-            };
-            KernelSource::Tarball(release.ensure_tarball(&mut note)?)
-        }
-    };
-    if let KernelSource::Tarball(t) = &source {
-        if !t.exists() {
-            return Err(kernel::KernelError::SourceMissing { path: t.clone() }.into());
-        }
-    }
-    if let Some(cached) = kernel::cached(&source, flavour)? {
-        return Ok(KernelInfo {
-            image: cached.bzimage,
-            origin: format!(
-                "{flavour} lab kernel {}, built from {}",
-                cached.key, cached.source
-            ),
-            cache_hit: Some(true),
-            build_seconds: started.elapsed().as_secs_f64(),
-            cold_build_seconds: (cached.build_seconds > 0.0).then_some(cached.build_seconds),
-            release: None,
-        });
-    }
-    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let progress = BuildProgress::new(quiet);
-    let mut on_event = |e: BuildEvent| progress.event(e);
-    let built = kernel::ensure(&source, flavour, jobs, &mut on_event)?;
-    progress.finish(&format!(
-        "lab kernel built in {:.0} s: {}",
-        built.build_seconds,
-        built.bzimage.display()
-    ));
-    Ok(KernelInfo {
-        image: built.bzimage,
-        origin: format!(
-            "{flavour} lab kernel {}, built from {}",
-            built.key, built.source
-        ),
-        cache_hit: Some(false),
-        build_seconds: started.elapsed().as_secs_f64(),
-        cold_build_seconds: Some(built.build_seconds),
-        release: None,
-    })
+    let request = choice.request(jobs)?;
+    Ok(obtain::obtain(&request, &mut BuildProgress::new(quiet))?)
 }
 
 /// Kernel build progress: a spinner on a terminal, stage lines otherwise (CI logs).
 struct BuildProgress {
     bar: Option<ProgressBar>,
     quiet: bool,
-    objects: std::cell::Cell<u64>,
+    objects: u64,
 }
 
 impl BuildProgress {
     fn new(quiet: bool) -> BuildProgress {
-        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+        BuildProgress {
+            bar: None,
+            quiet,
+            objects: 0,
+        }
+    }
+}
+
+impl KernelProgress for BuildProgress {
+    fn begin(&mut self) {
+        self.objects = 0;
+        self.bar = (!self.quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new_spinner();
             bar.set_style(
                 ProgressStyle::with_template("{spinner} [{elapsed_precise}] {prefix} {wide_msg}")
@@ -538,14 +477,9 @@ impl BuildProgress {
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        BuildProgress {
-            bar,
-            quiet,
-            objects: std::cell::Cell::new(0),
-        }
     }
 
-    fn event(&self, event: BuildEvent) {
+    fn event(&mut self, event: BuildEvent) {
         match event {
             BuildEvent::Stage(stage) => match &self.bar {
                 Some(bar) => bar.set_prefix(stage),
@@ -555,8 +489,8 @@ impl BuildProgress {
             BuildEvent::Line(line) => {
                 let trimmed = line.trim_start();
                 if trimmed.starts_with("CC ") || trimmed.starts_with("AS ") {
-                    self.objects.set(self.objects.get() + 1);
-                    let n = self.objects.get();
+                    self.objects += 1;
+                    let n = self.objects;
                     match &self.bar {
                         Some(bar) => bar.set_message(format!("{n} objects, {trimmed}")),
                         None if !self.quiet && n.is_multiple_of(250) => {
@@ -569,8 +503,14 @@ impl BuildProgress {
         }
     }
 
-    fn finish(&self, message: &str) {
-        if let Some(bar) = &self.bar {
+    fn note(&mut self, line: &str) {
+        if !self.quiet {
+            eprintln!("lab kernel: {line}");
+        }
+    }
+
+    fn finish(&mut self, message: &str) {
+        if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
         if !self.quiet && !message.is_empty() {
@@ -589,10 +529,6 @@ fn topologies(args: TopologiesArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn default_run_dir(label: &str) -> PathBuf {
-    paths::run_dir(label)
 }
 
 fn parse_file_arg(arg: &str) -> anyhow::Result<(PathBuf, String)> {
@@ -619,18 +555,6 @@ fn parse_file_arg(arg: &str) -> anyhow::Result<(PathBuf, String)> {
     Ok((host, guest))
 }
 
-fn guest_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()
-        .context("cannot find the running p2pdma binary to put into the guest")?;
-    if !vm::is_static_elf(&exe) {
-        bail!(
-            "{} is dynamically linked; the lab guest needs the static build (cargo build in this workspace links statically via .cargo/config.toml)",
-            exe.display()
-        );
-    }
-    Ok(exe)
-}
-
 fn choose_accel(arg: AccelArg, kernel: &Path) -> Accel {
     match arg {
         AccelArg::Kvm => Accel::Kvm,
@@ -654,17 +578,18 @@ fn lab_run_inner(args: RunArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|f| parse_file_arg(f))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let guest_binary = guest_binary()?;
+    let guest_binary = vm::guest_binary()?;
     let kernel = ensure_kernel(&args.kernel, None, args.quiet)?;
     let programs = if args.with_fio {
-        vec![which("fio").context("--with-fio: fio is not installed; run `p2pdma lab setup`")?]
+        vec![paths::which("fio")
+            .context("--with-fio: fio is not installed; run `p2pdma lab setup`")?]
     } else {
         Vec::new()
     };
     let out_dir = args
         .out
         .clone()
-        .unwrap_or_else(|| default_run_dir(&topology.name));
+        .unwrap_or_else(|| paths::run_dir(&topology.name));
     let accel = choose_accel(args.accel, &kernel);
     let request = RunRequest {
         files,
@@ -715,10 +640,6 @@ fn lab_run_inner(args: RunArgs) -> anyhow::Result<ExitCode> {
     ))
 }
 
-fn which(program: &str) -> Option<PathBuf> {
-    paths::which(program)
-}
-
 /// The demo's guest script; each step runs the real tool and stops the demo if it fails.
 const DEMO_SCRIPT: &str = include_str!("../../../../lab/demo.sh");
 
@@ -726,17 +647,17 @@ fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     eprintln!("p2pdma lab demo: a real Linux kernel with CONFIG_PCI_P2PDMA boots in QEMU with two emulated NVMe");
     eprintln!("controllers with Controller Memory Buffers and a RAM-backed p2pmem provider, behind one PCIe");
     eprintln!("switch (topology `fast`); fio runs beside p2pdma for the speed figures.");
-    let fio = which("fio")
+    let fio = paths::which("fio")
         .context("the demo compares with fio, which is not installed: run `p2pdma lab setup`")?;
     let kernel = ensure_kernel(&args.kernel.stock_by_default(), None, false)?;
     let catalog = Catalog::load(paths::user_topologies().as_deref(), &[])?;
     let topology = catalog.get("fast")?;
-    let out_dir = args.out.unwrap_or_else(|| default_run_dir("demo"));
+    let out_dir = args.out.unwrap_or_else(|| paths::run_dir("demo"));
     let accel = choose_accel(AccelArg::Auto, &kernel);
     let mut request = RunRequest::new(
         topology,
         kernel,
-        guest_binary()?,
+        vm::guest_binary()?,
         DEMO_SCRIPT.to_owned(),
         out_dir,
         accel,
@@ -773,7 +694,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let kernel = ensure_kernel(&args.kernel, None, false)?;
     let accel = choose_accel(AccelArg::Auto, &kernel);
-    let guest_binary = guest_binary()?;
+    let guest_binary = vm::guest_binary()?;
     let mut figures = Vec::new();
     if !args.json {
         writeln!(output::stdout(), "boot-to-command time: QEMU start until the guest has every NVMe namespace and runs the command")?;
@@ -827,7 +748,7 @@ fn check(args: CheckArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|n| catalog.get(n))
         .collect::<Result<Vec<_>, _>>()?;
-    let guest_binary = guest_binary()?;
+    let guest_binary = vm::guest_binary()?;
     let kernel = obtain_kernel(&args.kernel, args.jobs, globals.quiet)
         .map_err(|e| Failure::new(Kind::Lab, e.context("lab check: the kernel")))?;
     let accel = choose_accel(AccelArg::Auto, &kernel.image);
@@ -838,7 +759,7 @@ fn check(args: CheckArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         scenarios: !args.no_scenarios,
         rules_release: globals.kernel_release.clone(),
         accel,
-        out_dir: args.out.clone().unwrap_or_else(|| default_run_dir("check")),
+        out_dir: args.out.clone().unwrap_or_else(|| paths::run_dir("check")),
     };
     let quiet = globals.quiet;
     let mut progress = |line: &str| {
