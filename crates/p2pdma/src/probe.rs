@@ -200,13 +200,12 @@ pub fn run(
     verdict_p2p: Option<bool>,
     kernel_release: Option<String>,
 ) -> Result<ProbeReport, ProbeError> {
-    let provider = Provider::open(root.path(), provider_bdf)?;
-    let client = BlockDevice::read_devnode(root.path(), client_path).map_err(|source| {
-        ProbeError::Client {
+    let provider = Provider::open(root, provider_bdf)?;
+    let client =
+        BlockDevice::read_devnode(root, client_path).map_err(|source| ProbeError::Client {
             client: client_path.to_owned(),
             source,
-        }
-    })?;
+        })?;
     // The allocation rounds up to a page, which keeps the read block aligned.
     let mut buffer = provider.allocate(client.logical_block_size as usize)?;
     let bytes = buffer.len();

@@ -1022,7 +1022,7 @@ fn read_loop(args: &ReadLoopArgs, globals: &Globals) -> anyhow::Result<ExitCode>
                 let mut check = vec![0u8; args.size];
                 let mut was_ready = false;
                 while !stop() {
-                    let allocated = p2pdma::p2pmem::Provider::open(&globals.sysfs, args.provider)
+                    let allocated = p2pdma::p2pmem::Provider::open(&p2pdma::sysfs::SysfsRoot::new(&globals.sysfs), args.provider)
                         .and_then(|p| p.allocate(args.size));
                     let mut buffer = match allocated {
                         Ok(b) => {
@@ -1164,7 +1164,10 @@ fn hold_pattern(buffer: usize, offset: usize) -> u8 {
 }
 
 fn hold(args: &HoldArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
-    let provider = p2pdma::p2pmem::Provider::open(&globals.sysfs, args.provider)?;
+    let provider = p2pdma::p2pmem::Provider::open(
+        &p2pdma::sysfs::SysfsRoot::new(&globals.sysfs),
+        args.provider,
+    )?;
     let mut held = Vec::new();
     for index in 0..args.buffers {
         let mut buffer = provider.allocate(args.size)?;

@@ -44,7 +44,7 @@ pub struct CopyJob {
     /// Re-read both ranges afterwards and compare.
     pub verify: bool,
     /// The sysfs root (`/sys`, or a snapshot).
-    pub sysfs: PathBuf,
+    pub sysfs: SysfsRoot,
     /// Judge the pair by this kernel release's rules instead of the running kernel's.
     pub kernel_release: Option<String>,
 }
@@ -246,8 +246,8 @@ pub fn prepare(job: &CopyJob) -> Result<Prepared, CopyError> {
 }
 
 /// The PCI tree under `sysfs`, judged as `kernel_release` if given.
-pub fn read_tree(sysfs: &Path, kernel_release: Option<&str>) -> Result<PciTree, SysfsError> {
-    let mut tree = PciTree::read(&SysfsRoot::new(sysfs))?;
+pub fn read_tree(sysfs: &SysfsRoot, kernel_release: Option<&str>) -> Result<PciTree, SysfsError> {
+    let mut tree = PciTree::read(sysfs)?;
     if let Some(release) = kernel_release {
         tree.host.kernel_release = Some(release.to_owned());
     }
@@ -259,7 +259,7 @@ pub fn read_tree(sysfs: &Path, kernel_release: Option<&str>) -> Result<PciTree, 
 /// was judged by. A bounce copy, or a pair of which one side cannot do P2P at all, does
 /// not need a readable PCI tree.
 pub fn decide_route(
-    sysfs: &Path,
+    sysfs: &SysfsRoot,
     kernel_release: Option<&str>,
     src: &Inspected,
     dst: &Inspected,
@@ -274,7 +274,7 @@ pub fn decide_route(
         }
         Err(source) => {
             return Err(CopyError::Tree {
-                sysfs: sysfs.to_owned(),
+                sysfs: sysfs.path().to_owned(),
                 source,
             })
         }
@@ -286,11 +286,10 @@ pub fn decide_route(
 
 /// Both endpoints as the route sees them: the NVMe controller each lives on, or why it
 /// cannot take part in P2P DMA.
-pub fn pci_sides(sysfs: &Path, src: &Inspected, dst: &Inspected) -> [Side; 2] {
-    let root = SysfsRoot::new(sysfs);
+pub fn pci_sides(sysfs: &SysfsRoot, src: &Inspected, dst: &Inspected) -> [Side; 2] {
     [
-        endpoint::pci_side(&root, "source", src),
-        endpoint::pci_side(&root, "destination", dst),
+        endpoint::pci_side(sysfs, "source", src),
+        endpoint::pci_side(sysfs, "destination", dst),
     ]
 }
 
@@ -395,7 +394,11 @@ pub fn execute(
 }
 
 /// One p2pmem buffer per chunk in flight.
-fn allocate_p2p(sysfs: &Path, route: &Route, plan: &CopyPlan) -> Result<Vec<P2pSlot>, CopyError> {
+fn allocate_p2p(
+    sysfs: &SysfsRoot,
+    route: &Route,
+    plan: &CopyPlan,
+) -> Result<Vec<P2pSlot>, CopyError> {
     let bdf = route.provider.ok_or(CopyError::NoProvider)?;
     let provider = Provider::open(sysfs, bdf)?;
     let mut slots = Vec::with_capacity(plan.queue_depth as usize);
@@ -648,7 +651,7 @@ mod tests {
             provider: None,
             direction: Direction::Copy,
             verify: true,
-            sysfs: dir.path().join("no-sysfs"),
+            sysfs: SysfsRoot::new(dir.path().join("no-sysfs")),
             kernel_release: None,
         };
         let err = run(&job, &mut ()).unwrap_err();
