@@ -436,7 +436,8 @@ fn choose_provider(
     }
     let a = src.or(dst).expect("check() requires a target");
     let b = dst.or(src).expect("check() requires a target");
-    let sides = job::pci_sides(sysfs, a, b);
+    let rules = crate::kernel_rules::RuleChoice::for_release(tree.host.kernel_release.as_deref());
+    let sides = job::pci_sides(sysfs, &rules, a, b);
     let route = route::decide(&tree, &sides[0], &sides[1], Bounce::Never, req.provider).map_err(
         |e| match e {
             RouteError::SideNotP2p { path, why, .. } => BenchError::P2pImpossible {

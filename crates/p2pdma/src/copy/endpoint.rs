@@ -16,7 +16,8 @@ use super::plan::{EndpointFacts, EndpointKind, StorageId};
 use super::route::Side;
 use crate::blockdev::{BlockDevice, BlockdevError, DevNumber};
 use crate::display::error_chain;
-use crate::resolve::resolve;
+use crate::kernel_rules::RuleChoice;
+use crate::resolve::resolve_with;
 use crate::sysfs::SysfsRoot;
 
 /// Why an endpoint could not be inspected or opened.
@@ -388,8 +389,14 @@ pub fn open(facts: &EndpointFacts, role: Role) -> Result<File, EndpointError> {
 }
 
 /// The PCI side of an endpoint for the route decision: its controller, or why it cannot do
-/// P2P. A destination that does not exist yet is looked up through its directory.
-pub fn pci_side(root: &SysfsRoot, role: &'static str, inspected: &Inspected) -> Side {
+/// P2P under `rules`. A destination that does not exist yet is looked up through its
+/// directory.
+pub fn pci_side(
+    root: &SysfsRoot,
+    rules: &RuleChoice,
+    role: &'static str,
+    inspected: &Inspected,
+) -> Side {
     let path = &inspected.facts.path;
     let lookup = if inspected.facts.kind == EndpointKind::MissingFile {
         match path.parent() {
@@ -399,7 +406,7 @@ pub fn pci_side(root: &SysfsRoot, role: &'static str, inspected: &Inspected) -> 
     } else {
         path.clone()
     };
-    match resolve(root, &lookup.to_string_lossy()) {
+    match resolve_with(root, &lookup.to_string_lossy(), rules) {
         Ok(target) => Side {
             role,
             path: path.clone(),

@@ -21,6 +21,7 @@ use super::plan::{self, CopyPlan, CopyRequest, EndpointKind, HumanBytes, PlanErr
 use super::route::{self, Bounce, Mode, Route, RouteError, Side};
 use super::verify::{self, Verification, VerifyError};
 use crate::host::HostFacts;
+use crate::kernel_rules::RuleChoice;
 use crate::p2pmem::{P2pmemError, Provider};
 use crate::pci::PciTree;
 use crate::sysfs::{SysfsError, SysfsRoot};
@@ -266,8 +267,15 @@ pub fn decide_route(
     bounce: Bounce,
     provider: Option<Bdf>,
 ) -> Result<(Route, [Side; 2], Option<String>), CopyError> {
-    let sides = pci_sides(sysfs, src, dst);
-    let tree = match read_tree(sysfs, kernel_release) {
+    let tree = read_tree(sysfs, kernel_release);
+    // Queues are judged by the rules the verdict uses: the tree's (or the asked) release.
+    let release = match &tree {
+        Ok(tree) => tree.host.kernel_release.clone(),
+        Err(_) => kernel_release.map(str::to_owned),
+    };
+    let rules = RuleChoice::for_release(release.as_deref());
+    let sides = pci_sides(sysfs, &rules, src, dst);
+    let tree = match tree {
         Ok(tree) => tree,
         Err(_) if bounce == Bounce::Always || sides.iter().any(|s| s.not_p2p_because.is_some()) => {
             PciTree::from_parts([], HostFacts::unknown("no PCI tree"))
@@ -285,11 +293,16 @@ pub fn decide_route(
 }
 
 /// Both endpoints as the route sees them: the NVMe controller each lives on, or why it
-/// cannot take part in P2P DMA.
-pub fn pci_sides(sysfs: &SysfsRoot, src: &Inspected, dst: &Inspected) -> [Side; 2] {
+/// cannot take part in P2P DMA, their queues judged by `rules`.
+pub fn pci_sides(
+    sysfs: &SysfsRoot,
+    rules: &RuleChoice,
+    src: &Inspected,
+    dst: &Inspected,
+) -> [Side; 2] {
     [
-        endpoint::pci_side(sysfs, "source", src),
-        endpoint::pci_side(sysfs, "destination", dst),
+        endpoint::pci_side(sysfs, rules, "source", src),
+        endpoint::pci_side(sysfs, rules, "destination", dst),
     ]
 }
 
