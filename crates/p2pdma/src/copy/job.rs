@@ -672,3 +672,91 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), data);
     }
 }
+
+#[cfg(test)]
+mod multipath_tests {
+    use super::*;
+    use crate::copy::plan::{EndpointFacts, StorageId};
+    use crate::sysfs::builder::{FunctionSpec as F, SysfsBuilder};
+
+    /// Two NVMe controllers behind one switch, the first a p2pmem provider with its own
+    /// namespace, the second reached only through its native-multipath head `nvme1n1`.
+    fn tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = SysfsBuilder::new(dir.path()).unwrap();
+        b.add(None, "0000:00:00.0", F::host_bridge(0x8086, 0x29c0))
+            .unwrap();
+        let rp = b.add(None, "0000:00:01.0", F::root_port()).unwrap();
+        let up = b
+            .add(Some(rp), "0000:01:00.0", F::switch_upstream())
+            .unwrap();
+        let d1 = b
+            .add(Some(up), "0000:02:00.0", F::switch_downstream())
+            .unwrap();
+        let d2 = b
+            .add(Some(up), "0000:02:01.0", F::switch_downstream())
+            .unwrap();
+        b.add(
+            Some(d1),
+            "0000:03:00.0",
+            F::nvme()
+                .p2pmem(16 << 20)
+                .nvme_controller("nvme0", "SER0", &["nvme0n1"]),
+        )
+        .unwrap();
+        let mp = b
+            .add(
+                Some(d2),
+                "0000:04:00.0",
+                F::nvme().nvme_controller("nvme1", "SER1", &["nvme1c1n1"]),
+            )
+            .unwrap();
+        let subsys = Path::new("devices/virtual/nvme-subsystem/nvme-subsys1");
+        b.block_device_at(&subsys.join("nvme1n1"), None).unwrap();
+        let ctrl = b.function_dir(mp).unwrap().join("nvme/nvme1");
+        std::os::unix::fs::symlink(
+            Path::new("../../../..").join(ctrl),
+            b.root().join(subsys).join("nvme1"),
+        )
+        .unwrap();
+        dir
+    }
+
+    fn disk(path: &str) -> Inspected {
+        Inspected {
+            facts: EndpointFacts {
+                path: PathBuf::from(path),
+                kind: EndpointKind::BlockDevice,
+                storage: StorageId::Unique,
+                base: 0,
+                size: 1 << 30,
+                block_size: 512,
+                read_only: false,
+                mounted: None,
+                holders: Vec::new(),
+            },
+            block_device: None,
+        }
+    }
+
+    #[test]
+    fn the_route_judges_the_multipath_head_by_the_release_it_is_asked_about() {
+        let dir = tree();
+        let sysfs = SysfsRoot::new(dir.path());
+        let (src, dst) = (disk("/dev/nvme0n1"), disk("/dev/nvme1n1"));
+
+        let e =
+            decide_route(&sysfs, Some("6.12.117"), &src, &dst, Bounce::Never, None).unwrap_err();
+        let text = crate::display::error_chain(&e);
+        assert!(matches!(e, CopyError::Route(_)), "{text}");
+        assert!(text.contains("under Linux 6.12 rules"), "{text}");
+
+        let (route, sides, release) =
+            decide_route(&sysfs, Some("7.2.13"), &src, &dst, Bounce::Never, None).unwrap();
+        assert_eq!(release.as_deref(), Some("7.2.13"));
+        assert_eq!(sides[1].not_p2p_because, None);
+        assert_eq!(sides[1].controller, Some("0000:04:00.0".parse().unwrap()));
+        assert_eq!(route.mode, Mode::P2p);
+        assert_eq!(route.provider, Some("0000:03:00.0".parse().unwrap()));
+    }
+}
