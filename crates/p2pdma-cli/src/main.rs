@@ -50,6 +50,10 @@ enum Command {
     Snapshot(cmd::topo::SnapshotArgs),
     /// Copy a range from one NVMe device or file to another through device memory.
     Copy(cmd::copy::CopyArgs),
+    /// The VFIO provider: move NVMe controllers to vfio-pci and back, identify them.
+    /// Copies through it: `copy --via vfio`. Needs VFIO and an IOMMU, not P2PDMA.
+    #[command(subcommand)]
+    Vfio(cmd::vfio::VfioCommand),
     /// Measure throughput, IOPS, latency and CPU per GiB of reads, writes or copies
     /// through p2pmem and host memory, interleaved, optionally against fio.
     Bench(cmd::bench::BenchArgs),
@@ -101,6 +105,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Topo(a) => cmd::topo::run(a, &globals),
         Command::Snapshot(a) => cmd::topo::snapshot(a, &globals),
         Command::Copy(a) => cmd::copy::run(a, &globals),
+        Command::Vfio(c) => cmd::vfio::run(c, &globals),
         Command::Bench(a) => cmd::bench::run(a, &globals),
         Command::Probe(a) => cmd::probe::probe(a, &globals),
         Command::Mem(c) => cmd::mem::run(c, &globals),

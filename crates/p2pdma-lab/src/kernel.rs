@@ -27,6 +27,8 @@ use crate::paths;
 pub const BASE_FRAGMENT: &str = include_str!("../../../lab/kernel/p2pdma.config");
 /// Extra options of the `debug` flavour: KASAN, VM and lock debugging.
 pub const DEBUG_FRAGMENT: &str = include_str!("../../../lab/kernel/debug.config");
+/// The `no-p2pdma` flavour's overrides: CONFIG_PCI_P2PDMA off, VFIO and the IOMMU on.
+pub const NO_P2PDMA_FRAGMENT: &str = include_str!("../../../lab/kernel/no-p2pdma.config");
 /// The lab's p2pmem driver for QEMU's ivshmem-plain RAM (copied to `drivers/pci/`).
 pub const RAM_DRIVER_SOURCE: &str = include_str!("../../../lab/kernel/p2pdma-ram/p2pdma_ram.c");
 /// Its Kconfig entry, appended to `drivers/pci/Kconfig`.
@@ -67,6 +69,14 @@ pub enum KernelError {
         log: PathBuf,
         /// The last lines of output.
         tail: String,
+    },
+    /// Options the fragment turns off that `make olddefconfig` turned on (something selects them).
+    #[error("the kernel config has {enabled} enabled although the flavour turns them off (another option selects them); build log: {log}")]
+    ConfigNotOff {
+        /// Options that should be off, comma separated.
+        enabled: String,
+        /// The build log.
+        log: PathBuf,
     },
     /// Options the fragment asks for did not survive `make olddefconfig`.
     #[error("the kernel config lacks {missing} after olddefconfig (their dependencies are not met in this source tree); build log: {log}")]
@@ -111,21 +121,66 @@ pub enum KernelError {
 
 /// Which kernel configuration to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Flavour {
     /// The small, fast-booting kernel every lab run uses.
     #[default]
     Standard,
     /// With KASAN, DEBUG_VM and lock debugging, for the reliability suite.
     Debug,
+    /// Without CONFIG_PCI_P2PDMA (VFIO and the Intel IOMMU on), for the VFIO path.
+    NoP2pdma,
+}
+
+/// One row of the flavour table: its name and the fragments it merges, in order (a later
+/// fragment's line for an option replaces an earlier one's).
+#[derive(Debug)]
+struct FlavourSpec {
+    flavour: Flavour,
+    name: &'static str,
+    fragments: &'static [&'static str],
+}
+
+const FLAVOURS: &[FlavourSpec] = &[
+    FlavourSpec {
+        flavour: Flavour::Standard,
+        name: "standard",
+        fragments: &[BASE_FRAGMENT],
+    },
+    FlavourSpec {
+        flavour: Flavour::Debug,
+        name: "debug",
+        fragments: &[BASE_FRAGMENT, DEBUG_FRAGMENT],
+    },
+    FlavourSpec {
+        flavour: Flavour::NoP2pdma,
+        name: "no-p2pdma",
+        fragments: &[BASE_FRAGMENT, NO_P2PDMA_FRAGMENT],
+    },
+];
+
+impl Flavour {
+    /// Every flavour, in the table's order.
+    pub fn all() -> impl Iterator<Item = Flavour> {
+        FLAVOURS.iter().map(|s| s.flavour)
+    }
+
+    fn spec(self) -> &'static FlavourSpec {
+        FLAVOURS
+            .iter()
+            .find(|s| s.flavour == self)
+            .expect("every flavour has a row in FLAVOURS")
+    }
+
+    /// Its name on the command line and in the cache (`standard`, `debug`, `no-p2pdma`).
+    pub fn name(self) -> &'static str {
+        self.spec().name
+    }
 }
 
 impl fmt::Display for Flavour {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Flavour::Standard => "standard",
-            Flavour::Debug => "debug",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -297,16 +352,46 @@ pub fn cache_key(source: &KernelSource, flavour: Flavour) -> Result<(String, Str
 /// The texts a build's image depends on besides the source: the config fragments and
 /// every file of the lab's driver.
 fn keyed_texts(flavour: Flavour) -> Vec<&'static str> {
-    let mut texts = fragments(flavour);
+    let mut texts = flavour.spec().fragments.to_vec();
     texts.extend([RAM_DRIVER_SOURCE, RAM_DRIVER_KCONFIG, RAM_DRIVER_MAKEFILE]);
     texts
 }
 
-fn fragments(flavour: Flavour) -> Vec<&'static str> {
-    match flavour {
-        Flavour::Standard => vec![BASE_FRAGMENT],
-        Flavour::Debug => vec![BASE_FRAGMENT, DEBUG_FRAGMENT],
+/// The flavour's fragments merged into one: every option keeps only its last setting
+/// (`CONFIG_X=...` or `# CONFIG_X is not set`), comments and other lines stay in order.
+pub fn merged_fragment(flavour: Flavour) -> String {
+    let lines: Vec<&str> = flavour
+        .spec()
+        .fragments
+        .iter()
+        .flat_map(|f| f.lines())
+        .collect();
+    let mut last = std::collections::HashMap::new();
+    for (i, line) in lines.iter().enumerate() {
+        if let Some((opt, _)) = fragment_setting(line) {
+            last.insert(opt, i);
+        }
     }
+    let mut merged = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        if fragment_setting(line).is_some_and(|(opt, _)| last[opt] != i) {
+            continue;
+        }
+        merged.push_str(line);
+        merged.push('\n');
+    }
+    merged
+}
+
+/// `("CONFIG_X", true)` for `CONFIG_X=...`, `("CONFIG_X", false)` for `# CONFIG_X is not set`.
+fn fragment_setting(line: &str) -> Option<(&str, bool)> {
+    let line = line.trim();
+    if let Some(rest) = line.strip_prefix("# ") {
+        let opt = rest.strip_suffix(" is not set")?;
+        return opt.starts_with("CONFIG_").then_some((opt, false));
+    }
+    let (opt, _) = line.split_once('=')?;
+    opt.starts_with("CONFIG_").then_some((opt, true))
 }
 
 /// The cached kernel for these inputs, if it was built before.
@@ -458,8 +543,8 @@ fn build_in(
     ));
     run("make tinyconfig", &mut make(&["tinyconfig"]), on_event)?;
     let fragment_path = out.join("p2pdma.fragment");
-    fs::write(&fragment_path, fragments(flavour).join("\n"))
-        .map_err(cache_err("cannot write", &fragment_path))?;
+    let fragment = merged_fragment(flavour);
+    fs::write(&fragment_path, &fragment).map_err(cache_err("cannot write", &fragment_path))?;
     run(
         "merge_config.sh",
         Command::new(src.join("scripts/kconfig/merge_config.sh"))
@@ -475,10 +560,17 @@ fn build_in(
     let config_path = out.join(".config");
     let config =
         fs::read_to_string(&config_path).map_err(cache_err("cannot read", &config_path))?;
-    let missing = missing_options(&fragments(flavour).join("\n"), &config);
+    let missing = missing_options(&fragment, &config);
     if !missing.is_empty() {
         return Err(KernelError::ConfigIncomplete {
             missing: missing.join(", "),
+            log: log_path,
+        });
+    }
+    let enabled = options_left_on(&fragment, &config);
+    if !enabled.is_empty() {
+        return Err(KernelError::ConfigNotOff {
+            enabled: enabled.join(", "),
             log: log_path,
         });
     }
@@ -621,6 +713,20 @@ pub fn missing_options(fragment: &str, config: &str) -> Vec<String> {
         .collect()
 }
 
+/// Options `fragment` turns off (`# CONFIG_X is not set`) that are on (`=y` or `=m`) in `config`.
+pub fn options_left_on(fragment: &str, config: &str) -> Vec<String> {
+    let on: std::collections::HashSet<&str> = config
+        .lines()
+        .filter_map(|l| l.strip_suffix("=y").or_else(|| l.strip_suffix("=m")))
+        .collect();
+    fragment
+        .lines()
+        .filter_map(fragment_setting)
+        .filter(|(opt, set)| !set && on.contains(opt))
+        .map(|(opt, _)| opt.to_owned())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -653,7 +759,7 @@ mod tests {
         assert!(once.starts_with("config PCI_P2PDMA\n\tbool \"p2p\"\nendif\n"));
         assert!(once.ends_with(RAM_DRIVER_KCONFIG));
         assert_eq!(with_ram_driver(&once, RAM_DRIVER_KCONFIG), None);
-        for flavour in [Flavour::Standard, Flavour::Debug] {
+        for flavour in Flavour::all() {
             let keyed = keyed_texts(flavour);
             for driver_file in [RAM_DRIVER_SOURCE, RAM_DRIVER_KCONFIG, RAM_DRIVER_MAKEFILE] {
                 assert!(
@@ -693,6 +799,42 @@ mod tests {
         );
         let err = add_ram_driver(dir.path()).unwrap_err();
         assert!(err.to_string().contains("p2pdma_ram"), "{err}");
+    }
+
+    #[test]
+    fn the_no_p2pdma_flavour_turns_p2pdma_off_and_vfio_on() {
+        let merged = merged_fragment(Flavour::NoP2pdma);
+        assert!(
+            !merged.lines().any(|l| l == "CONFIG_PCI_P2PDMA=y"),
+            "{merged}"
+        );
+        assert!(merged
+            .lines()
+            .any(|l| l == "# CONFIG_PCI_P2PDMA is not set"));
+        assert!(!merged.lines().any(|l| l == "CONFIG_PCI_P2PDMA_LAB_RAM=y"));
+        for opt in [
+            "CONFIG_VFIO=y",
+            "CONFIG_VFIO_PCI=y",
+            "CONFIG_VFIO_IOMMU_TYPE1=y",
+            "CONFIG_INTEL_IOMMU=y",
+            "CONFIG_INTEL_IOMMU_DEFAULT_ON=y",
+            "CONFIG_BLK_DEV_NVME=y",
+        ] {
+            assert_eq!(merged.lines().filter(|l| *l == opt).count(), 1, "{opt}");
+        }
+        // The standard flavour keeps P2PDMA; nothing in it is turned off by a later line.
+        assert!(merged_fragment(Flavour::Standard)
+            .lines()
+            .any(|l| l == "CONFIG_PCI_P2PDMA=y"));
+        let config = "CONFIG_PCI_P2PDMA=y\nCONFIG_VFIO=y\n";
+        assert_eq!(options_left_on(&merged, config), ["CONFIG_PCI_P2PDMA"]);
+        assert!(options_left_on(&merged, "CONFIG_VFIO=y\n").is_empty());
+        let names: Vec<String> = Flavour::all().map(|f| f.to_string()).collect();
+        assert_eq!(names, ["standard", "debug", "no-p2pdma"]);
+        assert_eq!(
+            serde_json::to_string(&Flavour::NoP2pdma).unwrap(),
+            "\"no-p2pdma\""
+        );
     }
 
     #[test]

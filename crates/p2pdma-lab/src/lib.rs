@@ -9,9 +9,15 @@
 //! - [`initramfs`]: the guest's root file system (busybox + the static p2pdma binary).
 //! - [`vm`]: booting a topology, running a command, deadlines and fault injection.
 //! - [`qmp`]: the QEMU monitor client used for surprise removal.
+//! - [`bench`]: boot times of topologies (`lab bench`).
+//! - [`check`]: `lab check`, the lab as a P2PDMA regression suite for one kernel.
+//! - [`guest`]: what `p2pdma lab guest ...` does inside the guest.
 //! - [`host`]: what the host needs and installing it on Debian.
 #![warn(missing_docs)]
 
+pub mod bench;
+pub mod check;
+pub mod guest;
 pub mod host;
 pub mod initramfs;
 pub mod kernel;

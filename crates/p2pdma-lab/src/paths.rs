@@ -50,3 +50,22 @@ impl FileLock {
         Ok(FileLock { _file: file })
     }
 }
+
+/// A new run directory for `label` under the system temp dir
+/// (`<tmp>/p2pdma-lab/<label>-<pid>-<nanos>`).
+pub fn run_dir(label: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    std::env::temp_dir()
+        .join("p2pdma-lab")
+        .join(format!("{label}-{}-{nanos}", std::process::id()))
+}
+
+/// The first `program` on `$PATH`.
+pub fn which(program: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}

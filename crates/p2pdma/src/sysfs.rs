@@ -93,6 +93,23 @@ impl SysfsRoot {
         self.pci_device(bdf).join("driver")
     }
 
+    /// `<root>/bus/pci/devices/<bdf>/driver_override`: the driver the next probe must use
+    /// (`vfio attach` writes `vfio-pci`, `detach` clears it).
+    pub fn pci_driver_override(&self, bdf: crate::Bdf) -> PathBuf {
+        self.pci_device(bdf).join("driver_override")
+    }
+
+    /// `<root>/bus/pci/devices/<bdf>/iommu_group`: a link to the device's IOMMU group
+    /// (absent without an IOMMU).
+    pub fn pci_iommu_group_link(&self, bdf: crate::Bdf) -> PathBuf {
+        self.pci_device(bdf).join("iommu_group")
+    }
+
+    /// `<root>/bus/pci/drivers_probe`: writing a PCI address there probes drivers for it.
+    pub fn pci_drivers_probe(&self) -> PathBuf {
+        self.0.join("bus/pci/drivers_probe")
+    }
+
     /// `<root>/bus/pci/drivers/<driver>`: a PCI driver's directory, with its `bind` and
     /// `unbind` files.
     pub fn pci_driver_dir(&self, driver: &str) -> PathBuf {

@@ -44,6 +44,15 @@ impl From<Bounce> for route::Bounce {
     }
 }
 
+/// The P2P path of a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    /// The kernel's P2PDMA: p2pmem buffers and O_DIRECT I/O on block devices.
+    Kernel,
+    /// VFIO: NVMe driven from userspace, data through a CMB or another device's BAR.
+    Vfio,
+}
+
 /// Arguments of `p2pdma copy`.
 #[derive(Debug, clap::Args)]
 #[command(
@@ -98,6 +107,15 @@ pub struct CopyArgs {
     /// holds) over DST's range. All the checks of a copy still apply.
     #[arg(long, value_enum, value_name = "HALF", conflicts_with = "verify")]
     pub only: Option<Half>,
+    /// Which P2P path: the kernel's P2PDMA (io_uring O_DIRECT on block devices), or VFIO
+    /// (controllers bound to vfio-pci with `p2pdma vfio attach`, driven from userspace;
+    /// SRC and DST are BDF/NSID, e.g. 0000:03:00.0/1; needs no CONFIG_PCI_P2PDMA).
+    #[arg(long, value_enum, default_value_t = Via::Kernel)]
+    pub via: Via,
+    /// With --via vfio and a --provider that is not one of the controllers: the BAR of
+    /// the provider to copy through.
+    #[arg(long, value_name = "N", default_value_t = 2, requires = "provider")]
+    pub provider_bar: u32,
 }
 
 /// One half of a copy, for `--only`.
@@ -150,6 +168,9 @@ struct DryRun<'a> {
 }
 
 pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
+    if args.via == Via::Vfio {
+        return super::vfio::copy(&args, args.provider_bar, globals);
+    }
     let job = CopyJob {
         src: args.src.clone(),
         dst: args.dst.clone(),

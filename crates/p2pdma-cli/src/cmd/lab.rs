@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
+use p2pdma_lab::check::{self, CheckRequest, KernelInfo};
 use p2pdma_lab::kernel::{self, BuildEvent, Flavour, KernelSource};
 use p2pdma_lab::kernel_source::LabRelease;
 use p2pdma_lab::spec::Catalog;
 use p2pdma_lab::vm::{self, Accel, Fault, RunRequest};
-use p2pdma_lab::{host, paths};
+use p2pdma_lab::{guest, host, paths};
 
 use crate::Globals;
 
@@ -37,6 +38,10 @@ pub enum LabCommand {
     Demo(DemoArgs),
     /// Measure boot-to-command time of topologies (min/median/max over several boots).
     Bench(BenchArgs),
+    /// Check a kernel for P2PDMA: build it (cached), boot every shipped topology, compare
+    /// every pair's predicted verdict with the kernel's own answer, make a verified copy
+    /// in each, run the core teardown scenarios, scan the kernel log, and report.
+    Check(CheckArgs),
     /// Helpers for commands running inside the lab guest.
     #[command(subcommand)]
     Guest(GuestCommand),
@@ -62,7 +67,7 @@ pub struct KernelChoice {
     /// kernel. --source and --kernel take precedence over it.
     #[arg(long, value_name = "RELEASE", env = "P2PDMA_LAB_RELEASE")]
     release: Option<String>,
-    /// Which kernel: standard or debug (built by the lab from source), or stock (the
+    /// Which kernel: standard, debug or no-p2pdma (built by the lab from source), or stock (the
     /// distribution's own kernel, Debian sid's 7.2 image and modules, downloaded, not
     /// built). Default: standard; `lab demo` boots the stock kernel.
     #[arg(long, value_enum, env = "P2PDMA_LAB_FLAVOUR")]
@@ -92,6 +97,8 @@ impl KernelChoice {
 enum FlavourArg {
     Standard,
     Debug,
+    /// Without CONFIG_PCI_P2PDMA (VFIO and the IOMMU on), for the VFIO path.
+    NoP2pdma,
     Stock,
 }
 
@@ -203,6 +210,31 @@ pub struct BenchArgs {
     #[command(flatten)]
     kernel: KernelChoice,
     /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `p2pdma lab check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    kernel: KernelChoice,
+    /// Parallel compile jobs when the kernel must be built (default: the number of CPUs).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Boot only these topologies (repeatable; default: every shipped one).
+    #[arg(long = "topology", short)]
+    topologies: Vec<String>,
+    /// Also read topologies from this file (checked too when no --topology is given).
+    #[arg(long = "topologies", value_name = "FILE")]
+    topology_files: Vec<PathBuf>,
+    /// Leave out the teardown scenarios (unbind and hot removal mid-copy).
+    #[arg(long)]
+    no_scenarios: bool,
+    /// Run directory for the boots' logs (default: a new one under the system temp dir).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print the report as one JSON document.
     #[arg(long)]
     json: bool,
 }
@@ -322,6 +354,7 @@ pub fn run(cmd: LabCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
         }
         LabCommand::Demo(args) => demo(args),
         LabCommand::Bench(args) => bench(args),
+        LabCommand::Check(args) => check(args, globals),
         LabCommand::Guest(g) => guest(g, globals),
     }
 }
@@ -376,6 +409,15 @@ fn ensure_kernel(
     jobs: Option<usize>,
     quiet: bool,
 ) -> anyhow::Result<PathBuf> {
+    Ok(obtain_kernel(choice, jobs, quiet)?.image)
+}
+
+/// [`ensure_kernel`], saying where the image came from and what getting it cost.
+fn obtain_kernel(
+    choice: &KernelChoice,
+    jobs: Option<usize>,
+    quiet: bool,
+) -> anyhow::Result<KernelInfo> {
     if let Some(image) = &choice.kernel {
         if !image.is_file() {
             bail!(
@@ -383,11 +425,20 @@ fn ensure_kernel(
                 image.display()
             );
         }
-        return Ok(image.clone());
+        return Ok(KernelInfo {
+            image: image.clone(),
+            origin: "given with --kernel".to_owned(),
+            cache_hit: None,
+            build_seconds: 0.0,
+            cold_build_seconds: None,
+            release: None,
+        });
     }
+    let started = std::time::Instant::now();
     let flavour = match choice.flavour.unwrap_or(FlavourArg::Standard) {
         FlavourArg::Standard => Flavour::Standard,
         FlavourArg::Debug => Flavour::Debug,
+        FlavourArg::NoP2pdma => Flavour::NoP2pdma,
         FlavourArg::Stock => {
             if choice.source.is_some() {
                 bail!("--flavour stock boots the distribution's kernel as it is; --source builds one: choose one of them");
@@ -407,7 +458,14 @@ fn ensure_kernel(
             } else {
                 progress.finish("");
             }
-            return Ok(stock.image);
+            return Ok(KernelInfo {
+                origin: format!("Debian's stock kernel {}, not built", stock.kernel_release),
+                cache_hit: Some(!stock.fetched_now),
+                build_seconds: started.elapsed().as_secs_f64(),
+                cold_build_seconds: stock.fetched_now.then_some(stock.seconds),
+                release: None,
+                image: stock.image,
+            });
         }
     };
     let source = match &choice.source {
@@ -428,7 +486,17 @@ fn ensure_kernel(
         }
     }
     if let Some(cached) = kernel::cached(&source, flavour)? {
-        return Ok(cached.bzimage);
+        return Ok(KernelInfo {
+            image: cached.bzimage,
+            origin: format!(
+                "{flavour} lab kernel {}, built from {}",
+                cached.key, cached.source
+            ),
+            cache_hit: Some(true),
+            build_seconds: started.elapsed().as_secs_f64(),
+            cold_build_seconds: (cached.build_seconds > 0.0).then_some(cached.build_seconds),
+            release: None,
+        });
     }
     let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let progress = BuildProgress::new(quiet);
@@ -439,7 +507,17 @@ fn ensure_kernel(
         built.build_seconds,
         built.bzimage.display()
     ));
-    Ok(built.bzimage)
+    Ok(KernelInfo {
+        image: built.bzimage,
+        origin: format!(
+            "{flavour} lab kernel {}, built from {}",
+            built.key, built.source
+        ),
+        cache_hit: Some(false),
+        build_seconds: started.elapsed().as_secs_f64(),
+        cold_build_seconds: Some(built.build_seconds),
+        release: None,
+    })
 }
 
 /// Kernel build progress: a spinner on a terminal, stage lines otherwise (CI logs).
@@ -514,12 +592,7 @@ fn topologies(args: TopologiesArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn default_run_dir(label: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    std::env::temp_dir()
-        .join("p2pdma-lab")
-        .join(format!("{label}-{}-{nanos}", std::process::id()))
+    paths::run_dir(label)
 }
 
 fn parse_file_arg(arg: &str) -> anyhow::Result<(PathBuf, String)> {
@@ -643,10 +716,7 @@ fn lab_run_inner(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn which(program: &str) -> Option<PathBuf> {
-    let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
+    paths::which(program)
 }
 
 /// The demo's guest script; each step runs the real tool and stops the demo if it fails.
@@ -691,17 +761,6 @@ fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     ))
 }
 
-#[derive(Debug, serde::Serialize)]
-struct BootFigures {
-    topology: String,
-    runs: usize,
-    accel: Accel,
-    boot_seconds_min: f64,
-    boot_seconds_median: f64,
-    boot_seconds_max: f64,
-    guest_uptime_median: f64,
-}
-
 fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
@@ -731,40 +790,9 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     for name in names {
         let topology = catalog.get(&name)?;
-        let mut boots = Vec::new();
-        let mut uptimes = Vec::new();
-        for _ in 0..args.runs {
-            let out_dir = default_run_dir(&format!("bench-{name}"));
-            let request = RunRequest {
-                command_timeout: Duration::from_secs(60),
-                echo: false,
-                ..RunRequest::new(
-                    topology.clone(),
-                    kernel.clone(),
-                    guest_binary.clone(),
-                    "true".to_owned(),
-                    out_dir.clone(),
-                    accel,
-                )
-            };
-            let outcome = vm::run(&request)
-                .with_context(|| format!("booting {name}"))
-                .map_err(|e| Failure::new(Kind::Lab, e))?;
-            boots.push(outcome.boot_seconds);
-            uptimes.push(outcome.guest_uptime_at_ready);
-            let _ = std::fs::remove_dir_all(&out_dir);
-        }
-        boots.sort_by(f64::total_cmp);
-        uptimes.sort_by(f64::total_cmp);
-        let f = BootFigures {
-            topology: name.clone(),
-            runs: args.runs,
-            accel,
-            boot_seconds_min: boots[0],
-            boot_seconds_median: boots[boots.len() / 2],
-            boot_seconds_max: boots[boots.len() - 1],
-            guest_uptime_median: uptimes[uptimes.len() / 2],
-        };
+        let f = p2pdma_lab::bench::boot_times(&topology, &kernel, &guest_binary, accel, args.runs)
+            .with_context(|| format!("booting {name}"))
+            .map_err(|e| Failure::new(Kind::Lab, e))?;
         if !args.json {
             writeln!(
                 output::stdout(),
@@ -785,59 +813,58 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Finds the PCI function of the NVMe controller whose serial is `serial`.
-fn nvme_by_serial(sysfs: &Path, serial: &str) -> anyhow::Result<(String, String, Vec<String>)> {
-    let class = sysfs.join("class/nvme");
-    let entries = std::fs::read_dir(&class).with_context(|| {
-        format!(
-            "cannot list {}: is the nvme driver loaded?",
-            class.display()
-        )
-    })?;
-    let mut seen = Vec::new();
-    for entry in entries.flatten() {
-        let ctrl = entry.file_name().to_string_lossy().into_owned();
-        let s = std::fs::read_to_string(entry.path().join("serial")).unwrap_or_default();
-        let s = s.trim().to_owned();
-        if s == serial {
-            let device = std::fs::canonicalize(entry.path().join("device"))
-                .with_context(|| format!("{ctrl} has no PCI device link"))?;
-            let bdf = device
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let mut namespaces: Vec<String> = std::fs::read_dir(entry.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| {
-                    n.starts_with(&ctrl) && n.len() > ctrl.len() && n[ctrl.len()..].starts_with('n')
-                })
-                .collect();
-            namespaces.sort();
-            return Ok((bdf, ctrl, namespaces));
+fn check(args: CheckArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let catalog = Catalog::load(paths::user_topologies().as_deref(), &args.topology_files)?;
+    let names = if args.topologies.is_empty() {
+        // The shipped topologies and those of --topologies files; the user's own file's
+        // only when named with --topology.
+        Catalog::load(None, &args.topology_files)?.names()
+    } else {
+        args.topologies.clone()
+    };
+    let topologies = names
+        .iter()
+        .map(|n| catalog.get(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let guest_binary = guest_binary()?;
+    let kernel = obtain_kernel(&args.kernel, args.jobs, globals.quiet)
+        .map_err(|e| Failure::new(Kind::Lab, e.context("lab check: the kernel")))?;
+    let accel = choose_accel(AccelArg::Auto, &kernel.image);
+    let request = CheckRequest {
+        kernel,
+        guest_binary,
+        topologies,
+        scenarios: !args.no_scenarios,
+        rules_release: globals.kernel_release.clone(),
+        accel,
+        out_dir: args.out.clone().unwrap_or_else(|| default_run_dir("check")),
+    };
+    let quiet = globals.quiet;
+    let mut progress = |line: &str| {
+        if !quiet {
+            eprintln!("lab check: {line}");
         }
-        seen.push(s);
+    };
+    let mut report = check::run(&request, &mut progress)?;
+    // The kernel's time counts from this command's start, not from the first boot.
+    report.timings.total_seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        output::print_json(&report, true)?;
+    } else {
+        write!(output::stdout(), "{}", report.table())?;
     }
-    bail!(
-        "no NVMe controller has serial '{serial}' (serials present: {})",
-        if seen.is_empty() {
-            "none".to_owned()
-        } else {
-            seen.join(", ")
-        }
-    )
-}
-
-fn resolve_function(sysfs: &Path, device: &str) -> anyhow::Result<String> {
-    if device.parse::<p2pdma::Bdf>().is_ok() {
-        return Ok(device.parse::<p2pdma::Bdf>()?.to_string());
-    }
-    Ok(nvme_by_serial(sysfs, device)?.0)
+    Ok(if report.summary.passed {
+        ExitCode::SUCCESS
+    } else if report.summary.boots_failed > 0 {
+        ExitCode::from(LAB_FAILURE)
+    } else {
+        ExitCode::from(crate::exit::FAILURE)
+    })
 }
 
 fn guest(cmd: GuestCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
+    let sysfs = &p2pdma::sysfs::SysfsRoot::new(&globals.sysfs);
     match cmd {
         GuestCommand::AsUser { uid, gid, command } => {
             use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
@@ -856,19 +883,15 @@ fn guest(cmd: GuestCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
                 .exec();
             return Err(anyhow::Error::new(err).context(format!("cannot run {}", command[0])));
         }
-        GuestCommand::Signal { name } => {
-            let mut tty = std::fs::OpenOptions::new()
-                .write(true)
-                .open("/dev/ttyS3")
-                .context("cannot open /dev/ttyS3, the lab's control channel: `lab guest signal` works only inside a lab guest")?;
-            writeln!(tty, "@@signal {name}").context("cannot write to /dev/ttyS3")?;
-        }
+        GuestCommand::Signal { name } => guest::signal(&name)?,
         GuestCommand::Nvme { serial } => {
-            let (bdf, ctrl, namespaces) = nvme_by_serial(&globals.sysfs, &serial)?;
+            let c = guest::nvme_by_serial(sysfs, &serial)?;
             writeln!(
                 output::stdout(),
-                "{bdf} /dev/{ctrl} {}",
-                namespaces
+                "{} /dev/{} {}",
+                c.bdf,
+                c.controller,
+                c.namespaces
                     .iter()
                     .map(|n| format!("/dev/{n}"))
                     .collect::<Vec<_>>()
@@ -876,373 +899,70 @@ fn guest(cmd: GuestCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
             )?;
         }
         GuestCommand::Unbind { device } => {
-            let bdf = resolve_function(&globals.sysfs, &device)?;
-            let driver_link = globals
-                .sysfs
-                .join("bus/pci/devices")
-                .join(&bdf)
-                .join("driver");
-            let driver = std::fs::canonicalize(&driver_link)
-                .with_context(|| format!("{bdf} is not bound to a driver"))?;
-            std::fs::write(driver.join("unbind"), &bdf)
-                .with_context(|| format!("cannot unbind {bdf} from {}", driver.display()))?;
-            eprintln!(
-                "unbound {bdf} from {}",
-                driver.file_name().unwrap_or_default().to_string_lossy()
-            );
+            let (bdf, driver) = guest::unbind(sysfs, &device)?;
+            eprintln!("unbound {bdf} from {driver}");
         }
         GuestCommand::Bind { device } => {
-            let bdf = resolve_function(&globals.sysfs, &device)?;
-            let bind = globals.sysfs.join("bus/pci/drivers/nvme/bind");
-            std::fs::write(&bind, &bdf)
-                .with_context(|| format!("cannot bind {bdf} to nvme via {}", bind.display()))?;
+            let bdf = guest::bind_nvme(sysfs, &device)?;
             eprintln!("bound {bdf} to nvme");
         }
-        GuestCommand::ReadLoop(args) => return read_loop(&args, globals),
-        GuestCommand::Hold(args) => return hold(&args, globals),
+        GuestCommand::ReadLoop(a) => {
+            let report = guest::read_loop(
+                sysfs,
+                &guest::ReadLoop {
+                    provider: a.provider,
+                    file: a.file,
+                    threads: a.threads,
+                    size: a.size,
+                    span: a.span,
+                    stop_file: a.stop_file,
+                    ready_file: a.ready_file,
+                },
+            )?;
+            output::print_json(&report, false)?;
+            return Ok(if report.clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        GuestCommand::Hold(a) => {
+            let report = guest::hold(
+                sysfs,
+                &guest::Hold {
+                    provider: a.provider,
+                    size: a.size,
+                    buffers: a.buffers,
+                    ready_file: a.ready_file,
+                    release_file: a.release_file,
+                },
+            )?;
+            let all_intact = report.intact.iter().all(|&i| i);
+            if a.json {
+                output::print_json(&report, false)?;
+            } else {
+                writeln!(
+                    output::stdout(),
+                    "held {} bytes of p2pmem from {} in {} buffers; patterns {}",
+                    report.bytes,
+                    report.provider,
+                    report.buffers,
+                    if all_intact { "intact" } else { "CHANGED" }
+                )?;
+            }
+            return Ok(if all_intact {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// What `lab guest read-loop` counted, printed as one JSON document.
-#[derive(Debug, Default, serde::Serialize)]
-struct ReadLoopReport {
-    provider: String,
-    file: PathBuf,
-    threads: usize,
-    read_size: usize,
-    seconds: f64,
-    /// O_DIRECT reads issued into p2pmem.
-    reads_started: u64,
-    /// Reads that completed and held FILE's bytes.
-    reads_verified: u64,
-    /// Reads that completed with other bytes than FILE's (must be 0).
-    reads_mismatched: u64,
-    /// Reads that completed short (must be 0: the span lies inside FILE).
-    reads_short: u64,
-    /// Reads refused because the buffer was revoked (the provider went away): the
-    /// library noticed first, or the kernel could not pin the zapped pages (EFAULT).
-    reads_revoked: u64,
-    /// Reads that completed, but the buffer was revoked before its bytes were checked.
-    checks_revoked: u64,
-    /// Successful p2pmem allocations (one per thread at start, one after each loss).
-    allocations: u64,
-    /// Allocations refused because the provider was unbound or being torn down.
-    allocations_provider_gone: u64,
-    /// Allocations refused by an empty pool (a rebind creates the pool before filling it).
-    allocations_pool_empty: u64,
-    /// Errors that are none of the above (must be none), the first few of them.
-    unexpected: Vec<String>,
-    unexpected_count: u64,
-    /// The first mismatch: "offset N: byte M differs".
-    first_mismatch: Option<String>,
-}
-
-/// Counters shared by the read-loop threads.
-#[derive(Default)]
-struct ReadLoopCounters {
-    started: std::sync::atomic::AtomicU64,
-    verified: std::sync::atomic::AtomicU64,
-    mismatched: std::sync::atomic::AtomicU64,
-    short: std::sync::atomic::AtomicU64,
-    revoked: std::sync::atomic::AtomicU64,
-    checks_revoked: std::sync::atomic::AtomicU64,
-    allocations: std::sync::atomic::AtomicU64,
-    gone: std::sync::atomic::AtomicU64,
-    pool_empty: std::sync::atomic::AtomicU64,
-    ready: std::sync::atomic::AtomicUsize,
-    unexpected: std::sync::Mutex<(u64, Vec<String>)>,
-    first_mismatch: std::sync::Mutex<Option<String>>,
-}
-
-impl ReadLoopCounters {
-    fn bump(counter: &std::sync::atomic::AtomicU64) {
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn unexpected(&self, what: String) {
-        let mut u = self.unexpected.lock().unwrap_or_else(|e| e.into_inner());
-        u.0 += 1;
-        if u.1.len() < 10 {
-            u.1.push(what);
-        }
-    }
-}
-
-/// A small xorshift generator: the read offsets need to be spread, not unpredictable.
-fn next_random(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
-fn read_loop(args: &ReadLoopArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::sync::atomic::Ordering;
-
-    anyhow::ensure!(
-        args.threads > 0 && args.size > 0 && args.span >= args.size,
-        "read-loop needs --threads >= 1, --size >= 1 and --span >= --size"
-    );
-    let mut expected = vec![0u8; args.span];
-    std::fs::File::open(&args.file)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut expected))
-        .with_context(|| {
-            format!(
-                "cannot read the first {} bytes of {}",
-                args.span,
-                args.file.display()
-            )
-        })?;
-    anyhow::ensure!(
-        expected.iter().any(|&b| b != 0),
-        "the first {} bytes of {} are all zero: fill them with random data first, or a \
-         dropped DMA would pass the check",
-        args.span,
-        args.file.display()
-    );
-    let counters = ReadLoopCounters::default();
-    let slots = (args.span / args.size) as u64;
-    let started = std::time::Instant::now();
-    let stop = || args.stop_file.exists();
-
-    std::thread::scope(|scope| -> anyhow::Result<()> {
-        let mut handles = Vec::new();
-        for thread in 0..args.threads {
-            let (counters, expected, stop) = (&counters, &expected, &stop);
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(&args.file)
-                .with_context(|| format!("cannot open {} with O_DIRECT", args.file.display()))?;
-            handles.push(scope.spawn(move || {
-                let seed = started.elapsed().as_nanos() as u64;
-                let mut rng = (seed ^ (thread as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
-                let mut check = vec![0u8; args.size];
-                let mut was_ready = false;
-                while !stop() {
-                    let allocated = p2pdma::p2pmem::Provider::open(&p2pdma::sysfs::SysfsRoot::new(&globals.sysfs), args.provider)
-                        .and_then(|p| p.allocate(args.size));
-                    let mut buffer = match allocated {
-                        Ok(b) => {
-                            ReadLoopCounters::bump(&counters.allocations);
-                            b
-                        }
-                        Err(e) => {
-                            use p2pdma::p2pmem::P2pmemError as E;
-                            match e {
-                                E::NoP2pmem { .. } | E::ProviderGone { .. } => {
-                                    ReadLoopCounters::bump(&counters.gone)
-                                }
-                                // The pool or its attributes vanish mid-way through the
-                                // allocation when the unbind wins the race.
-                                E::Io { ref source, .. }
-                                    if matches!(
-                                        source.raw_os_error(),
-                                        Some(libc::ENODEV | libc::ENOENT | libc::ENXIO)
-                                    ) =>
-                                {
-                                    ReadLoopCounters::bump(&counters.gone)
-                                }
-                                E::PoolExhausted { .. } => ReadLoopCounters::bump(&counters.pool_empty),
-                                other => counters.unexpected(format!("allocate: {other:#}")),
-                            }
-                            std::thread::sleep(Duration::from_millis(5));
-                            continue;
-                        }
-                    };
-                    // Read until the buffer is lost.
-                    while !stop() {
-                        let offset = next_random(&mut rng) % slots * args.size as u64;
-                        ReadLoopCounters::bump(&counters.started);
-                        match buffer.pread(&file, offset, 0, args.size) {
-                            Ok(n) if n == args.size => {}
-                            Ok(n) => {
-                                ReadLoopCounters::bump(&counters.short);
-                                counters.unexpected(format!("read at {offset}: {n} of {} bytes", args.size));
-                                continue;
-                            }
-                            Err(p2pdma::p2pmem::P2pmemError::Revoked { .. }) => {
-                                ReadLoopCounters::bump(&counters.revoked);
-                                break;
-                            }
-                            Err(e) => {
-                                counters.unexpected(format!("read at {offset}: {}", anyhow::Error::from(e).chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")));
-                                break;
-                            }
-                        }
-                        match buffer.read_into(0, &mut check) {
-                            Ok(()) => {}
-                            Err(p2pdma::p2pmem::P2pmemError::Revoked { .. }) => {
-                                ReadLoopCounters::bump(&counters.checks_revoked);
-                                break;
-                            }
-                            Err(e) => {
-                                counters.unexpected(format!("checking the read at {offset}: {e:#}"));
-                                break;
-                            }
-                        }
-                        let want = &expected[offset as usize..offset as usize + args.size];
-                        if let Some(i) = (0..args.size).find(|&i| check[i] != want[i]) {
-                            ReadLoopCounters::bump(&counters.mismatched);
-                            let mut first = counters.first_mismatch.lock().unwrap_or_else(|e| e.into_inner());
-                            first.get_or_insert_with(|| {
-                                format!("read at offset {offset}: byte {i} is {:#04x}, {} holds {:#04x}", check[i], args.file.display(), want[i])
-                            });
-                        } else {
-                            ReadLoopCounters::bump(&counters.verified);
-                            if !was_ready {
-                                was_ready = true;
-                                counters.ready.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                }
-            }));
-        }
-        // Say when every thread has done a verified read, so the disruption starts
-        // while the loop runs.
-        if let Some(ready) = &args.ready_file {
-            while counters.ready.load(Ordering::Relaxed) < args.threads && !stop() {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            std::fs::write(ready, "ready\n")
-                .with_context(|| format!("cannot write {}", ready.display()))?;
-        }
-        for handle in handles {
-            if handle.join().is_err() {
-                counters.unexpected("a reading thread panicked".into());
-            }
-        }
-        Ok(())
-    })?;
-
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let (unexpected_count, unexpected) = std::mem::take(
-        &mut *counters
-            .unexpected
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()),
-    );
-    let report = ReadLoopReport {
-        provider: args.provider.to_string(),
-        file: args.file.clone(),
-        threads: args.threads,
-        read_size: args.size,
-        seconds: started.elapsed().as_secs_f64(),
-        reads_started: load(&counters.started),
-        reads_verified: load(&counters.verified),
-        reads_mismatched: load(&counters.mismatched),
-        reads_short: load(&counters.short),
-        reads_revoked: load(&counters.revoked),
-        checks_revoked: load(&counters.checks_revoked),
-        allocations: load(&counters.allocations),
-        allocations_provider_gone: load(&counters.gone),
-        allocations_pool_empty: load(&counters.pool_empty),
-        unexpected,
-        unexpected_count,
-        first_mismatch: counters
-            .first_mismatch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone(),
-    };
-    output::print_json(&report, false)?;
-    Ok(
-        if report.reads_mismatched == 0 && report.reads_short == 0 && report.unexpected_count == 0 {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        },
-    )
-}
-
-/// The byte a held buffer holds at `offset`: not zero, and different per buffer.
-fn hold_pattern(buffer: usize, offset: usize) -> u8 {
-    ((offset.wrapping_mul(31) ^ buffer.wrapping_mul(97)) % 251 + 1) as u8
-}
-
-fn hold(args: &HoldArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
-    let provider = p2pdma::p2pmem::Provider::open(
-        &p2pdma::sysfs::SysfsRoot::new(&globals.sysfs),
-        args.provider,
-    )?;
-    let mut held = Vec::new();
-    for index in 0..args.buffers {
-        let mut buffer = provider.allocate(args.size)?;
-        let pattern: Vec<u8> = (0..buffer.len()).map(|o| hold_pattern(index, o)).collect();
-        buffer.write_from(0, &pattern)?;
-        held.push(buffer);
-    }
-    std::fs::write(&args.ready_file, "held\n")
-        .with_context(|| format!("cannot write {}", args.ready_file.display()))?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !args.release_file.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut intact = Vec::new();
-    for (index, buffer) in held.iter().enumerate() {
-        let mut actual = vec![0u8; buffer.len()];
-        buffer.read_into(0, &mut actual)?;
-        intact.push(
-            actual
-                .iter()
-                .enumerate()
-                .all(|(o, &b)| b == hold_pattern(index, o)),
-        );
-    }
-    let all_intact = intact.iter().all(|&i| i);
-    let bytes: usize = held.iter().map(|b| b.len()).sum();
-    if args.json {
-        output::print_json(
-            &serde_json::json!({
-                "provider": args.provider.to_string(),
-                "buffers": held.len(),
-                "bytes": bytes,
-                "intact": intact,
-            }),
-            false,
-        )?;
-    } else {
-        writeln!(
-            output::stdout(),
-            "held {bytes} bytes of p2pmem from {} in {} buffers; patterns {}",
-            args.provider,
-            held.len(),
-            if all_intact { "intact" } else { "CHANGED" }
-        )?;
-    }
-    Ok(if all_intact {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn held_patterns_are_never_zero_and_differ_between_buffers() {
-        for offset in 0..4096 {
-            assert_ne!(hold_pattern(0, offset), 0);
-            assert_ne!(hold_pattern(3, offset), 0);
-        }
-        let a: Vec<u8> = (0..4096).map(|o| hold_pattern(0, o)).collect();
-        let b: Vec<u8> = (0..4096).map(|o| hold_pattern(1, o)).collect();
-        assert_ne!(a, b);
-    }
-
-    #[test]
-    fn read_offsets_spread_over_the_span() {
-        let mut state = 0x1234_5678_9abc_def1;
-        let slots = 1024;
-        let hit: std::collections::HashSet<u64> =
-            (0..4096).map(|_| next_random(&mut state) % slots).collect();
-        assert!(hit.len() > 900, "only {} of {slots} slots hit", hit.len());
-    }
 
     #[test]
     fn read_loop_and_hold_parse() {

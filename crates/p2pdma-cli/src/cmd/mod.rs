@@ -7,6 +7,7 @@ pub mod mem;
 pub mod operator;
 pub mod probe;
 pub mod topo;
+pub mod vfio;
 
 /// Parses a SIZE argument: a byte count with an optional k, M, G or T suffix (binary:
 /// 1M = 1048576), as every option that takes a size accepts.

@@ -17,6 +17,10 @@ pub enum Flavour {
     /// The debug kernel: KASAN, lockdep, DEBUG_VM, hung tasks panic. `lab run` builds it
     /// on first use (`p2pdma lab kernel --flavour debug` builds it ahead).
     Debug,
+    /// The kernel without CONFIG_PCI_P2PDMA (VFIO and the Intel IOMMU on), for the VFIO
+    /// path (`p2pdma lab kernel --flavour no-p2pdma` builds it ahead).
+    #[allow(dead_code)]
+    NoP2pdma,
 }
 
 impl Flavour {
@@ -24,6 +28,7 @@ impl Flavour {
         match self {
             Flavour::Standard => "standard",
             Flavour::Debug => "debug",
+            Flavour::NoP2pdma => "no-p2pdma",
         }
     }
 }
@@ -157,10 +162,10 @@ impl Lab {
             };
         }
         cmd.args(["lab", "run", "--quiet", "--topology", &self.topology]);
-        if self.flavour == Flavour::Debug {
+        if self.flavour != Flavour::Standard {
             // P2PDMA_LAB_KERNEL names one image and excludes --flavour.
             cmd.env_remove("P2PDMA_LAB_KERNEL")
-                .args(["--flavour", "debug"]);
+                .args(["--flavour", self.flavour.name()]);
         }
         if let Some(toml) = &self.topologies_toml {
             let path = dir.path().join("topologies.toml");
@@ -318,97 +323,15 @@ pub fn json_after(line: &str) -> serde_json::Value {
     serde_json::from_str(&line[start..]).unwrap_or_else(|e| panic!("{e}: {line:?}"))
 }
 
-/// Markers of a kernel bug report: BUG/WARNING splats, KASAN reports, oopses, the
-/// hung-task detector, lockdep reports, soft lockups and RCU stalls.
-const KERNEL_PROBLEM_MARKERS: &[&str] = &[
-    "BUG:",
-    "WARNING:",
-    "KASAN",
-    "Oops",
-    "hung_task",
-    "blocked for more than",
-    "lockdep",
-    "possible circular locking",
-    "possible recursive locking",
-    "inconsistent lock state",
-    "soft lockup",
-    "rcu_preempt detected stalls",
-    "rcu_sched detected stalls",
-    "Kernel panic",
-    "general protection fault",
-    "Call Trace:",
-];
-
-/// Boot banners that contain a marker but report nothing.
-const KERNEL_BENIGN_LINES: &[&str] = &[
-    // The debug flavour's PROVE_RCU announcing itself.
-    "RCU lockdep checking is enabled",
-];
-
-/// A known kernel report that is not about p2pdma: every line of the report must be
-/// present for it to be set aside.
-struct KnownReport {
-    /// Where it is explained.
-    reference: &'static str,
-    /// The report's first line.
-    header: &'static str,
-    /// Lines the report must also contain.
-    contains: &'static [&'static str],
-}
-
-/// Lockdep on the debug kernel flags pciehp itself on every hot removal below a switch
-/// port: pciehp_unconfigure_device() takes pci_rescan_remove_lock with the slot's
-/// reset_lock held, drops reset_lock around the removal and takes it again while still
-/// holding pci_rescan_remove_lock. It fires with no p2pmem in use (RELIABILITY.md).
-const KNOWN_REPORTS: &[KnownReport] = &[KnownReport {
-    reference: "RELIABILITY.md, known kernel issues: pciehp lock order",
-    header: "WARNING: possible circular locking dependency detected",
-    contains: &[
-        "reset_lock",
-        "pci_rescan_remove_lock",
-        "at: pciehp_unconfigure_device",
-        "pciehp_ist",
-    ],
-}];
-
-/// A report runs from its header to the end of its stack dump.
-const REPORT_END: &str = "</TASK>";
-
-/// The lines of a kernel log that report a kernel bug (see [`KERNEL_PROBLEM_MARKERS`]),
-/// leaving out the reports listed in [`KNOWN_REPORTS`] (each is named on stderr).
+/// The lines of a kernel log that report a kernel bug, leaving out the known reports
+/// that are not about p2pdma (each is named on stderr): `p2pdma_lab::check::kernel_log`,
+/// the scan `p2pdma lab check` makes.
 pub fn kernel_log_problems(log: &str) -> Vec<String> {
-    let lines: Vec<&str> = log.lines().collect();
-    let mut problems = Vec::new();
-    let mut i = 0;
-    while i < lines.len() {
-        if let Some((known, len)) = known_report_at(&lines[i..]) {
-            eprintln!("kernel log: known report set aside ({})", known.reference);
-            i += len;
-            continue;
-        }
-        let line = lines[i];
-        if KERNEL_PROBLEM_MARKERS.iter().any(|m| line.contains(m))
-            && !KERNEL_BENIGN_LINES.iter().any(|b| line.contains(b))
-        {
-            problems.push(line.to_owned());
-        }
-        i += 1;
+    let scan = p2pdma_lab::check::kernel_log::scan(log);
+    for known in &scan.set_aside {
+        eprintln!("kernel log: known report set aside ({known})");
     }
-    problems
-}
-
-/// The known report starting at `lines[0]` and how many lines it spans.
-fn known_report_at(lines: &[&str]) -> Option<(&'static KnownReport, usize)> {
-    let known = KNOWN_REPORTS
-        .iter()
-        .find(|k| lines.first().is_some_and(|l| l.contains(k.header)))?;
-    let len = lines.iter().position(|l| l.contains(REPORT_END))? + 1;
-    let report = &lines[..len];
-    known
-        .contains
-        .iter()
-        .all(|c| report.iter().any(|l| l.contains(c)))
-        .then_some((known, len))
+    scan.problems
 }
 
 /// Asserts the `unbind` object of a `p2pdma mem test --buffers 2 --unbind-after-map

@@ -277,6 +277,8 @@ topology_tests! {
     topology_slow_link_boots_as_declared => "slow-link",
     topology_ext4_boots_as_declared => "ext4",
     topology_fast_boots_as_declared => "fast",
+    topology_vfio_boots_as_declared => "vfio",
+    topology_vfio_switch_boots_as_declared => "vfio-switch",
 }
 
 #[test]

@@ -14,12 +14,16 @@ mod lab;
 
 // The kernel-facing suites, which README's test command runs again on Linux 7.2.
 mod bad_input;
+mod check;
 mod copy;
 mod p2pmem;
 mod probe;
 mod ram;
 mod reliability;
 mod topology;
+
+// The VFIO provider on the kernel without P2PDMA (`--flavour no-p2pdma`; 6.12 only).
+mod vfio;
 
 // `p2pdma bench` in the guest.
 mod bench;

@@ -185,3 +185,83 @@ fn provider_choice_on_the_mixed_topology_prefers_the_clients_own_memory() {
     // The CMB-less controller behind its own root port shares no bridge with any provider.
     assert!(topo.choose_provider(&[nocmb]).is_err());
 }
+
+/// Snapshots of the same topologies from Linux 7.2 guests (`tests/fixtures/7.2/<topology>/`),
+/// each judged by the rules of the release its host facts carry (7.2.13: Linux 7.2 rules),
+/// against what that kernel did; a refusal there is EINVAL (`blk_rq_dma_map`), not
+/// EREMOTEIO.
+#[test]
+fn predictions_match_what_the_7_2_kernel_did_for_every_recorded_pair() {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/7.2");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&base)
+        .expect("tests/fixtures/7.2")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("bus/pci/devices").is_dir())
+        .collect();
+    dirs.sort();
+    assert!(
+        dirs.len() >= 9,
+        "expected a 7.2 fixture per lab topology, found {dirs:?}"
+    );
+    let (mut total, mut refused) = (0, 0);
+    let mut disagreements = Vec::new();
+    for dir in &dirs {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let root = SysfsRoot::new(dir.clone());
+        let tree = PciTree::read(&root).unwrap_or_else(|e| panic!("7.2/{name}: {e}"));
+        assert_eq!(
+            tree.host.kernel_release.as_deref(),
+            Some("7.2.13"),
+            "7.2/{name}"
+        );
+        let topo = Topology::new(&tree);
+        assert!(
+            topo.rules().to_string().starts_with("Linux 7.2 rules"),
+            "7.2/{name}: judged by {}",
+            topo.rules()
+        );
+        let probes = std::fs::read_to_string(dir.join("kernel-probe.jsonl")).unwrap();
+        for line in probes.lines().filter(|l| !l.trim().is_empty()) {
+            let probe: Value = serde_json::from_str(line).expect("probe JSON");
+            let provider = bdf(probe["provider"].as_str().unwrap());
+            let client_path = probe["client"].as_str().unwrap();
+            let kernel = probe["result"].as_str().unwrap();
+            assert_ne!(
+                kernel, "error",
+                "7.2/{name}: the probe itself failed: {line}"
+            );
+            if kernel == "p2p-refused" {
+                assert_eq!(
+                    probe["errno"], 22,
+                    "7.2/{name}: a refusal on 7.2 is EINVAL: {line}"
+                );
+                refused += 1;
+            }
+            // A read the kernel allowed whose data never arrived ("dropped") is the
+            // kernel allowing P2P, behind QEMU's emulated IOMMU (the snapshot keeps the
+            // provider's iommu_group link), which does not route peer traffic.
+            let behind_iommu = dir
+                .join("bus/pci/devices")
+                .join(provider.to_string())
+                .join("iommu_group")
+                .symlink_metadata()
+                .is_ok();
+            let allowed = kernel == "ok" || (kernel == "dropped" && behind_iommu);
+            let target = resolve(&root, client_path).unwrap();
+            let verdict = topo.verdict(provider, target.bdf.unwrap());
+            let predicted = verdict.is_p2p() && target.p2p_queue;
+            if predicted != allowed {
+                disagreements.push(format!(
+                    "7.2/{name}: {provider} <- {client_path}: {verdict:?}"
+                ));
+            }
+            total += 1;
+        }
+    }
+    assert!(
+        total >= 50 && refused > 0,
+        "{total} recorded pairs, {refused} refused"
+    );
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
+}
