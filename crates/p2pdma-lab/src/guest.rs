@@ -373,7 +373,7 @@ pub fn read_loop(sysfs: &SysfsRoot, args: &ReadLoop) -> Result<ReadLoopReport, G
                 let mut was_ready = false;
                 while !stop() {
                     let allocated =
-                        Provider::open(sysfs.path(), args.provider).and_then(|p| p.allocate(args.size));
+                        Provider::open(sysfs, args.provider).and_then(|p| p.allocate(args.size));
                     let mut buffer = match allocated {
                         Ok(b) => {
                             bump(&counters.allocations);
@@ -553,7 +553,7 @@ pub struct HoldReport {
 /// Allocates the buffers, fills them with [`hold_pattern`], says so in the ready file,
 /// holds them until the release file exists (60 s at most), then checks the patterns.
 pub fn hold(sysfs: &SysfsRoot, args: &Hold) -> Result<HoldReport, GuestError> {
-    let provider = Provider::open(sysfs.path(), args.provider)?;
+    let provider = Provider::open(sysfs, args.provider)?;
     let mut held = Vec::new();
     for index in 0..args.buffers {
         let mut buffer = provider.allocate(args.size)?;

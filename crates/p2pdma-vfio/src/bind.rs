@@ -173,7 +173,7 @@ pub fn attach(sysfs: &SysfsRoot, bdf: Bdf) -> Result<Attached, BindError> {
         }
     }
     for ns in namespaces(sysfs, bdf) {
-        let disk = BlockDevice::read(sysfs.path(), &ns)?;
+        let disk = BlockDevice::read(sysfs, &ns)?;
         if let Some(m) = disk.mounts()?.first() {
             return Err(BindError::InUse {
                 bdf,

@@ -134,9 +134,9 @@ pub struct MountEntry {
 
 impl BlockDevice {
     /// Reads the facts of block device `name` (`nvme0n1`, `nvme0n1p1`) under the sysfs
-    /// root `root` (normally `/sys`), from `<root>/class/block/<name>/`.
-    pub fn read(root: &Path, name: &str) -> Result<BlockDevice, BlockdevError> {
-        let dir = SysfsRoot::new(root).class_block(name);
+    /// root `sysfs` (normally `/sys`), from `<root>/class/block/<name>/`.
+    pub fn read(sysfs: &SysfsRoot, name: &str) -> Result<BlockDevice, BlockdevError> {
+        let dir = sysfs.class_block(name);
         if !dir.exists() {
             return Err(BlockdevError::NoSuchDevice {
                 name: name.to_owned(),
@@ -175,7 +175,7 @@ impl BlockDevice {
 
     /// Reads the facts of the block device a device node (`/dev/nvme1n1`) stands for,
     /// found through its device number at `<root>/dev/block/<major>:<minor>`.
-    pub fn read_devnode(root: &Path, devnode: &Path) -> Result<BlockDevice, BlockdevError> {
+    pub fn read_devnode(sysfs: &SysfsRoot, devnode: &Path) -> Result<BlockDevice, BlockdevError> {
         use std::os::unix::fs::FileTypeExt;
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(devnode).map_err(|source| BlockdevError::Read {
@@ -192,7 +192,7 @@ impl BlockDevice {
             major: rustix::fs::major(rdev),
             minor: rustix::fs::minor(rdev),
         };
-        let link = SysfsRoot::new(root).dev_block(dev.major, dev.minor);
+        let link = sysfs.dev_block(dev.major, dev.minor);
         let target = std::fs::read_link(&link).map_err(|source| BlockdevError::Read {
             path: link.clone(),
             source,
@@ -205,7 +205,7 @@ impl BlockDevice {
                     path: link,
                     contents: target.display().to_string(),
                 })?;
-        BlockDevice::read(root, name)
+        BlockDevice::read(sysfs, name)
     }
 
     /// Every device number that belongs to this device: itself and its partitions.
@@ -426,7 +426,7 @@ garbage line without separator
     #[test]
     fn reads_a_disk_with_its_partitions() {
         let root = fixture();
-        let disk = BlockDevice::read(root.path(), "nvme0n1").unwrap();
+        let disk = BlockDevice::read(&SysfsRoot::new(root.path()), "nvme0n1").unwrap();
         assert_eq!(
             disk.dev,
             DevNumber {
@@ -453,7 +453,7 @@ garbage line without separator
     #[test]
     fn reads_a_partition_with_its_disks_queue_limits() {
         let root = fixture();
-        let part = BlockDevice::read(root.path(), "nvme0n1p1").unwrap();
+        let part = BlockDevice::read(&SysfsRoot::new(root.path()), "nvme0n1p1").unwrap();
         assert_eq!(part.size_bytes, 204_800 * 512);
         assert_eq!(part.logical_block_size, 512);
         assert_eq!(part.partition_start_bytes, Some(2048 * 512));
@@ -465,14 +465,14 @@ garbage line without separator
     #[test]
     fn a_disk_counts_as_mounted_when_a_partition_is() {
         let root = fixture();
-        let disk = BlockDevice::read(root.path(), "nvme0n1").unwrap();
+        let disk = BlockDevice::read(&SysfsRoot::new(root.path()), "nvme0n1").unwrap();
         let mounts = parse_mountinfo(
             "31 27 259:1 / /boot rw - vfat /dev/nvme0n1p1 rw\n40 27 259:5 / /mnt rw - xfs /dev/nvme1n1 rw\n",
         );
         let ours = disk.mounts_in(&mounts);
         assert_eq!(ours.len(), 1);
         assert_eq!(ours[0].mount_point, Path::new("/boot"));
-        let part = BlockDevice::read(root.path(), "nvme0n1p1").unwrap();
+        let part = BlockDevice::read(&SysfsRoot::new(root.path()), "nvme0n1p1").unwrap();
         assert_eq!(part.mounts_in(&mounts).len(), 1);
         assert!(disk.mounts_in(&parse_mountinfo(MOUNTINFO)[3..]).is_empty());
     }
@@ -480,10 +480,10 @@ garbage line without separator
     #[test]
     fn missing_device_and_garbled_files_are_named() {
         let root = fixture();
-        let e = BlockDevice::read(root.path(), "sdz").unwrap_err();
+        let e = BlockDevice::read(&SysfsRoot::new(root.path()), "sdz").unwrap_err();
         assert!(e.to_string().contains("no block device 'sdz'"), "{e}");
         std::fs::write(root.path().join("class/block/nvme0n1/ro"), "maybe\n").unwrap();
-        let e = BlockDevice::read(root.path(), "nvme0n1").unwrap_err();
+        let e = BlockDevice::read(&SysfsRoot::new(root.path()), "nvme0n1").unwrap_err();
         assert!(e.to_string().contains("nvme0n1/ro"), "{e}");
     }
 
@@ -503,7 +503,7 @@ garbage line without separator
             return;
         };
         let name = target.file_name().unwrap().to_str().unwrap();
-        let dev = BlockDevice::read(Path::new("/sys"), name).unwrap();
+        let dev = BlockDevice::read(&SysfsRoot::default(), name).unwrap();
         let mounts = dev.mounts().unwrap();
         assert!(
             mounts.iter().any(|m| m.mount_point == Path::new("/")),
@@ -523,9 +523,10 @@ garbage line without separator
             eprintln!("skipped: no block device node on this host");
             return;
         };
-        let dev = BlockDevice::read_devnode(Path::new("/sys"), node).unwrap();
+        let dev = BlockDevice::read_devnode(&SysfsRoot::default(), node).unwrap();
         assert!(dev.logical_block_size.is_power_of_two(), "{dev:?}");
-        let e = BlockDevice::read_devnode(Path::new("/sys"), Path::new("/dev/null")).unwrap_err();
+        let e =
+            BlockDevice::read_devnode(&SysfsRoot::default(), Path::new("/dev/null")).unwrap_err();
         assert!(matches!(e, BlockdevError::NotABlockDevice { .. }), "{e}");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! The kernel's P2P decision (`calc_map_type_and_dist()`) is the same walk in every release
 //! since 6.2; what changes between releases is the host-bridge whitelist
-//! (`pci_p2pdma_whitelist[]`) and how a refused transfer fails in userspace:
+//! (`pci_p2pdma_whitelist[]`), which block queues advertise P2PDMA (the NVMe multipath
+//! head disk from 7.2) and how a refused transfer fails in userspace:
 //! - up to 6.16 the block layer's pin fails and the I/O returns `EREMOTEIO`;
 //! - from 6.17 NVMe maps requests with `blk_rq_dma_map()`, a refused P2P mapping is
 //!   `BLK_STS_INVAL`, and the I/O returns `EINVAL`, which has other causes too.
@@ -18,6 +19,8 @@
 //! - Linux 6.12.117 and 7.2.13 `drivers/pci/p2pdma.c` (`pci_p2pdma_whitelist[]`,
 //!   `__host_bridge_whitelist()`), `include/linux/pci_ids.h`
 //! - `drivers/nvme/host/pci.c` (`blk_rq_dma_map_iter_start`, Linux >= 6.17)
+//! - 6.12 and 7.2 `drivers/nvme/host/multipath.c` (`nvme_mpath_alloc_disk()`: the
+//!   multipath head's queue features), 7.2 `block/blk-settings.c` (`blk_stack_limits()`)
 
 use std::fmt;
 
@@ -138,6 +141,12 @@ pub struct KernelRules {
     /// `pci_p2pdma_whitelist[]`, as the tables that make it up (a release's table is
     /// the previous one's plus what it added).
     pub whitelist: &'static [&'static [WhitelistEntry]],
+    /// Whether the NVMe native-multipath head disk (`/dev/nvmeXnY` under
+    /// `nvme-subsystem`) advertises P2PDMA: `nvme_mpath_alloc_disk()` in
+    /// `drivers/nvme/host/multipath.c` sets `BLK_FEAT_PCI_P2PDMA` on it from Linux 7.2
+    /// (not in 6.12), and `blk_stack_limits()` in `block/blk-settings.c` clears it again
+    /// as soon as one path's queue lacks it (a fabrics path: only nvme-pci queues have it).
+    pub multipath_head_p2pdma: bool,
 }
 
 /// Every rule set p2pdma knows, oldest first.
@@ -145,10 +154,18 @@ pub const KNOWN_RULES: &[KernelRules] = &[
     KernelRules {
         version: KernelVersion::new(6, 12, 117),
         whitelist: &[WHITELIST_6_12],
+        // nvme_mpath_alloc_disk(): BLK_FEAT_IO_STAT | BLK_FEAT_NOWAIT | BLK_FEAT_POLL.
+        multipath_head_p2pdma: false,
     },
     KernelRules {
         version: KernelVersion::new(7, 2, 13),
         whitelist: &[WHITELIST_6_12, ADDED_IN_7_2],
+        // nvme_mpath_alloc_disk() adds BLK_FEAT_ATOMIC_WRITES | BLK_FEAT_PCI_P2PDMA
+        // (upstream "nvme-multipath: enable PCI P2PDMA for multipath devices", merged for
+        // 7.2 through the block tree's for-7.2/block branch), and blk_stack_limits() clears
+        // the flag for a path without it ("block: clear BLK_FEAT_PCI_P2PDMA in
+        // blk_stack_limits() for non-supporting devices", the same series).
+        multipath_head_p2pdma: true,
     },
 ];
 
@@ -336,5 +353,15 @@ mod tests {
             // q35's host bridge (0x29c0) is on neither list.
             assert_eq!(rules.whitelist_entry(INTEL, 0x29c0), None);
         }
+    }
+
+    #[test]
+    fn the_multipath_head_supports_p2pdma_from_seven_two_only() {
+        let head = |r| RuleChoice::for_release(Some(r)).rules.multipath_head_p2pdma;
+        assert!(!head("6.12.117-p2pdma"));
+        // Between the two: 6.12's answer (the change landed for 7.2).
+        assert!(!head("6.18.2"));
+        assert!(head("7.2.13+deb14-amd64"));
+        assert!(head("7.4.0"));
     }
 }

@@ -217,10 +217,9 @@ pub struct Provider {
 }
 
 impl Provider {
-    /// Opens the provider `bdf` under the sysfs root `root` (normally `/sys`), checking
+    /// Opens the provider `bdf` under the sysfs root `sysfs` (normally `/sys`), checking
     /// that `<root>/bus/pci/devices/<bdf>/p2pmem/` exists.
-    pub fn open(root: &Path, bdf: Bdf) -> Result<Provider, P2pmemError> {
-        let sysfs = SysfsRoot::new(root);
+    pub fn open(sysfs: &SysfsRoot, bdf: Bdf) -> Result<Provider, P2pmemError> {
         let device = sysfs.pci_device(bdf);
         let dir = sysfs.p2pmem_dir(bdf);
         if dir.is_dir() {
@@ -232,7 +231,7 @@ impl Provider {
                 path: device,
             });
         }
-        let any_provider_on_system = list(root).is_ok_and(|all| !all.is_empty());
+        let any_provider_on_system = list(sysfs).is_ok_and(|all| !all.is_empty());
         Err(P2pmemError::NoP2pmem {
             provider: bdf,
             path: dir,
@@ -366,9 +365,8 @@ impl Provider {
     }
 }
 
-/// Every PCI function under `root` that has a `p2pmem/` directory, sorted by address.
-pub fn list(root: &Path) -> Result<Vec<Bdf>, P2pmemError> {
-    let sysfs = SysfsRoot::new(root);
+/// Every PCI function under `sysfs` that has a `p2pmem/` directory, sorted by address.
+pub fn list(sysfs: &SysfsRoot) -> Result<Vec<Bdf>, P2pmemError> {
     let dir = sysfs.pci_devices_dir();
     let entries = std::fs::read_dir(&dir).map_err(|source| P2pmemError::Io {
         op: "list",
@@ -591,33 +589,36 @@ mod tests {
     #[test]
     fn opens_a_provider_and_reads_its_pool_numbers() {
         let root = fixture(&[("0000:01:00.0", true), ("0000:02:00.0", false)]);
-        let p = Provider::open(root.path(), bdf("0000:01:00.0")).unwrap();
+        let p = Provider::open(&SysfsRoot::new(root.path()), bdf("0000:01:00.0")).unwrap();
         assert_eq!(p.size().unwrap(), 16 << 20);
         assert_eq!(p.available().unwrap(), 16_252_928);
         assert!(p.published().unwrap());
-        assert_eq!(list(root.path()).unwrap(), vec![bdf("0000:01:00.0")]);
+        assert_eq!(
+            list(&SysfsRoot::new(root.path())).unwrap(),
+            vec![bdf("0000:01:00.0")]
+        );
     }
 
     #[test]
     fn explains_a_missing_device_and_a_device_without_p2pmem() {
         let root = fixture(&[("0000:01:00.0", true), ("0000:02:00.0", false)]);
-        let e = Provider::open(root.path(), bdf("0000:03:00.0")).unwrap_err();
+        let e = Provider::open(&SysfsRoot::new(root.path()), bdf("0000:03:00.0")).unwrap_err();
         assert!(matches!(e, P2pmemError::NoSuchDevice { .. }), "{e}");
-        let e = Provider::open(root.path(), bdf("0000:02:00.0")).unwrap_err();
+        let e = Provider::open(&SysfsRoot::new(root.path()), bdf("0000:02:00.0")).unwrap_err();
         assert!(
             e.to_string().contains("registers no peer-to-peer memory"),
             "{e}"
         );
 
         let bare = fixture(&[("0000:02:00.0", false)]);
-        let e = Provider::open(bare.path(), bdf("0000:02:00.0")).unwrap_err();
+        let e = Provider::open(&SysfsRoot::new(bare.path()), bdf("0000:02:00.0")).unwrap_err();
         assert!(e.to_string().contains("CONFIG_PCI_P2PDMA"), "{e}");
     }
 
     #[test]
     fn a_garbled_attribute_is_a_parse_error_naming_the_file() {
         let root = fixture(&[("0000:01:00.0", true)]);
-        let p = Provider::open(root.path(), bdf("0000:01:00.0")).unwrap();
+        let p = Provider::open(&SysfsRoot::new(root.path()), bdf("0000:01:00.0")).unwrap();
         std::fs::write(p.dir().join("size"), "lots\n").unwrap();
         let e = p.size().unwrap_err();
         assert!(e.to_string().contains("p2pmem/size"), "{e}");
@@ -626,7 +627,7 @@ mod tests {
     #[test]
     fn allocation_errors_are_classified() {
         let root = fixture(&[("0000:01:00.0", true)]);
-        let p = Provider::open(root.path(), bdf("0000:01:00.0")).unwrap();
+        let p = Provider::open(&SysfsRoot::new(root.path()), bdf("0000:01:00.0")).unwrap();
         assert!(matches!(p.allocate(0), Err(P2pmemError::ZeroLength { .. })));
         // No `allocate` file: what an unbind leaves behind.
         let e = p.allocate(4096).unwrap_err();

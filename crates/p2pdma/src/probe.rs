@@ -19,7 +19,7 @@ use crate::blockdev::{BlockDevice, BlockdevError};
 use crate::display::error_chain;
 use crate::p2pmem::{P2pBuffer, P2pmemError, Provider};
 use crate::pci::PciTree;
-use crate::resolve::resolve;
+use crate::resolve::resolve_with;
 use crate::sysfs::SysfsRoot;
 use crate::topology::Topology;
 use crate::Bdf;
@@ -182,11 +182,12 @@ pub fn verdict(
         return (None, None);
     };
     let release = tree.host.kernel_release.clone();
-    let p2p = resolve(root, &client.to_string_lossy())
+    let topology = Topology::new(tree);
+    let p2p = resolve_with(root, &client.to_string_lossy(), topology.rules())
         .ok()
         .and_then(|t| t.bdf.map(|b| (b, t.p2p_queue)))
         .filter(|(b, _)| tree.function(*b).is_some() && tree.function(provider).is_some())
-        .map(|(b, queue)| Topology::new(tree).verdict(provider, b).is_p2p() && queue);
+        .map(|(b, queue)| topology.verdict(provider, b).is_p2p() && queue);
     (p2p, release)
 }
 
@@ -200,13 +201,12 @@ pub fn run(
     verdict_p2p: Option<bool>,
     kernel_release: Option<String>,
 ) -> Result<ProbeReport, ProbeError> {
-    let provider = Provider::open(root.path(), provider_bdf)?;
-    let client = BlockDevice::read_devnode(root.path(), client_path).map_err(|source| {
-        ProbeError::Client {
+    let provider = Provider::open(root, provider_bdf)?;
+    let client =
+        BlockDevice::read_devnode(root, client_path).map_err(|source| ProbeError::Client {
             client: client_path.to_owned(),
             source,
-        }
-    })?;
+        })?;
     // The allocation rounds up to a page, which keeps the read block aligned.
     let mut buffer = provider.allocate(client.logical_block_size as usize)?;
     let bytes = buffer.len();

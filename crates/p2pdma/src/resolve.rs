@@ -6,8 +6,11 @@
 //! Paths under `/dev` that do not exist on this machine (reading a snapshot) are looked
 //! up by their kernel name in `<root>/class/{block,nvme}`.
 //!
-//! Only nvme-pci namespace queues advertise P2PDMA (`BLK_FEAT_PCI_P2PDMA`); dm, md, loop,
-//! the NVMe multipath head disk and non-NVMe disks do not, and [`Target::p2p_queue`] says so.
+//! Only nvme-pci namespace queues advertise P2PDMA (`BLK_FEAT_PCI_P2PDMA`); dm, md, loop
+//! and non-NVMe disks do not, and [`Target::p2p_queue`] says so. The NVMe multipath head
+//! disk depends on the release ([`crate::kernel_rules::KernelRules::multipath_head_p2pdma`]: not in 6.12, in 7.2
+//! when every path is nvme-pci), so [`resolve_with`] takes the rule set to judge by and
+//! every explanation names it.
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -15,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::host::HostFacts;
+use crate::kernel_rules::RuleChoice;
 use crate::sysfs::{SysfsError, SysfsRoot};
 use crate::Bdf;
 
@@ -106,8 +111,24 @@ pub enum ResolveError {
     Sysfs(#[from] SysfsError),
 }
 
-/// Resolves `name` (see the module docs) against the sysfs `root`.
+/// Resolves `name` (see the module docs) against the sysfs `root`, judging its queue by
+/// the rules of the root's own kernel release (its host facts; the newest rules when the
+/// release is unknown). Callers that hold a tree or a `--kernel-release` use
+/// [`resolve_with`].
 pub fn resolve(root: &SysfsRoot, name: &str) -> Result<Target, ResolveError> {
+    let release = HostFacts::read(root, None)
+        .ok()
+        .and_then(|h| h.kernel_release);
+    resolve_with(root, name, &RuleChoice::for_release(release.as_deref()))
+}
+
+/// Resolves `name` (see the module docs) against the sysfs `root`, judging whether its
+/// queue supports P2PDMA by `rules`.
+pub fn resolve_with(
+    root: &SysfsRoot,
+    name: &str,
+    rules: &RuleChoice,
+) -> Result<Target, ResolveError> {
     if let Ok(bdf) = name.parse::<Bdf>() {
         let path = root.pci_device(bdf);
         if std::fs::symlink_metadata(&path).is_err() {
@@ -129,7 +150,7 @@ pub fn resolve(root: &SysfsRoot, name: &str) -> Result<Target, ResolveError> {
     let on_this_machine = root.is_live() || !name.starts_with("/dev/");
     if on_this_machine {
         match std::fs::metadata(path) {
-            Ok(meta) => return resolve_metadata(root, name, &meta),
+            Ok(meta) => return resolve_metadata(root, name, &meta, rules),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(source) => {
                 return Err(ResolveError::Stat {
@@ -142,7 +163,7 @@ pub fn resolve(root: &SysfsRoot, name: &str) -> Result<Target, ResolveError> {
     let kernel_name = name.strip_prefix("/dev/").unwrap_or(name);
     if !kernel_name.is_empty() && !kernel_name.contains('/') {
         if exists(&root.class_block(kernel_name)) {
-            return resolve_block(root, name, kernel_name, false);
+            return resolve_block(root, name, kernel_name, false, rules);
         }
         if exists(&root.class_nvme(kernel_name)) {
             return resolve_controller(root, name, &root.class_nvme(kernel_name));
@@ -161,13 +182,14 @@ fn resolve_metadata(
     root: &SysfsRoot,
     name: &str,
     meta: &std::fs::Metadata,
+    rules: &RuleChoice,
 ) -> Result<Target, ResolveError> {
     let ft = meta.file_type();
     if ft.is_block_device() {
         let (major, minor) = split_dev(meta.rdev());
         let dir = canonical(&root.dev_block(major, minor))?;
         let kname = file_name(&dir);
-        return resolve_block(root, name, &kname, false);
+        return resolve_block(root, name, &kname, false, rules);
     }
     if ft.is_char_device() {
         let (major, minor) = split_dev(meta.rdev());
@@ -201,7 +223,7 @@ fn resolve_metadata(
         }
         let dir = canonical(&sysfs_path)?;
         let kname = file_name(&dir);
-        return resolve_block(root, name, &kname, true);
+        return resolve_block(root, name, &kname, true, rules);
     }
     Err(ResolveError::UnsupportedDevice {
         path: name.into(),
@@ -260,6 +282,7 @@ fn resolve_block(
     name: &str,
     kname: &str,
     is_file: bool,
+    rules: &RuleChoice,
 ) -> Result<Target, ResolveError> {
     let dir = canonical(&root.class_block(kname))?;
     let is_partition = dir.join("partition").exists();
@@ -303,15 +326,25 @@ fn resolve_block(
         .components()
         .any(|c| c.as_os_str() == "nvme-subsystem")
     {
-        // The native-multipath head (nvmeXnY under the subsystem) has no P2PDMA queue
-        // feature; its hidden per-path disks (nvmeXcYnZ) do but cannot be opened.
-        target.bdf = multipath_controller_bdf(&disk_dir);
-        Some("the NVMe multipath head disk: its queue does not support P2PDMA; boot with nvme_core.multipath=N to get per-controller disks".to_owned())
+        // The native-multipath head (nvmeXnY under the subsystem): P2PDMA on its queue
+        // depends on the release and on every path; its hidden per-path disks (nvmeXcYnZ)
+        // cannot be opened.
+        let paths = multipath_controllers(&disk_dir);
+        target.bdf = paths.iter().find_map(|(_, bdf)| *bdf);
+        target.controller = paths.first().map(|(name, _)| name.clone());
+        multipath_head_refusal(rules, &paths)
     } else if is_multipath_path_device(&disk) {
         target.controller = parent_name.clone();
-        Some(format!(
-            "{disk} is a hidden NVMe multipath path device: it has no /dev node and its head disk has no P2PDMA support; boot with nvme_core.multipath=N to get per-controller disks"
-        ))
+        let head = multipath_head_of(&disk);
+        Some(if rules.rules.multipath_head_p2pdma {
+            format!(
+                "{disk} is a hidden NVMe multipath path device: it has no /dev node; use its head disk /dev/{head} (P2PDMA-capable under {rules} when every path is nvme-pci)"
+            )
+        } else {
+            format!(
+                "{disk} is a hidden NVMe multipath path device: it has no /dev node and under {rules} its head disk /dev/{head} has no P2PDMA support; boot with nvme_core.multipath=N to get per-controller disks"
+            )
+        })
     } else if parent_name
         .as_deref()
         .is_some_and(|p| p.starts_with("nvme"))
@@ -344,11 +377,56 @@ fn is_multipath_path_device(disk: &str) -> bool {
     }
 }
 
-/// For a multipath head disk, the PCI function of the first controller of its subsystem.
-fn multipath_controller_bdf(disk_dir: &Path) -> Option<Bdf> {
-    let subsys = disk_dir.parent()?;
-    let mut ctrls: Vec<PathBuf> = std::fs::read_dir(subsys)
-        .ok()?
+/// `nvme<X>n<Z>`, the head disk of the path device `nvme<X>c<Y>n<Z>` (X is the
+/// subsystem's instance, Z the namespace head's).
+fn multipath_head_of(path_disk: &str) -> String {
+    match path_disk.split_once('c') {
+        Some((subsys, rest)) => match rest.split_once('n') {
+            Some((_, ns)) => format!("{subsys}n{ns}"),
+            None => path_disk.to_owned(),
+        },
+        None => path_disk.to_owned(),
+    }
+}
+
+/// Why the multipath head disk's queue has no P2PDMA under `rules`, or `None` when it has:
+/// from 7.2 the head sets `BLK_FEAT_PCI_P2PDMA` and stacking each path's limits clears it
+/// unless every path has it, which only nvme-pci controllers do.
+fn multipath_head_refusal(rules: &RuleChoice, paths: &[(String, Option<Bdf>)]) -> Option<String> {
+    if !rules.rules.multipath_head_p2pdma {
+        return Some(format!(
+            "the NVMe multipath head disk: under {rules} its queue does not support P2PDMA (nvme_mpath_alloc_disk() sets no BLK_FEAT_PCI_P2PDMA before Linux 7.2); boot with nvme_core.multipath=N to get per-controller disks"
+        ));
+    }
+    if paths.is_empty() {
+        return Some(format!(
+            "the NVMe multipath head disk: its subsystem lists no controller, and under {rules} the head supports P2PDMA only through nvme-pci paths"
+        ));
+    }
+    let not_pci: Vec<&str> = paths
+        .iter()
+        .filter(|(_, bdf)| bdf.is_none())
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !not_pci.is_empty() {
+        return Some(format!(
+            "the NVMe multipath head disk: under {rules} its queue supports P2PDMA only when every path's does, and path {} is not an NVMe PCIe controller (blk_stack_limits() clears BLK_FEAT_PCI_P2PDMA); use a per-controller disk or boot with nvme_core.multipath=N",
+            not_pci.join(", ")
+        ));
+    }
+    None
+}
+
+/// For a multipath head disk, the controllers of its subsystem (`nvme0`, ...) in name
+/// order, each with its PCI function (`None` for a fabrics controller).
+fn multipath_controllers(disk_dir: &Path) -> Vec<(String, Option<Bdf>)> {
+    let Some(subsys) = disk_dir.parent() else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(subsys) else {
+        return Vec::new();
+    };
+    let mut ctrls: Vec<PathBuf> = entries
         .flatten()
         .filter(|e| {
             let n = e.file_name();
@@ -360,7 +438,11 @@ fn multipath_controller_bdf(disk_dir: &Path) -> Option<Bdf> {
     ctrls.sort();
     ctrls
         .iter()
-        .find_map(|c| std::fs::canonicalize(c).ok().and_then(|p| bdf_in_path(&p)))
+        .map(|c| {
+            let bdf = std::fs::canonicalize(c).ok().and_then(|p| bdf_in_path(&p));
+            (file_name(c), bdf)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -452,10 +534,15 @@ mod tests {
         assert_eq!(t.bdf, Some("01:00.0".parse().unwrap()));
     }
 
+    fn rules(release: &str) -> RuleChoice {
+        RuleChoice::for_release(Some(release))
+    }
+
     #[test]
     fn queues_without_p2pdma_are_named() {
         let (_d, b) = tree();
         let r = root(&b);
+        let six_twelve = rules("6.12.117");
         for (name, words) in [
             ("/dev/dm-0", "device-mapper"),
             ("/dev/md0", "md RAID"),
@@ -463,23 +550,80 @@ mod tests {
             ("/dev/nvme1n1", "multipath head"),
             ("/dev/sda", "not an NVMe PCIe namespace"),
         ] {
-            let t = resolve(&r, name).unwrap();
+            let t = resolve_with(&r, name, &six_twelve).unwrap();
             assert!(!t.p2p_queue, "{name}");
             let why = t.not_p2p_because.unwrap();
             assert!(why.contains(words), "{name}: {why}");
         }
-        let t = resolve(&r, "nvme1c1n1").unwrap();
+        let t = resolve_with(&r, "nvme1c1n1", &six_twelve).unwrap();
         assert!(!t.p2p_queue);
-        assert!(t
-            .not_p2p_because
-            .unwrap()
-            .contains("hidden NVMe multipath path"));
+        let why = t.not_p2p_because.unwrap();
+        assert!(why.contains("hidden NVMe multipath path"), "{why}");
+        assert!(why.contains("/dev/nvme1n1"), "{why}");
         assert_eq!(t.bdf, Some("02:00.0".parse().unwrap()));
         // The head disk still leads to the controller's function.
-        let t = resolve(&r, "nvme1n1").unwrap();
+        let t = resolve_with(&r, "nvme1n1", &six_twelve).unwrap();
         assert_eq!(t.bdf, Some("02:00.0".parse().unwrap()));
-        let t = resolve(&r, "sda").unwrap();
+        let t = resolve_with(&r, "sda", &six_twelve).unwrap();
         assert_eq!(t.bdf, Some("02:00.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_multipath_head_is_refused_under_6_12_rules_and_accepted_under_7_2_rules() {
+        let (_d, b) = tree();
+        let r = root(&b);
+        let t = resolve_with(&r, "/dev/nvme1n1", &rules("6.12.117-p2pdma")).unwrap();
+        assert!(!t.p2p_queue);
+        let why = t.not_p2p_because.unwrap();
+        assert!(why.contains("under Linux 6.12 rules"), "{why}");
+        assert!(why.contains("nvme_core.multipath=N"), "{why}");
+
+        let t = resolve_with(&r, "/dev/nvme1n1", &rules("7.2.13+deb14-amd64")).unwrap();
+        assert!(t.p2p_queue, "{t:?}");
+        assert_eq!(t.not_p2p_because, None);
+        assert_eq!(t.bdf, Some("02:00.0".parse().unwrap()));
+        assert_eq!(t.controller.as_deref(), Some("nvme1"));
+        // The hidden path device stays unusable, and points at its head.
+        let t = resolve_with(&r, "nvme1c1n1", &rules("7.2.13")).unwrap();
+        assert!(!t.p2p_queue);
+        let why = t.not_p2p_because.unwrap();
+        assert!(why.contains("use its head disk /dev/nvme1n1"), "{why}");
+        assert!(why.contains("Linux 7.2 rules"), "{why}");
+        // Releases between the two get 6.12's answer; newer ones 7.2's.
+        assert!(
+            !resolve_with(&r, "nvme1n1", &rules("6.18.0"))
+                .unwrap()
+                .p2p_queue
+        );
+        assert!(
+            resolve_with(&r, "nvme1n1", &rules("7.5.1"))
+                .unwrap()
+                .p2p_queue
+        );
+    }
+
+    #[test]
+    fn under_7_2_rules_a_fabrics_path_takes_p2pdma_away_from_the_head() {
+        let (_d, b) = tree();
+        let r = root(&b);
+        // A second path through a fabrics controller (no PCI function above it).
+        let fabrics = b.root().join("devices/virtual/nvme-fabrics/ctl/nvme2");
+        std::fs::create_dir_all(&fabrics).unwrap();
+        std::os::unix::fs::symlink(
+            "../../nvme-fabrics/ctl/nvme2",
+            b.root()
+                .join("devices/virtual/nvme-subsystem/nvme-subsys1/nvme2"),
+        )
+        .unwrap();
+        let t = resolve_with(&r, "/dev/nvme1n1", &rules("7.2.13")).unwrap();
+        assert!(!t.p2p_queue);
+        let why = t.not_p2p_because.unwrap();
+        assert!(
+            why.contains("path nvme2 is not an NVMe PCIe controller"),
+            "{why}"
+        );
+        assert!(why.contains("Linux 7.2 rules"), "{why}");
+        assert_eq!(t.bdf, Some("02:00.0".parse().unwrap()));
     }
 
     #[test]

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use p2pdma::kernel_rules::RuleChoice;
 use p2pdma::pci::PciTree;
 use p2pdma::report::topo as report;
-use p2pdma::resolve::{resolve, Target};
+use p2pdma::resolve::{resolve_with, Target};
 use p2pdma::snapshot::SnapshotOptions;
 use p2pdma::sysfs::SysfsRoot;
 use p2pdma::topology::Topology;
@@ -82,7 +83,8 @@ fn load(globals: &Globals) -> anyhow::Result<(SysfsRoot, PciTree)> {
 
 /// Resolves a user-given name to a PCI function, or says why it is none.
 fn resolve_pci(root: &SysfsRoot, tree: &PciTree, name: &str) -> anyhow::Result<(Target, Bdf)> {
-    let target = resolve(root, name).with_context(|| format!("resolving '{name}'"))?;
+    let rules = RuleChoice::for_release(tree.host.kernel_release.as_deref());
+    let target = resolve_with(root, name, &rules).with_context(|| format!("resolving '{name}'"))?;
     let Some(bdf) = target.bdf else {
         bail!(
             "'{name}' is not a PCI device (the kernel refuses P2P for it: \"not a PCI device\"); name an NVMe namespace or a PCI address"

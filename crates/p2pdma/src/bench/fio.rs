@@ -60,14 +60,10 @@ pub struct FioJob {
 }
 
 /// The `mem=` value that puts fio's buffers in a provider's p2pmem.
-pub fn p2pmem_option(sysfs: &Path, bdf: crate::Bdf) -> String {
+pub fn p2pmem_option(sysfs: &crate::sysfs::SysfsRoot, bdf: crate::Bdf) -> String {
     format!(
         "mmapshared:{}",
-        sysfs
-            .join("bus/pci/devices")
-            .join(bdf.to_string())
-            .join("p2pmem/allocate")
-            .display()
+        sysfs.p2pmem_dir(bdf).join("allocate").display()
     )
 }
 
@@ -261,7 +257,10 @@ mod tests {
 
     #[test]
     fn the_command_line_has_the_same_shape_and_p2pmem_buffers() {
-        let mem = p2pmem_option(Path::new("/sys"), "0000:03:00.0".parse().unwrap());
+        let mem = p2pmem_option(
+            &crate::sysfs::SysfsRoot::default(),
+            "0000:03:00.0".parse().unwrap(),
+        );
         assert_eq!(
             mem,
             "mmapshared:/sys/bus/pci/devices/0000:03:00.0/p2pmem/allocate"

@@ -23,6 +23,7 @@ use crate::copy::plan::{self, CopyRequest, EndpointFacts, EndpointKind, StorageI
 use crate::copy::route::{self, Bounce, RouteError};
 use crate::copy::{HostBuffer, P2pSlot};
 use crate::p2pmem::Provider;
+use crate::sysfs::SysfsRoot;
 
 /// Hears about each finished run (a progress bar, or nothing).
 pub trait Progress {
@@ -69,7 +70,7 @@ struct Measured {
 struct Ctx<'a> {
     /// Why the topology verdict expects the kernel to refuse P2P, if it does.
     predicted_refusal: Option<String>,
-    sysfs: &'a Path,
+    sysfs: &'a SysfsRoot,
     req: &'a BenchRequest,
     src: Option<Target>,
     dst: Option<Target>,
@@ -83,7 +84,7 @@ struct Ctx<'a> {
 
 /// Runs the benchmark `req`, reading facts under the sysfs root `sysfs`.
 pub fn run(
-    sysfs: &Path,
+    sysfs: &SysfsRoot,
     req: &BenchRequest,
     progress: &mut dyn Progress,
 ) -> Result<BenchReport, BenchError> {
@@ -402,7 +403,7 @@ fn check_targets(
 /// The provider, chosen as `copy` chooses (`--provider`, else the destination's or the
 /// source's own memory, else the closest published one), or why p2p is impossible.
 fn choose_provider(
-    sysfs: &Path,
+    sysfs: &SysfsRoot,
     req: &BenchRequest,
     src: Option<&Inspected>,
     dst: Option<&Inspected>,
@@ -411,7 +412,7 @@ fn choose_provider(
         BenchError::P2pImpossible {
             why: format!(
                 "the PCI tree under {} cannot be read ({e})",
-                sysfs.display()
+                sysfs.path().display()
             ),
         }
     })?;
@@ -429,13 +430,14 @@ fn choose_provider(
         return Err(BenchError::P2pImpossible {
             why: format!(
                 "no PCI device offers p2pmem (no {}/bus/pci/devices/*/p2pmem: the kernel lacks CONFIG_PCI_P2PDMA or no device exposes P2P memory)",
-                sysfs.display()
+                sysfs.path().display()
             ),
         });
     }
     let a = src.or(dst).expect("check() requires a target");
     let b = dst.or(src).expect("check() requires a target");
-    let sides = job::pci_sides(sysfs, a, b);
+    let rules = crate::kernel_rules::RuleChoice::for_release(tree.host.kernel_release.as_deref());
+    let sides = job::pci_sides(sysfs, &rules, a, b);
     let route = route::decide(&tree, &sides[0], &sides[1], Bounce::Never, req.provider).map_err(
         |e| match e {
             RouteError::SideNotP2p { path, why, .. } => BenchError::P2pImpossible {

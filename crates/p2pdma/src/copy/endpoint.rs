@@ -16,7 +16,8 @@ use super::plan::{EndpointFacts, EndpointKind, StorageId};
 use super::route::Side;
 use crate::blockdev::{BlockDevice, BlockdevError, DevNumber};
 use crate::display::error_chain;
-use crate::resolve::resolve;
+use crate::kernel_rules::RuleChoice;
+use crate::resolve::resolve_with;
 use crate::sysfs::SysfsRoot;
 
 /// Why an endpoint could not be inspected or opened.
@@ -114,7 +115,7 @@ pub struct Inspected {
 /// Inspects `path` (a block device node or a regular file) under the sysfs root `sysfs`.
 /// A destination that does not exist is described as [`EndpointKind::MissingFile`] using
 /// its parent directory's filesystem.
-pub fn inspect(sysfs: &Path, path: &Path, role: Role) -> Result<Inspected, EndpointError> {
+pub fn inspect(sysfs: &SysfsRoot, path: &Path, role: Role) -> Result<Inspected, EndpointError> {
     let meta = match std::fs::metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound && role == Role::Source => {
@@ -167,7 +168,7 @@ pub fn inspect(sysfs: &Path, path: &Path, role: Role) -> Result<Inspected, Endpo
     }
 }
 
-fn inspect_block_device(sysfs: &Path, path: &Path) -> Result<Inspected, EndpointError> {
+fn inspect_block_device(sysfs: &SysfsRoot, path: &Path) -> Result<Inspected, EndpointError> {
     let blockdev_err = |source| EndpointError::Blockdev {
         path: path.to_owned(),
         source,
@@ -223,7 +224,7 @@ fn inspect_block_device(sysfs: &Path, path: &Path) -> Result<Inspected, Endpoint
     })
 }
 
-fn inspect_missing(sysfs: &Path, path: &Path) -> Result<Inspected, EndpointError> {
+fn inspect_missing(sysfs: &SysfsRoot, path: &Path) -> Result<Inspected, EndpointError> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
@@ -260,12 +261,12 @@ fn inspect_missing(sysfs: &Path, path: &Path) -> Result<Inspected, EndpointError
 }
 
 /// The block device holding a filesystem, by its `st_dev`, or why it cannot be read.
-fn filesystem_device(sysfs: &Path, st_dev: u64) -> Result<BlockDevice, String> {
+fn filesystem_device(sysfs: &SysfsRoot, st_dev: u64) -> Result<BlockDevice, String> {
     let dev = DevNumber {
         major: rustix::fs::major(st_dev),
         minor: rustix::fs::minor(st_dev),
     };
-    let link = SysfsRoot::new(sysfs).dev_block(dev.major, dev.minor);
+    let link = sysfs.dev_block(dev.major, dev.minor);
     let name = std::fs::read_link(&link).map_err(|e| {
         format!(
             "its device {dev} has no block device in sysfs ({}: {e})",
@@ -282,8 +283,8 @@ fn filesystem_device(sysfs: &Path, st_dev: u64) -> Result<BlockDevice, String> {
 
 /// The whole disk a partition belongs to: `<sysfs>/class/block/<part>/../dev`, or the
 /// file that could not be read and why.
-fn whole_disk(sysfs: &Path, partition: &str) -> Result<DevNumber, (PathBuf, io::Error)> {
-    let link = SysfsRoot::new(sysfs).whole_disk_dev(partition);
+fn whole_disk(sysfs: &SysfsRoot, partition: &str) -> Result<DevNumber, (PathBuf, io::Error)> {
+    let link = sysfs.whole_disk_dev(partition);
     let text = std::fs::read_to_string(&link).map_err(|e| (link.clone(), e))?;
     DevNumber::parse(&text).ok_or_else(|| {
         (
@@ -388,8 +389,14 @@ pub fn open(facts: &EndpointFacts, role: Role) -> Result<File, EndpointError> {
 }
 
 /// The PCI side of an endpoint for the route decision: its controller, or why it cannot do
-/// P2P. A destination that does not exist yet is looked up through its directory.
-pub fn pci_side(root: &SysfsRoot, role: &'static str, inspected: &Inspected) -> Side {
+/// P2P under `rules`. A destination that does not exist yet is looked up through its
+/// directory.
+pub fn pci_side(
+    root: &SysfsRoot,
+    rules: &RuleChoice,
+    role: &'static str,
+    inspected: &Inspected,
+) -> Side {
     let path = &inspected.facts.path;
     let lookup = if inspected.facts.kind == EndpointKind::MissingFile {
         match path.parent() {
@@ -399,7 +406,7 @@ pub fn pci_side(root: &SysfsRoot, role: &'static str, inspected: &Inspected) -> 
     } else {
         path.clone()
     };
-    match resolve(root, &lookup.to_string_lossy()) {
+    match resolve_with(root, &lookup.to_string_lossy(), rules) {
         Ok(target) => Side {
             role,
             path: path.clone(),
@@ -432,12 +439,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a");
         std::fs::write(&p, vec![0u8; 12288]).unwrap();
-        let a = inspect(Path::new("/sys"), &p, Role::Source).unwrap();
+        let a = inspect(&SysfsRoot::default(), &p, Role::Source).unwrap();
         assert_eq!(a.facts.kind, EndpointKind::RegularFile);
         assert_eq!(a.facts.size, 12288);
         assert!(a.facts.block_size >= 512 && a.facts.block_size.is_power_of_two());
         assert!(matches!(a.facts.storage, StorageId::File { .. }));
-        let again = inspect(Path::new("/sys"), &p, Role::Destination).unwrap();
+        let again = inspect(&SysfsRoot::default(), &p, Role::Destination).unwrap();
         assert_eq!(
             again.facts.storage, a.facts.storage,
             "same file, same identity"
@@ -448,9 +455,9 @@ mod tests {
     fn a_missing_destination_is_described_and_created_only_by_open() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("new");
-        let e = inspect(Path::new("/sys"), &p, Role::Source).unwrap_err();
+        let e = inspect(&SysfsRoot::default(), &p, Role::Source).unwrap_err();
         assert!(matches!(e, EndpointError::MissingSource { .. }), "{e:?}");
-        let d = inspect(Path::new("/sys"), &p, Role::Destination).unwrap();
+        let d = inspect(&SysfsRoot::default(), &p, Role::Destination).unwrap();
         assert_eq!(d.facts.kind, EndpointKind::MissingFile);
         assert!(!p.exists(), "inspecting must not create it");
         open(&d.facts, Role::Destination).unwrap();
@@ -469,16 +476,16 @@ mod tests {
     #[test]
     fn a_partition_whose_disk_cannot_be_found_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let e = whole_disk(dir.path(), "nvme0n1p1").unwrap_err();
+        let e = whole_disk(&SysfsRoot::new(dir.path()), "nvme0n1p1").unwrap_err();
         assert!(e.0.ends_with("class/block/nvme0n1p1/../dev"), "{e:?}");
         let part = dir.path().join("class/block/nvme0n1p1");
         std::fs::create_dir_all(&part).unwrap();
         std::fs::write(dir.path().join("class/block/dev"), "garbage\n").unwrap();
-        let e = whole_disk(dir.path(), "nvme0n1p1").unwrap_err();
+        let e = whole_disk(&SysfsRoot::new(dir.path()), "nvme0n1p1").unwrap_err();
         assert!(e.1.to_string().contains("garbage"), "{e:?}");
         std::fs::write(dir.path().join("class/block/dev"), "259:0\n").unwrap();
         assert_eq!(
-            whole_disk(dir.path(), "nvme0n1p1").unwrap(),
+            whole_disk(&SysfsRoot::new(dir.path()), "nvme0n1p1").unwrap(),
             DevNumber {
                 major: 259,
                 minor: 0
@@ -489,7 +496,7 @@ mod tests {
     #[test]
     fn directories_are_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
-        let e = inspect(Path::new("/sys"), dir.path(), Role::Source).unwrap_err();
+        let e = inspect(&SysfsRoot::default(), dir.path(), Role::Source).unwrap_err();
         assert!(e.to_string().contains("is a directory"), "{e}");
     }
 }

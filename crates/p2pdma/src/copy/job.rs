@@ -21,6 +21,7 @@ use super::plan::{self, CopyPlan, CopyRequest, EndpointKind, HumanBytes, PlanErr
 use super::route::{self, Bounce, Mode, Route, RouteError, Side};
 use super::verify::{self, Verification, VerifyError};
 use crate::host::HostFacts;
+use crate::kernel_rules::RuleChoice;
 use crate::p2pmem::{P2pmemError, Provider};
 use crate::pci::PciTree;
 use crate::sysfs::{SysfsError, SysfsRoot};
@@ -44,7 +45,7 @@ pub struct CopyJob {
     /// Re-read both ranges afterwards and compare.
     pub verify: bool,
     /// The sysfs root (`/sys`, or a snapshot).
-    pub sysfs: PathBuf,
+    pub sysfs: SysfsRoot,
     /// Judge the pair by this kernel release's rules instead of the running kernel's.
     pub kernel_release: Option<String>,
 }
@@ -246,8 +247,8 @@ pub fn prepare(job: &CopyJob) -> Result<Prepared, CopyError> {
 }
 
 /// The PCI tree under `sysfs`, judged as `kernel_release` if given.
-pub fn read_tree(sysfs: &Path, kernel_release: Option<&str>) -> Result<PciTree, SysfsError> {
-    let mut tree = PciTree::read(&SysfsRoot::new(sysfs))?;
+pub fn read_tree(sysfs: &SysfsRoot, kernel_release: Option<&str>) -> Result<PciTree, SysfsError> {
+    let mut tree = PciTree::read(sysfs)?;
     if let Some(release) = kernel_release {
         tree.host.kernel_release = Some(release.to_owned());
     }
@@ -259,22 +260,29 @@ pub fn read_tree(sysfs: &Path, kernel_release: Option<&str>) -> Result<PciTree, 
 /// was judged by. A bounce copy, or a pair of which one side cannot do P2P at all, does
 /// not need a readable PCI tree.
 pub fn decide_route(
-    sysfs: &Path,
+    sysfs: &SysfsRoot,
     kernel_release: Option<&str>,
     src: &Inspected,
     dst: &Inspected,
     bounce: Bounce,
     provider: Option<Bdf>,
 ) -> Result<(Route, [Side; 2], Option<String>), CopyError> {
-    let sides = pci_sides(sysfs, src, dst);
-    let tree = match read_tree(sysfs, kernel_release) {
+    let tree = read_tree(sysfs, kernel_release);
+    // Queues are judged by the rules the verdict uses: the tree's (or the asked) release.
+    let release = match &tree {
+        Ok(tree) => tree.host.kernel_release.clone(),
+        Err(_) => kernel_release.map(str::to_owned),
+    };
+    let rules = RuleChoice::for_release(release.as_deref());
+    let sides = pci_sides(sysfs, &rules, src, dst);
+    let tree = match tree {
         Ok(tree) => tree,
         Err(_) if bounce == Bounce::Always || sides.iter().any(|s| s.not_p2p_because.is_some()) => {
             PciTree::from_parts([], HostFacts::unknown("no PCI tree"))
         }
         Err(source) => {
             return Err(CopyError::Tree {
-                sysfs: sysfs.to_owned(),
+                sysfs: sysfs.path().to_owned(),
                 source,
             })
         }
@@ -285,12 +293,16 @@ pub fn decide_route(
 }
 
 /// Both endpoints as the route sees them: the NVMe controller each lives on, or why it
-/// cannot take part in P2P DMA.
-pub fn pci_sides(sysfs: &Path, src: &Inspected, dst: &Inspected) -> [Side; 2] {
-    let root = SysfsRoot::new(sysfs);
+/// cannot take part in P2P DMA, their queues judged by `rules`.
+pub fn pci_sides(
+    sysfs: &SysfsRoot,
+    rules: &RuleChoice,
+    src: &Inspected,
+    dst: &Inspected,
+) -> [Side; 2] {
     [
-        endpoint::pci_side(&root, "source", src),
-        endpoint::pci_side(&root, "destination", dst),
+        endpoint::pci_side(sysfs, rules, "source", src),
+        endpoint::pci_side(sysfs, rules, "destination", dst),
     ]
 }
 
@@ -395,7 +407,11 @@ pub fn execute(
 }
 
 /// One p2pmem buffer per chunk in flight.
-fn allocate_p2p(sysfs: &Path, route: &Route, plan: &CopyPlan) -> Result<Vec<P2pSlot>, CopyError> {
+fn allocate_p2p(
+    sysfs: &SysfsRoot,
+    route: &Route,
+    plan: &CopyPlan,
+) -> Result<Vec<P2pSlot>, CopyError> {
     let bdf = route.provider.ok_or(CopyError::NoProvider)?;
     let provider = Provider::open(sysfs, bdf)?;
     let mut slots = Vec::with_capacity(plan.queue_depth as usize);
@@ -648,11 +664,99 @@ mod tests {
             provider: None,
             direction: Direction::Copy,
             verify: true,
-            sysfs: dir.path().join("no-sysfs"),
+            sysfs: SysfsRoot::new(dir.path().join("no-sysfs")),
             kernel_release: None,
         };
         let err = run(&job, &mut ()).unwrap_err();
         assert!(matches!(err, CopyError::Plan(_)), "{err:?}");
         assert_eq!(std::fs::read(&path).unwrap(), data);
+    }
+}
+
+#[cfg(test)]
+mod multipath_tests {
+    use super::*;
+    use crate::copy::plan::{EndpointFacts, StorageId};
+    use crate::sysfs::builder::{FunctionSpec as F, SysfsBuilder};
+
+    /// Two NVMe controllers behind one switch, the first a p2pmem provider with its own
+    /// namespace, the second reached only through its native-multipath head `nvme1n1`.
+    fn tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = SysfsBuilder::new(dir.path()).unwrap();
+        b.add(None, "0000:00:00.0", F::host_bridge(0x8086, 0x29c0))
+            .unwrap();
+        let rp = b.add(None, "0000:00:01.0", F::root_port()).unwrap();
+        let up = b
+            .add(Some(rp), "0000:01:00.0", F::switch_upstream())
+            .unwrap();
+        let d1 = b
+            .add(Some(up), "0000:02:00.0", F::switch_downstream())
+            .unwrap();
+        let d2 = b
+            .add(Some(up), "0000:02:01.0", F::switch_downstream())
+            .unwrap();
+        b.add(
+            Some(d1),
+            "0000:03:00.0",
+            F::nvme()
+                .p2pmem(16 << 20)
+                .nvme_controller("nvme0", "SER0", &["nvme0n1"]),
+        )
+        .unwrap();
+        let mp = b
+            .add(
+                Some(d2),
+                "0000:04:00.0",
+                F::nvme().nvme_controller("nvme1", "SER1", &["nvme1c1n1"]),
+            )
+            .unwrap();
+        let subsys = Path::new("devices/virtual/nvme-subsystem/nvme-subsys1");
+        b.block_device_at(&subsys.join("nvme1n1"), None).unwrap();
+        let ctrl = b.function_dir(mp).unwrap().join("nvme/nvme1");
+        std::os::unix::fs::symlink(
+            Path::new("../../../..").join(ctrl),
+            b.root().join(subsys).join("nvme1"),
+        )
+        .unwrap();
+        dir
+    }
+
+    fn disk(path: &str) -> Inspected {
+        Inspected {
+            facts: EndpointFacts {
+                path: PathBuf::from(path),
+                kind: EndpointKind::BlockDevice,
+                storage: StorageId::Unique,
+                base: 0,
+                size: 1 << 30,
+                block_size: 512,
+                read_only: false,
+                mounted: None,
+                holders: Vec::new(),
+            },
+            block_device: None,
+        }
+    }
+
+    #[test]
+    fn the_route_judges_the_multipath_head_by_the_release_it_is_asked_about() {
+        let dir = tree();
+        let sysfs = SysfsRoot::new(dir.path());
+        let (src, dst) = (disk("/dev/nvme0n1"), disk("/dev/nvme1n1"));
+
+        let e =
+            decide_route(&sysfs, Some("6.12.117"), &src, &dst, Bounce::Never, None).unwrap_err();
+        let text = crate::display::error_chain(&e);
+        assert!(matches!(e, CopyError::Route(_)), "{text}");
+        assert!(text.contains("under Linux 6.12 rules"), "{text}");
+
+        let (route, sides, release) =
+            decide_route(&sysfs, Some("7.2.13"), &src, &dst, Bounce::Never, None).unwrap();
+        assert_eq!(release.as_deref(), Some("7.2.13"));
+        assert_eq!(sides[1].not_p2p_because, None);
+        assert_eq!(sides[1].controller, Some("0000:04:00.0".parse().unwrap()));
+        assert_eq!(route.mode, Mode::P2p);
+        assert_eq!(route.provider, Some("0000:03:00.0".parse().unwrap()));
     }
 }

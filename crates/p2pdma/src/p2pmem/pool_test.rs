@@ -185,7 +185,7 @@ pub fn run(root: &SysfsRoot, req: &PoolTestRequest) -> Result<PoolTestReport, Po
     if req.buffers == 0 {
         return Err(PoolTestError::NoBuffers);
     }
-    let provider = Provider::open(root.path(), req.provider)?;
+    let provider = Provider::open(root, req.provider)?;
     let mut report = PoolTestReport {
         provider: req.provider.to_string(),
         pool_size: provider.size()?,
@@ -319,7 +319,7 @@ pub fn run(root: &SysfsRoot, req: &PoolTestRequest) -> Result<PoolTestReport, Po
             .while_mapped
             .as_ref()
             .is_none_or(|w| w.read_results.iter().all(|r| r == "intact"));
-    report.available_after = match Provider::open(root.path(), req.provider) {
+    report.available_after = match Provider::open(root, req.provider) {
         Ok(provider) => Some(provider.available()?),
         Err(_) if !still_there => None,
         Err(e) => return Err(e.into()),

@@ -28,7 +28,7 @@ pub struct PoolInfo {
 /// Reads one provider's pool (`<root>/bus/pci/devices/<bdf>/p2pmem/*` and its `driver`
 /// link).
 pub fn pool_info(root: &SysfsRoot, bdf: Bdf) -> Result<PoolInfo, P2pmemError> {
-    let provider = Provider::open(root.path(), bdf)?;
+    let provider = Provider::open(root, bdf)?;
     let driver = std::fs::read_link(root.pci_driver_link(bdf))
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
@@ -45,7 +45,7 @@ pub fn pool_info(root: &SysfsRoot, bdf: Bdf) -> Result<PoolInfo, P2pmemError> {
 pub fn pools(root: &SysfsRoot, only: Option<Bdf>) -> Result<Vec<PoolInfo>, P2pmemError> {
     let bdfs = match only {
         Some(bdf) => vec![bdf],
-        None => p2pmem::list(root.path())?,
+        None => p2pmem::list(root)?,
     };
     bdfs.into_iter().map(|bdf| pool_info(root, bdf)).collect()
 }

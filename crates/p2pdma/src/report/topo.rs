@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::display::HumanBytes;
 use crate::host::KernelP2pdma;
 use crate::pci::{PciFunction, PciTree};
-use crate::resolve::{resolve, Target};
+use crate::resolve::{resolve_with, Target};
 use crate::sysfs::SysfsRoot;
 use crate::topology::{Cell, MapType, ProviderChoice, Reason, Topology, Verdict};
 use crate::Bdf;
@@ -144,9 +144,11 @@ pub fn pairs(root: &SysfsRoot, tree: &PciTree, topo: &Topology) -> Result<Vec<Pa
         for client in tree.iter().filter(|f| f.is_nvme()) {
             for ctrl in &client.nvme {
                 for ns in &ctrl.namespaces {
-                    let target = resolve(root, ns).map_err(|source| ReportError::Resolve {
-                        name: ns.clone(),
-                        source,
+                    let target = resolve_with(root, ns, topo.rules()).map_err(|source| {
+                        ReportError::Resolve {
+                            name: ns.clone(),
+                            source,
+                        }
                     })?;
                     let v = topo.verdict(provider.bdf, client.bdf);
                     out.push(Pair {
@@ -691,8 +693,8 @@ mod tests {
     }
 
     fn explained(root: &SysfsRoot, tree: &PciTree, p: &str, c: &str) -> (Target, Target, Verdict) {
-        let pt = resolve(root, p).unwrap();
-        let ct = resolve(root, c).unwrap();
+        let pt = crate::resolve::resolve(root, p).unwrap();
+        let ct = crate::resolve::resolve(root, c).unwrap();
         let v = Topology::new(tree).verdict(pt.bdf.unwrap(), ct.bdf.unwrap());
         (pt, ct, v)
     }
