@@ -116,6 +116,13 @@ pub struct CopyArgs {
     /// the provider to copy through.
     #[arg(long, value_name = "N", default_value_t = 2, requires = "provider")]
     pub provider_bar: u32,
+    /// Give up when no read or write completes for this many seconds: the copy (or the
+    /// verification) fails naming the requests in flight, with the written ranges. Well
+    /// above the NVMe driver's own 30 s command timeout, so it only fires when a request
+    /// was lost for good.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub io_timeout: u64,
 }
 
 /// One half of a copy, for `--only`.
@@ -192,6 +199,7 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         verify: args.verify,
         sysfs: p2pdma::sysfs::SysfsRoot::new(&globals.sysfs),
         kernel_release: globals.kernel_release.clone(),
+        io_timeout: std::time::Duration::from_secs(args.io_timeout),
     };
 
     if args.dry_run {
@@ -357,9 +365,9 @@ struct FailureSummary {
 /// refused when the kernel refused P2P) and what the error object says about it.
 fn failure_summary(err: &EngineError, route: &Route) -> (Kind, FailureSummary) {
     let written = match err {
-        EngineError::Stopped { written, .. } | EngineError::RingFailed { written, .. } => {
-            Some(written)
-        }
+        EngineError::Stopped { written, .. }
+        | EngineError::RingFailed { written, .. }
+        | EngineError::Stalled { written, .. } => Some(written),
         _ => None,
     };
     let failure_kind = match err {

@@ -9,14 +9,15 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Serialize;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::backend::{DmaBuffer, IoBackend, Target};
-use super::engine::{Endpoint, Op};
+use super::engine::{Endpoint, Op, StuckList, StuckRequest};
 use super::host_buffer::{HostBuffer, HostBufferError};
-use super::pipeline::Pipeline;
+use super::pipeline::{Pipeline, ReapError, DEFAULT_IO_TIMEOUT};
 use super::plan::CopyPlan;
 use super::uring::UringBackend;
 
@@ -55,6 +56,15 @@ pub enum VerifyError {
         /// Its error.
         #[source]
         source: io::Error,
+    },
+    /// No re-read completed within the I/O timeout: the device, its driver or the kernel
+    /// lost them (the buffers were leaked rather than freed under the device's feet).
+    #[error("no re-read for verification completed for {:.1} s with {} read(s) in flight: {}; check the kernel log (dmesg) for NVMe timeouts or resets, and if the device is only slow, allow more time with --io-timeout", .waited.as_secs_f64(), .in_flight.len(), StuckList(.in_flight))]
+    Stalled {
+        /// How long the last wait lasted without any completion.
+        waited: Duration,
+        /// The reads that never completed.
+        in_flight: Vec<StuckRequest>,
     },
     /// A re-read failed.
     #[error("re-reading {len} bytes at offset {offset} of {} for verification failed", path.display())]
@@ -172,6 +182,18 @@ pub fn verify(
     plan: &CopyPlan,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Verification, VerifyError> {
+    verify_within(src, dst, plan, DEFAULT_IO_TIMEOUT, progress)
+}
+
+/// [`verify`] whose waits give up after `io_timeout` without any completion
+/// ([`VerifyError::Stalled`]).
+pub fn verify_within(
+    src: Endpoint<'_>,
+    dst: Endpoint<'_>,
+    plan: &CopyPlan,
+    io_timeout: Duration,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Verification, VerifyError> {
     let Some(shape) = VerifyShape::of(plan) else {
         return Ok(empty());
     };
@@ -188,6 +210,7 @@ pub fn verify(
         [src.path, dst.path],
         plan,
         &shape,
+        io_timeout,
         progress,
     )
     .map_err(|e| match e {
@@ -205,13 +228,15 @@ fn empty() -> Verification {
 }
 
 /// [`verify`] over any backend: `buffers` are `2 * shape.pairs` buffers of at least
-/// `shape.step` bytes; `names` (source, destination) are used in messages.
+/// `shape.step` bytes; `names` (source, destination) are used in messages; a wait gives
+/// up after `io_timeout` without any completion.
 pub fn verify_through<B: IoBackend>(
     backend: B,
     buffers: Vec<B::Buffer>,
     names: [&Path; 2],
     plan: &CopyPlan,
     shape: &VerifyShape,
+    io_timeout: Duration,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Verification, VerifyError>
 where
@@ -241,8 +266,9 @@ where
             ),
         });
     }
-    let mut pipeline =
-        Pipeline::new(backend, buffers).map_err(|source| VerifyError::Backend { source })?;
+    let mut pipeline = Pipeline::new(backend, buffers)
+        .map_err(|source| VerifyError::Backend { source })?
+        .with_io_timeout(io_timeout);
     let starts = [plan.src_offset, plan.dst_offset];
     let read = |pipeline: &mut Pipeline<B>, pair: usize, side: usize, p: &Pending| {
         let done = p.done[side];
@@ -308,9 +334,21 @@ where
         }
 
         completions.clear();
-        pipeline
-            .submit_and_wait(&mut completions)
-            .map_err(|source| VerifyError::Backend { source })?;
+        match pipeline.submit_and_wait(&mut completions) {
+            Ok(()) => {}
+            Err(ReapError::Backend(source)) => return Err(VerifyError::Backend { source }),
+            Err(ReapError::Stalled(stall)) => {
+                // Dropping the pipeline leaks the buffers the stuck reads name.
+                return Err(VerifyError::Stalled {
+                    waited: stall.waited,
+                    in_flight: stall
+                        .requests
+                        .iter()
+                        .map(|r| StuckRequest::of(r, names))
+                        .collect(),
+                });
+            }
+        }
         for completion in completions.drain(..) {
             let slot = completion.tag as usize;
             let (pair, side) = (slot / 2, slot % 2);
@@ -510,6 +548,7 @@ mod tests {
                 [Path::new("a"), Path::new("b")],
                 &p,
                 &shape,
+                DEFAULT_IO_TIMEOUT,
                 &mut |_| {},
             )
             .unwrap();
