@@ -75,7 +75,8 @@ pub struct NvmeController {
     pub bdf: Bdf,
     /// The controller (`nvme0`).
     pub controller: String,
-    /// Its namespaces (`nvme0n1`), sorted.
+    /// Its namespaces' disks (`nvme0n1`; under native multipath, the head disks of its
+    /// paths), sorted.
     pub namespaces: Vec<String>,
 }
 
@@ -114,8 +115,10 @@ pub fn nvme_by_serial(sysfs: &SysfsRoot, serial: &str) -> Result<NvmeController,
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|n| is_namespace_name(n))
+                .map(|n| openable_disk(&n))
                 .collect();
             namespaces.sort();
+            namespaces.dedup();
             return Ok(NvmeController {
                 bdf,
                 controller: ctrl,
@@ -150,6 +153,18 @@ fn is_namespace_name(name: &str) -> bool {
             Some((subsystem, controller)) => digits(subsystem) && digits(controller),
             None => digits(head),
         }
+}
+
+/// The disk with a /dev node for namespace disk `name`: a multipath path disk
+/// `nvme<X>c<Y>n<Z>` is hidden, and its head `nvme<X>n<Z>` is what opens.
+fn openable_disk(name: &str) -> String {
+    match name.split_once('c') {
+        Some((subsystem, rest)) => match rest.rsplit_once('n') {
+            Some((_, nsid)) => format!("{subsystem}n{nsid}"),
+            None => name.to_owned(),
+        },
+        None => name.to_owned(),
+    }
 }
 
 /// A PCI function given as a BDF or as an NVMe serial.
@@ -642,6 +657,8 @@ mod tests {
         ] {
             assert!(!is_namespace_name(name), "{name}");
         }
+        assert_eq!(openable_disk("nvme1c2n3"), "nvme1n3");
+        assert_eq!(openable_disk("nvme4n1"), "nvme4n1");
     }
 
     #[test]

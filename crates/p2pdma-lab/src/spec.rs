@@ -143,7 +143,8 @@ pub struct Nvme {
     pub format: Option<DiskFormat>,
     /// NVM subsystem: controllers naming the same subsystem are two paths to ONE shared
     /// namespace (QEMU `nvme-subsys` with a shared `nvme-ns`), which a kernel with native
-    /// multipath shows as one head disk; members must agree on `disk_mib` and `format`.
+    /// multipath shows as one head disk; members share one `serial` (a subsystem has one
+    /// serial number) and agree on `disk_mib` and `format`.
     /// Without it each controller is its own subsystem with its own namespace.
     #[serde(default)]
     pub subsystem: Option<String>,
@@ -461,9 +462,21 @@ fn validate(name: &str, spec: &TopologySpec) -> Result<(), SpecError> {
                 nvme.id, nvme.serial
             )));
         }
-        if !serials.insert(nvme.serial.as_str()) {
+        // One subsystem, one serial number (QEMU refuses members whose serials differ):
+        // a serial names a lone controller or a whole subsystem.
+        if !serials.insert((nvme.serial.as_str(), nvme.subsystem.as_deref()))
+            && nvme.subsystem.is_none()
+        {
             return Err(invalid(format!(
                 "serial '{}' is used twice: serials are how the guest tells controllers apart",
+                nvme.serial
+            )));
+        }
+        if serials.iter().any(|(serial, subsystem)| {
+            *serial == nvme.serial && *subsystem != nvme.subsystem.as_deref()
+        }) {
+            return Err(invalid(format!(
+                "serial '{}' names two different subsystems or controllers: serials are how the guest tells them apart",
                 nvme.serial
             )));
         }
@@ -525,6 +538,12 @@ fn validate(name: &str, spec: &TopologySpec) -> Result<(), SpecError> {
             if (first.disk_mib, first.format) != (nvme.disk_mib, nvme.format) {
                 return Err(invalid(format!(
                     "nvme '{}' and '{}' share subsystem '{subsystem}', hence one namespace: give them the same disk_mib and format",
+                    first.id, nvme.id
+                )));
+            }
+            if first.serial != nvme.serial {
+                return Err(invalid(format!(
+                    "nvme '{}' and '{}' share subsystem '{subsystem}': give them the same serial (an NVM subsystem has one serial number)",
                     first.id, nvme.id
                 )));
             }
@@ -903,7 +922,7 @@ mod tests {
                 "[mp]\ndescription='x'\nnvme=[
                   {id='a',serial='a0',parent='pcie.0',subsystem='ss0',cmb_mib=16,disk_mib=32},
                   {id='lone',serial='l0',parent='pcie.0'},
-                  {id='b',serial='b0',parent='pcie.0',subsystem='ss0',disk_mib=32}]",
+                  {id='b',serial='a0',parent='pcie.0',subsystem='ss0',disk_mib=32}]",
                 "test",
             )
             .unwrap();
@@ -925,7 +944,7 @@ mod tests {
                 "nvme,id=a,serial=a0,subsys=ss0,bus=pcie.0,cmb_size_mb=16",
                 "drive drive-lone lone 67108864",
                 "nvme,id=lone,serial=l0,drive=drive-lone,bus=pcie.0",
-                "nvme,id=b,serial=b0,subsys=ss0,bus=pcie.0",
+                "nvme,id=b,serial=a0,subsys=ss0,bus=pcie.0",
                 "drive drive-ss0 a 33554432",
                 "nvme-ns,drive=drive-ss0,bus=a,nsid=1,shared=on",
             ]
@@ -935,7 +954,7 @@ mod tests {
     #[test]
     fn subsystem_members_must_agree_on_their_one_namespace() {
         let err = invalid(
-            "[t]\ndescription='x'\nnvme=[{id='a',serial='a',parent='pcie.0',subsystem='ss'},{id='b',serial='b',parent='pcie.0',subsystem='ss',disk_mib=8}]",
+            "[t]\ndescription='x'\nnvme=[{id='a',serial='a',parent='pcie.0',subsystem='ss'},{id='b',serial='a',parent='pcie.0',subsystem='ss',disk_mib=8}]",
         );
         assert!(
             err.contains("'a' and 'b' share subsystem 'ss'") && err.contains("same disk_mib"),

@@ -10,7 +10,7 @@
 
 use crate::harness::{json_after, Flavour, Lab};
 
-/// One subsystem (`ss0`: `mpa` with a CMB, `mpb`) and a lone controller `mpc` with a CMB,
+/// One subsystem (`ss0`, serial `mpab`: `mp-a` with a CMB, `mp-b`) and a lone controller `mpc` with a CMB,
 /// all behind one switch, so every path is P2P-reachable from `mpc`'s CMB.
 const MULTIPATH: &str = r#"
 [multipath]
@@ -24,8 +24,8 @@ bridge = [
   { id = "dn3", kind = "switch-downstream", parent = "up1" },
 ]
 nvme = [
-  { id = "mp-a", serial = "mpa", parent = "dn1", subsystem = "ss0", cmb_mib = 16 },
-  { id = "mp-b", serial = "mpb", parent = "dn2", subsystem = "ss0" },
+  { id = "mp-a", serial = "mpab", parent = "dn1", subsystem = "ss0", cmb_mib = 16 },
+  { id = "mp-b", serial = "mpab", parent = "dn2", subsystem = "ss0" },
   { id = "mp-c", serial = "mpc", parent = "dn3", cmb_mib = 16 },
 ]
 "#;
@@ -34,13 +34,14 @@ nvme = [
 #[ignore = "lab: boots a QEMU guest on Debian's stock kernel (fetched on first use); run with --include-ignored"]
 fn the_multipath_head_disk_is_refused_by_6_12_rules_and_carries_p2p_on_7_2() {
     let body = r#"
-HEAD=""
-for d in /sys/block/nvme*; do
-    case "$(readlink -f "$d")" in */nvme-subsystem/*) HEAD=${d##*/} ;; esac
+HEAD=""; PATHS=0
+for s in /sys/class/nvme-subsystem/*; do
+    n=$(ls "$s" | grep -c '^nvme[0-9]*$')
+    if [ "$n" -ge 2 ]; then HEAD=$(ls "$s" | grep '^nvme[0-9]*n[0-9]*$'); PATHS=$n; fi
 done
 echo "HEAD $HEAD $(cat /sys/module/nvme_core/parameters/multipath)"
 echo "DISKS $(ls /sys/block | grep nvme | tr '\n' ' ')"
-echo "PATHS $(ls /sys/class/nvme-subsystem/*/ | grep -c '^nvme[0-9]*$')"
+echo "PATHS $PATHS $(readlink -f /sys/block/$HEAD)"
 C=$(ns mpc); PC=$(bdf mpc)
 echo "LONE $C $PC"
 LEN=4194304
@@ -83,7 +84,15 @@ echo "ERR $(tr '\n' ' ' < /tmp/err.txt)"
         })
         .collect();
     assert_eq!(paths.len(), 2, "{paths:?} in {disks:?}");
-    assert_eq!(run.line("PATHS")[0], "2", "controllers in the subsystem");
+    let paths_line = run.line("PATHS");
+    assert_eq!(
+        paths_line[0], "2",
+        "controllers in the subsystem: {paths_line:?}"
+    );
+    assert!(
+        paths_line[1].contains("/nvme-subsystem/"),
+        "the head disk hangs under its subsystem: {paths_line:?}"
+    );
     // Judged by the 6.12 rules, the head disk has no P2PDMA: refused, nothing copied.
     assert_ne!(run.line("OLD")[0], "0", "6.12 rules accepted the head disk");
     let old_err = run.line("OLDERR").join(" ");
