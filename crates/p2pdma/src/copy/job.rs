@@ -408,9 +408,22 @@ pub fn execute(
     let verification = if job.verify {
         observer.phase_started(Phase::Verify, plan.length);
         let started = Instant::now();
-        let v = verify::verify_within(src_end, dst_end, &plan, job.io_timeout, &mut |n| {
-            observer.progress(n)
-        });
+        // Reads both devices take whole stay on the submitting thread (see
+        // VerifyShape::within).
+        let max_request = [&prepared.src, &prepared.dst]
+            .iter()
+            .filter_map(|side| side.block_device.as_ref())
+            .map(|d| d.max_request_bytes(&job.sysfs))
+            .filter(|&bytes| bytes > 0)
+            .min();
+        let v = verify::verify_within(
+            src_end,
+            dst_end,
+            &plan,
+            max_request,
+            job.io_timeout,
+            &mut |n| observer.progress(n),
+        );
         observer.phase_ended(Phase::Verify);
         Some((v?, started.elapsed()))
     } else {
