@@ -117,9 +117,9 @@ pub struct CopyArgs {
     #[arg(long, value_name = "N", default_value_t = 2, requires = "provider")]
     pub provider_bar: u32,
     /// Give up when no read or write completes for this many seconds: the copy (or the
-    /// verification) fails naming the requests in flight, with the written ranges. Well
-    /// above the NVMe driver's own 30 s command timeout, so it only fires when a request
-    /// was lost for good.
+    /// verification) fails naming the requests in flight, with the written ranges. The
+    /// default is well above the NVMe driver's own 30 s command timeout, so it only fires
+    /// when a request was lost for good. (--via vfio has its own command deadlines.)
     #[arg(long, value_name = "SECONDS", default_value_t = 120,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub io_timeout: u64,
