@@ -73,7 +73,7 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct Globals {
     /// The sysfs root to read (`/sys` unless `--sysfs` was given).
-    pub sysfs: PathBuf,
+    pub sysfs: p2pdma::sysfs::SysfsRoot,
     /// `--kernel-release`: the release whose rules verdicts follow, if not the tree's own.
     pub kernel_release: Option<String>,
     /// `--quiet`: no progress bars, no notes on stderr.
@@ -96,7 +96,10 @@ impl Globals {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let globals = Globals {
-        sysfs: cli.sysfs.unwrap_or_else(|| PathBuf::from("/sys")),
+        sysfs: cli
+            .sysfs
+            .map(p2pdma::sysfs::SysfsRoot::new)
+            .unwrap_or_default(),
         kernel_release: cli.kernel_release,
         quiet: cli.quiet,
     };

@@ -190,7 +190,7 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
             Some(Half::Write) => Direction::WriteOnly,
         },
         verify: args.verify,
-        sysfs: p2pdma::sysfs::SysfsRoot::new(&globals.sysfs),
+        sysfs: globals.sysfs.clone(),
         kernel_release: globals.kernel_release.clone(),
     };
 

@@ -785,7 +785,7 @@ fn check(args: CheckArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
 }
 
 fn guest(cmd: GuestCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
-    let sysfs = &p2pdma::sysfs::SysfsRoot::new(&globals.sysfs);
+    let sysfs = &globals.sysfs;
     match cmd {
         GuestCommand::AsUser { uid, gid, command } => {
             use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};

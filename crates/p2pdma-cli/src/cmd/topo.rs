@@ -73,10 +73,10 @@ pub struct SnapshotArgs {
     no_serials: bool,
 }
 
-fn load(globals: &Globals) -> anyhow::Result<(SysfsRoot, PciTree)> {
-    let root = SysfsRoot::new(&globals.sysfs);
+fn load(globals: &Globals) -> anyhow::Result<(&SysfsRoot, PciTree)> {
+    let root = &globals.sysfs;
     let tree = globals
-        .read_tree(&root)
+        .read_tree(root)
         .with_context(|| format!("reading the PCI tree from {}", root.path().display()))?;
     Ok((root, tree))
 }
@@ -105,8 +105,8 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     let (root, tree) = load(globals)?;
     let topo = Topology::new(&tree);
     if let Some(names) = &args.explain {
-        let (pt, provider) = resolve_pci(&root, &tree, &names[0])?;
-        let (ct, client) = resolve_pci(&root, &tree, &names[1])?;
+        let (pt, provider) = resolve_pci(root, &tree, &names[0])?;
+        let (ct, client) = resolve_pci(root, &tree, &names[1])?;
         let verdict = topo.verdict(provider, client);
         let ok = verdict.is_p2p()
             && (ct.kind == p2pdma::resolve::TargetKind::PciFunction || ct.p2p_queue);
@@ -145,7 +145,7 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     if let Some(names) = &args.choose {
         let mut clients = Vec::new();
         for name in names {
-            clients.push(resolve_pci(&root, &tree, name)?.1);
+            clients.push(resolve_pci(root, &tree, name)?.1);
         }
         let choice = topo.choose_provider(&clients)?;
         if args.json {
@@ -161,7 +161,7 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         } else {
             let mut v = Vec::new();
             for name in names {
-                v.push(resolve_pci(&root, &tree, name)?.1);
+                v.push(resolve_pci(root, &tree, name)?.1);
             }
             v
         };
@@ -184,7 +184,7 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if args.pairs {
-        let pairs = report::pairs(&root, &tree, &topo)?;
+        let pairs = report::pairs(root, &tree, &topo)?;
         if args.json {
             // One document on one line, so guest scripts can mix it with other output.
             output::print_json(&pairs, false)?;
@@ -211,9 +211,9 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
 
 /// Runs `p2pdma snapshot`.
 pub fn snapshot(args: SnapshotArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
-    let root = SysfsRoot::new(&globals.sysfs);
+    let root = &globals.sysfs;
     let summary = p2pdma::snapshot::take(
-        &root,
+        root,
         &args.out,
         SnapshotOptions {
             no_serials: args.no_serials,
