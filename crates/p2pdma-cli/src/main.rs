@@ -5,6 +5,7 @@
 mod cmd;
 pub mod exit;
 pub mod output;
+mod progress;
 
 use std::io::Write;
 use std::path::PathBuf;
