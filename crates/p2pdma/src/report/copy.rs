@@ -416,40 +416,12 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::copy::job::multipath_tests::disk;
     use crate::copy::job::{decide_route, reinterpret_einval};
-    use crate::copy::plan::{EndpointFacts, EndpointKind, StorageId};
     use crate::copy::route::Bounce;
     use crate::copy::{CopyRequest, EngineReport};
+    use crate::report::topo::tests::snapshot;
     use crate::sysfs::SysfsRoot;
-
-    fn snapshot(name: &str, actual: &str) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("src/report/snapshots")
-            .join(name);
-        if std::env::var_os("P2PDMA_BLESS").is_some() {
-            std::fs::write(&path, actual).unwrap();
-        }
-        let expected = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (run with P2PDMA_BLESS=1)", path.display()));
-        assert_eq!(actual, expected, "{name} differs from its snapshot");
-    }
-
-    fn disk(path: &str) -> Inspected {
-        Inspected {
-            facts: EndpointFacts {
-                path: PathBuf::from(path),
-                kind: EndpointKind::BlockDevice,
-                storage: StorageId::Unique,
-                base: 0,
-                size: 1 << 30,
-                block_size: 512,
-                read_only: false,
-                mounted: None,
-                holders: Vec::new(),
-            },
-            block_device: None,
-        }
-    }
 
     /// A 3 MiB copy from nvme0n1 to nvme1n1 of the `switch` fixture, routed as `bounce`
     /// says.

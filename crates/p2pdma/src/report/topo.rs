@@ -665,7 +665,7 @@ pub fn svg(tree: &PciTree, v: Option<&Verdict>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Snapshot tests: each view of two lab fixtures against the text kept in
     //! `report/snapshots/` (`P2PDMA_BLESS=1 cargo test -p p2pdma report::` rewrites them
     //! after a deliberate change; review the diff).
@@ -680,7 +680,7 @@ mod tests {
         )
     }
 
-    fn snapshot(name: &str, actual: &str) {
+    pub(crate) fn snapshot(name: &str, actual: &str) {
         let path: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("src/report/snapshots")
             .join(name);
