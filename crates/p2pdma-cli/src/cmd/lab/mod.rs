@@ -137,7 +137,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut figures = Vec::new();
     for name in bench.topologies() {
         let f = bench.boot(name).map_err(|e| match e {
-            // Before: `booting NAME` as anyhow context, so the chain reads the same.
+            // A failed boot is the lab's (exit 125): "booting NAME: why".
             LaunchError::Boot { .. } => Failure::new(Kind::Lab, e).into(),
             e => anyhow::Error::from(e),
         })?;
