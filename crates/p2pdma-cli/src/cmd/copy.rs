@@ -175,7 +175,7 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     if let Some(note) = report::unexpected_p2p_note(route).filter(|_| !globals.quiet) {
         eprintln!("p2pdma: note: {note}");
     }
-    let summary = Summary::new(&job, &outcome);
+    let summary = Summary::new(&job.src, &job.dst, job.direction, &outcome);
     match &summary.verification {
         Some(v) if !v.matched() => {
             if !args.json {

@@ -5,13 +5,13 @@
 //! wrote). [`crate::copy::job`] decides and runs the copy; this renders what it decided.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use super::error::Kind;
 use crate::copy::endpoint::Inspected;
-use crate::copy::job::{self, CopyJob, CopyOutcome, Prepared};
+use crate::copy::job::{self, CopyOutcome, Prepared};
 use crate::copy::plan::HumanBytes;
 use crate::copy::route::{Mode, Route};
 use crate::copy::{CopyPlan, Direction, EngineError, FailureKind, Verification};
@@ -83,8 +83,9 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// The summary of `job`'s finished copy.
-    pub fn new(job: &CopyJob, outcome: &CopyOutcome) -> Summary {
+    /// The summary of a finished copy from `src` to `dst` (as the user named them) run
+    /// in `direction` ([`crate::copy::job::CopyJob`]'s fields).
+    pub fn new(src: &Path, dst: &Path, direction: Direction, outcome: &CopyOutcome) -> Summary {
         let (plan, route, report) = (
             &outcome.prepared.plan,
             &outcome.prepared.route,
@@ -99,8 +100,8 @@ impl Summary {
             0.0
         };
         Summary {
-            src: job.src.clone(),
-            dst: job.dst.clone(),
+            src: src.to_owned(),
+            dst: dst.to_owned(),
             src_offset: plan.src_offset,
             dst_offset: plan.dst_offset,
             bytes: report.bytes,
@@ -114,7 +115,7 @@ impl Summary {
             chunk_size: plan.chunk_size,
             queue_depth: plan.queue_depth,
             short_transfers: report.short_transfers,
-            only: Half::of(job.direction),
+            only: Half::of(direction),
             verified: verification.map(|v| v.matched()),
             verification,
             verify_seconds,
@@ -211,7 +212,7 @@ impl<'a> DryRun<'a> {
 /// What `copy --dry-run` prints: the ranges, both endpoints, the route
 /// ([`route_text`]), the chunking and the memory it takes; `src` and `dst` as the user
 /// named them.
-pub fn dry_run_text(src: &std::path::Path, dst: &std::path::Path, prepared: &Prepared) -> String {
+pub fn dry_run_text(src: &Path, dst: &Path, prepared: &Prepared) -> String {
     let Prepared {
         src: src_side,
         dst: dst_side,
@@ -412,14 +413,13 @@ mod tests {
     //! `report/snapshots/` (`P2PDMA_BLESS=1 cargo test -p p2pdma report::` rewrites
     //! them), and the pure rules of the summary and the stopped copy's kind.
 
-    use std::path::Path;
     use std::time::Duration;
 
     use super::*;
     use crate::copy::job::multipath_tests::disk;
     use crate::copy::job::{decide_route, reinterpret_einval};
     use crate::copy::route::Bounce;
-    use crate::copy::{CopyRequest, EngineReport};
+    use crate::copy::EngineReport;
     use crate::report::topo::tests::snapshot;
     use crate::sysfs::SysfsRoot;
 
@@ -449,25 +449,13 @@ mod tests {
         }
     }
 
-    fn job(direction: Direction) -> CopyJob {
-        CopyJob {
-            src: "/dev/nvme0n1".into(),
-            dst: "/dev/nvme1n1".into(),
-            request: CopyRequest {
-                src_offset: 1 << 20,
-                dst_offset: 0,
-                length: Some(3 << 20),
-                chunk_size: 1 << 20,
-                queue_depth: 2,
-                force: false,
-            },
-            bounce: Bounce::Never,
-            provider: None,
+    fn summary_of(direction: Direction, outcome: &CopyOutcome) -> Summary {
+        Summary::new(
+            Path::new("/dev/nvme0n1"),
+            Path::new("/dev/nvme1n1"),
             direction,
-            verify: true,
-            sysfs: SysfsRoot::default(),
-            kernel_release: None,
-        }
+            outcome,
+        )
     }
 
     fn outcome(prepared: Prepared, first_difference: Option<u64>) -> CopyOutcome {
@@ -536,7 +524,7 @@ mod tests {
     #[test]
     fn a_summary_says_what_moved_how_fast_and_the_digest_when_it_matched() {
         let done = outcome(prepared(Bounce::Never), None);
-        let summary = Summary::new(&job(Direction::Copy), &done);
+        let summary = summary_of(Direction::Copy, &done);
         assert_eq!(summary.throughput_bytes_per_sec, (12 << 20) as f64);
         assert_eq!(summary.cpu_seconds, 0.05);
         assert_eq!(summary.verified, Some(true));
@@ -555,11 +543,11 @@ mod tests {
         assert_eq!(json["src_offset"], 1 << 20);
         assert_eq!(json["mode"], "p2p");
 
-        let read = Summary::new(&job(Direction::ReadOnly), &done);
+        let read = summary_of(Direction::ReadOnly, &done);
         assert_eq!(serde_json::to_value(&read).unwrap()["only"], "read");
         assert!(summary_text(&read, &done.prepared.route)
             .starts_with("read 3 MiB from /dev/nvme0n1 (--only read) in 0.250 s"));
-        let write = Summary::new(&job(Direction::WriteOnly), &done);
+        let write = summary_of(Direction::WriteOnly, &done);
         assert!(summary_text(&write, &done.prepared.route)
             .starts_with("wrote 3 MiB to /dev/nvme1n1 (--only write)"));
     }
@@ -567,7 +555,7 @@ mod tests {
     #[test]
     fn a_mismatch_names_both_files_at_their_own_offsets_and_prints_no_digest_line() {
         let bad = outcome(prepared(Bounce::Never), Some(4096));
-        let summary = Summary::new(&job(Direction::Copy), &bad);
+        let summary = summary_of(Direction::Copy, &bad);
         assert_eq!(summary.verified, Some(false));
         let (v, _) = bad.verification.unwrap();
         assert_eq!(
