@@ -5,14 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use p2pdma::kernel_rules::RuleChoice;
 use p2pdma::pci::PciTree;
 use p2pdma::report::topo as report;
-use p2pdma::resolve::{resolve_with, Target};
+use p2pdma::resolve::resolve_pci;
 use p2pdma::snapshot::SnapshotOptions;
 use p2pdma::sysfs::SysfsRoot;
 use p2pdma::topology::Topology;
-use p2pdma::Bdf;
 use serde::Serialize;
 
 use crate::exit::Kind;
@@ -81,21 +79,6 @@ fn load(globals: &Globals) -> anyhow::Result<(&SysfsRoot, PciTree)> {
     Ok((root, tree))
 }
 
-/// Resolves a user-given name to a PCI function, or says why it is none.
-fn resolve_pci(root: &SysfsRoot, tree: &PciTree, name: &str) -> anyhow::Result<(Target, Bdf)> {
-    let rules = RuleChoice::for_release(tree.host.kernel_release.as_deref());
-    let target = resolve_with(root, name, &rules).with_context(|| format!("resolving '{name}'"))?;
-    let Some(bdf) = target.bdf else {
-        bail!(
-            "'{name}' is not a PCI device (the kernel refuses P2P for it: \"not a PCI device\"); name an NVMe namespace or a PCI address"
-        );
-    };
-    if tree.function(bdf).is_none() {
-        bail!("'{name}' resolves to {bdf}, which is not in the PCI tree");
-    }
-    Ok((target, bdf))
-}
-
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     Ok(output::print_json(value, true)?)
 }
@@ -108,8 +91,8 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         let (pt, provider) = resolve_pci(root, &tree, &names[0])?;
         let (ct, client) = resolve_pci(root, &tree, &names[1])?;
         let verdict = topo.verdict(provider, client);
-        let ok = verdict.is_p2p()
-            && (ct.kind == p2pdma::resolve::TargetKind::PciFunction || ct.p2p_queue);
+        let explained = report::Explain::new(&pt, &ct, &verdict);
+        let ok = explained.p2p;
         let printed = (|| -> anyhow::Result<()> {
             if args.dot || args.svg {
                 let picture = if args.dot {
@@ -119,12 +102,7 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
                 };
                 output::stdout().write_all(picture.as_bytes())?;
             } else if args.json {
-                print_json(&report::Explain {
-                    provider: &pt,
-                    client: &ct,
-                    verdict: &verdict,
-                    p2p: ok,
-                })?;
+                print_json(&explained)?;
             } else {
                 write!(
                     output::stdout(),
