@@ -221,18 +221,8 @@ pub fn snapshot(args: SnapshotArgs, globals: &Globals) -> anyhow::Result<ExitCod
     if !globals.quiet {
         crate::cmd::print_host_notes(&taken);
     }
-    let unknown: Vec<String> = taken
-        .iter()
-        .filter(|f| f.acs.redirects().is_none())
-        .map(|f| f.bdf.to_string())
-        .collect();
-    if !unknown.is_empty() {
-        eprintln!(
-            "p2pdma: warning: the ACS state of {} function(s) ({}{}) could not be read (config space beyond 64 bytes needs root): take the snapshot as root for certain verdicts",
-            unknown.len(),
-            unknown.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
-            if unknown.len() > 3 { ", ..." } else { "" }
-        );
+    if let Some(warning) = p2pdma::snapshot::acs_unknown_warning(&taken) {
+        eprintln!("p2pdma: warning: {warning}");
     }
     Ok(ExitCode::SUCCESS)
 }
