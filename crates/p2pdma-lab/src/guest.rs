@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use p2pdma::display::error_chain;
 use p2pdma::p2pmem::{P2pmemError, Provider};
 use p2pdma::sysfs::SysfsRoot;
 use p2pdma::Bdf;
@@ -309,17 +310,6 @@ pub fn next_random(state: &mut u64) -> u64 {
     *state
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// Small O_DIRECT reads from `file` into the provider's p2pmem from several threads, each
 /// checked against the file's bytes read through the page cache at the start, until the
 /// stop file exists. A provider that goes away is an expected outcome: the thread counts
@@ -395,7 +385,7 @@ pub fn read_loop(sysfs: &SysfsRoot, args: &ReadLoop) -> Result<ReadLoopReport, G
                                     bump(&counters.gone)
                                 }
                                 P2pmemError::PoolExhausted { .. } => bump(&counters.pool_empty),
-                                other => counters.unexpected(format!("allocate: {}", chain(&other))),
+                                other => counters.unexpected(format!("allocate: {}", error_chain(&other))),
                             }
                             std::thread::sleep(Duration::from_millis(5));
                             continue;
@@ -420,7 +410,7 @@ pub fn read_loop(sysfs: &SysfsRoot, args: &ReadLoop) -> Result<ReadLoopReport, G
                                 break;
                             }
                             Err(e) => {
-                                counters.unexpected(format!("read at {offset}: {}", chain(&e)));
+                                counters.unexpected(format!("read at {offset}: {}", error_chain(&e)));
                                 break;
                             }
                         }
@@ -433,7 +423,7 @@ pub fn read_loop(sysfs: &SysfsRoot, args: &ReadLoop) -> Result<ReadLoopReport, G
                             Err(e) => {
                                 counters.unexpected(format!(
                                     "checking the read at {offset}: {}",
-                                    chain(&e)
+                                    error_chain(&e)
                                 ));
                                 break;
                             }
