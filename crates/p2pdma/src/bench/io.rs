@@ -81,7 +81,8 @@ impl BlockOrder {
         match pattern {
             Pattern::Seq => BlockOrder { blocks, a: 1, c: 0 },
             Pattern::Rand => {
-                let mut a = (splitmix(seed) % blocks) | 1;
+                let mut rng = fastrand::Rng::with_seed(seed);
+                let mut a = rng.u64(..blocks) | 1;
                 while gcd(a, blocks) != 1 {
                     a = (a + 2) % blocks.max(2);
                     if a == 0 {
@@ -91,7 +92,7 @@ impl BlockOrder {
                 BlockOrder {
                     blocks,
                     a,
-                    c: splitmix(seed ^ 0x9e37_79b9) % blocks,
+                    c: rng.u64(..blocks),
                 }
             }
         }
@@ -102,13 +103,6 @@ impl BlockOrder {
         let i = (k % self.blocks) as u128;
         ((u128::from(self.a) * i + u128::from(self.c)) % u128::from(self.blocks)) as u64
     }
-}
-
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 fn gcd(mut a: u64, mut b: u64) -> u64 {

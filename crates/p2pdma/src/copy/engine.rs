@@ -691,15 +691,9 @@ mod tests {
     use super::*;
 
     fn pattern(len: usize, seed: u64) -> Vec<u8> {
-        let mut state = seed | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
+        let mut data = vec![0; len];
+        fastrand::Rng::with_seed(seed).fill(&mut data);
+        data
     }
 
     fn facts(path: &Path, size: u64, ino: u64) -> EndpointFacts {

@@ -433,15 +433,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a_path = dir.path().join("a");
         let b_path = dir.path().join("b");
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let data: Vec<u8> = (0..(12u32 << 20) + 8192)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let mut data = vec![0u8; (12 << 20) + 8192];
+        fastrand::Rng::with_seed(0x9e37_79b9_7f4a_7c15).fill(&mut data);
         std::fs::write(&a_path, &data).unwrap();
         let mut other = data.clone();
         for at in [(11 << 20) + 5, (7 << 20) + 4095, (3 << 20) + 17] {
@@ -479,15 +472,8 @@ mod tests {
         use crate::copy::engine::Op;
         use crate::copy::fake::{FakeBackend, FakeBuf, Fault};
 
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let data: Vec<u8> = (0..(6u32 << 20))
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let mut data = vec![0u8; 6 << 20];
+        fastrand::Rng::with_seed(0x2545_f491_4f6c_dd1d).fill(&mut data);
         let mut other = data.clone();
         other[(5 << 20) + 77] ^= 0x10;
         other[(2 << 20) + 4097] ^= 0x01;
