@@ -271,6 +271,15 @@ mod tests {
     use super::*;
     use crate::copy::HostBuffer;
 
+    fn open_direct(path: &std::path::Path, write: bool) -> std::fs::File {
+        OpenOptions::new()
+            .read(true)
+            .write(write)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .unwrap()
+    }
+
     #[test]
     fn random_order_visits_every_block_once_per_pass() {
         for blocks in [1u64, 2, 7, 64, 1000, 4096] {
@@ -303,11 +312,7 @@ mod tests {
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
             .collect();
         std::fs::write(&path, &data).unwrap();
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-            .unwrap();
+        let file = open_direct(&path, false);
         let spec = JobSpec {
             op: Op::Read,
             start: 256 << 10,
@@ -326,12 +331,7 @@ mod tests {
         // A write job of the buffer's (non-zero) pattern lands where the order says.
         let mut buf = HostBuffer::new(4096).unwrap();
         buf.as_mut_slice().fill(0xa5);
-        let wfile = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-            .unwrap();
+        let wfile = open_direct(&path, true);
         let wspec = JobSpec {
             op: Op::Write,
             start: 0,
@@ -353,11 +353,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("short");
         std::fs::write(&path, vec![7u8; 8192]).unwrap();
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-            .unwrap();
+        let file = open_direct(&path, false);
         let spec = JobSpec {
             op: Op::Read,
             start: 0,
