@@ -113,6 +113,15 @@ impl Lab {
         }
     }
 
+    /// A run of `topology` on Debian's stock 7.2 kernel (`--flavour stock --release 7.2`).
+    pub fn stock(topology: &str) -> Lab {
+        // The stock kernel is chosen by flag; an image named by P2PDMA_LAB_KERNEL would
+        // conflict with it, and only release 7.2 has a stock kernel.
+        Lab::new(topology, Flavour::Standard)
+            .env_remove("P2PDMA_LAB_KERNEL")
+            .args(&["--flavour", "stock", "--release", "7.2"])
+    }
+
     /// Also read topologies from this TOML text.
     pub fn topologies(mut self, toml: &str) -> Lab {
         self.topologies_toml = Some(toml.into());

@@ -7,15 +7,7 @@
 //! The guest scripts print one `KEY field...` line per fact; the assertions are made here.
 //! A cheap pass of the other suites on the stock kernel: `P2PDMA_LAB_FLAVOUR=stock`.
 
-use crate::harness::{json_after, Flavour, Lab};
-
-fn stock(topology: &str) -> Lab {
-    // The stock kernel is chosen by flag; an image named by P2PDMA_LAB_KERNEL would
-    // conflict with it, and only release 7.2 has a stock kernel.
-    Lab::new(topology, Flavour::Standard)
-        .env_remove("P2PDMA_LAB_KERNEL")
-        .args(&["--flavour", "stock", "--release", "7.2"])
-}
+use crate::harness::{json_after, Lab};
 
 /// Taint bits (Documentation/admin-guide/tainted-kernels.rst): O, out-of-tree module
 /// loaded (4096); E, unsigned module loaded (8192).
@@ -33,7 +25,7 @@ echo "BDFS $BA $BB"
 for d in $BA $BB; do echo "P2PMEM $d $(cat /sys/bus/pci/devices/$d/p2pmem/size) $(cat /sys/bus/pci/devices/$d/p2pmem/published)"; done
 checked_copy $A $B 4194304 0 --provider $BB --verify --json
 "#;
-    let run = stock("switch").run(body);
+    let run = Lab::stock("switch").run(body);
     run.assert_success();
     let uname = run.line("UNAME")[0].to_owned();
     assert!(
@@ -71,7 +63,7 @@ dmesg | grep p2pdma_ram | sed 's/^\[[ 0-9.]*\] /DMESG /'
 A=$(ns fast0); B=$(ns fast1)
 checked_copy $A $B 16777216 4194304 --provider $R --verify
 "#;
-    let run = stock("fast").run(body);
+    let run = Lab::stock("fast").run(body);
     run.assert_success();
     let ram = run.line("RAM");
     assert_eq!(ram.len(), 2, "no device bound to p2pdma_ram: {ram:?}");
