@@ -67,6 +67,24 @@ pub enum GuestError {
     /// The p2pmem library's error.
     #[error(transparent)]
     P2pmem(#[from] P2pmemError),
+    /// Dropping to another user failed (`setgroups([])`, `setresgid`, `setresuid`).
+    #[error("{call}")]
+    Credentials {
+        /// The call that failed.
+        call: &'static str,
+        /// Why.
+        #[source]
+        source: rustix::io::Errno,
+    },
+    /// The program could not be run.
+    #[error("cannot run {program}")]
+    Exec {
+        /// The program.
+        program: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// An NVMe controller found by serial.
@@ -230,6 +248,35 @@ pub fn signal(name: &str) -> Result<(), GuestError> {
             )
         })?;
     writeln!(f, "@@signal {name}").map_err(|e| fail("cannot write to", e))
+}
+
+/// Replaces this process with `command` (program and arguments) run as user `uid` and
+/// group `gid` with no supplementary groups (`p2pdma lab guest as-user`: busybox's su
+/// needs a passwd database the guest lacks). Returns only when that failed.
+pub fn exec_as_user(uid: u32, gid: u32, command: &[String]) -> GuestError {
+    use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+    use std::os::unix::process::CommandExt;
+    let Some((program, args)) = command.split_first() else {
+        return GuestError::Invalid("as-user: no program to run".to_owned());
+    };
+    let failed = |call| move |source| GuestError::Credentials { call, source };
+    // This process has one thread, so the thread-level raw syscalls drop the whole
+    // process's rights (glibc's setuid(), which std's Command::uid uses, failed with
+    // ENOSYS in the static guest binary). Groups first, then the group, then the user,
+    // who can change neither afterwards.
+    let gid = rustix::process::Gid::from_raw(gid);
+    let uid = rustix::process::Uid::from_raw(uid);
+    let dropped = set_thread_groups(&[])
+        .map_err(failed("setgroups([])"))
+        .and_then(|()| set_thread_res_gid(gid, gid, gid).map_err(failed("setresgid")))
+        .and_then(|()| set_thread_res_uid(uid, uid, uid).map_err(failed("setresuid")));
+    if let Err(e) = dropped {
+        return e;
+    }
+    GuestError::Exec {
+        program: program.clone(),
+        source: std::process::Command::new(program).args(args).exec(),
+    }
 }
 
 /// What `read-loop` does.
@@ -563,6 +610,13 @@ pub struct HoldReport {
     pub bytes: usize,
     /// Per buffer, whether its pattern was intact at the end.
     pub intact: Vec<bool>,
+}
+
+impl HoldReport {
+    /// Whether every buffer's pattern was intact at the end.
+    pub fn all_intact(&self) -> bool {
+        self.intact.iter().all(|&i| i)
+    }
 }
 
 /// Allocates the buffers, fills them with [`hold_pattern`], says so in the ready file,

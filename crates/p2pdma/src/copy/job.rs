@@ -674,7 +674,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod multipath_tests {
+pub(crate) mod multipath_tests {
     use super::*;
     use crate::copy::plan::{EndpointFacts, StorageId};
     use crate::sysfs::builder::{FunctionSpec as F, SysfsBuilder};
@@ -716,7 +716,7 @@ mod multipath_tests {
         dir
     }
 
-    fn disk(path: &str) -> Inspected {
+    pub(crate) fn disk(path: &str) -> Inspected {
         Inspected {
             facts: EndpointFacts {
                 path: PathBuf::from(path),
