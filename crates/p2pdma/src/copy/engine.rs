@@ -1317,7 +1317,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dst_path = dir.path().join("dst");
         std::fs::write(&dst_path, pattern(8192, 5)).unwrap();
-        let dst = OpenOptions::new().write(true).open(&dst_path).unwrap();
+        let dst = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&dst_path)
+            .unwrap();
         let src_path = Path::new("/the/source/pipe");
         let timeout = Duration::from_millis(200);
         let err = run_one_way_within(
