@@ -207,14 +207,17 @@ pub struct StuckRequest {
 }
 
 impl StuckRequest {
-    /// The request `request` of a pipeline over `names` (source, destination).
-    pub fn of(request: &super::backend::IoRequest, names: [&Path; 2]) -> StuckRequest {
-        StuckRequest {
-            op: request.op,
-            path: names[request.target as usize].to_owned(),
-            offset: request.offset,
-            len: u64::from(request.len),
-        }
+    /// The requests `requests` of a pipeline over `names` (source, destination).
+    pub fn all(requests: &[super::backend::IoRequest], names: [&Path; 2]) -> Vec<StuckRequest> {
+        requests
+            .iter()
+            .map(|r| StuckRequest {
+                op: r.op,
+                path: names[r.target as usize].to_owned(),
+                offset: r.offset,
+                len: u64::from(r.len),
+            })
+            .collect()
     }
 }
 
@@ -698,11 +701,7 @@ pub fn run_pipeline_within<B: IoBackend>(
                 pipeline.stop();
                 return Err(EngineError::Stalled {
                     waited: stall.waited,
-                    in_flight: stall
-                        .requests
-                        .iter()
-                        .map(|r| StuckRequest::of(r, names))
-                        .collect(),
+                    in_flight: StuckRequest::all(&stall.requests, names),
                     written,
                 });
             }

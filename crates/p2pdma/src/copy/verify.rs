@@ -359,11 +359,7 @@ where
                 // Dropping the pipeline leaks the buffers the stuck reads name.
                 return Err(VerifyError::Stalled {
                     waited: stall.waited,
-                    in_flight: stall
-                        .requests
-                        .iter()
-                        .map(|r| StuckRequest::of(r, names))
-                        .collect(),
+                    in_flight: StuckRequest::all(&stall.requests, names),
                 });
             }
         }
