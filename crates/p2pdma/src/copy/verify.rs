@@ -126,13 +126,22 @@ pub struct VerifyShape {
 impl VerifyShape {
     /// The shape for `plan`; `None` for an empty range.
     pub fn of(plan: &CopyPlan) -> Option<VerifyShape> {
+        VerifyShape::at_most(plan, VERIFY_MAX_STEP)
+    }
+
+    /// The shape for `plan` with reads of at most `max_step` bytes (rounded down to the
+    /// block size, at least one block): for a backend whose requests carry at most that
+    /// much, such as NVMe commands limited by a controller's MDTS. `None` for an empty
+    /// range.
+    pub fn at_most(plan: &CopyPlan, max_step: u64) -> Option<VerifyShape> {
         if plan.length == 0 {
             return None;
         }
         let block = plan.block_size.max(1);
+        let max = (max_step.min(VERIFY_MAX_STEP) / block * block).max(block);
         let step = plan
             .chunk_size
-            .clamp(VERIFY_MIN_STEP, VERIFY_MAX_STEP)
+            .clamp(VERIFY_MIN_STEP.min(max), max)
             .next_multiple_of(block)
             .min(plan.length.next_multiple_of(block));
         let chunks = plan.length.div_ceil(step);
@@ -517,6 +526,28 @@ mod tests {
             assert_eq!(v.src_digest, xxhash_rust::xxh3::xxh3_128(&data));
             assert_eq!(v.dst_digest, xxhash_rust::xxh3::xxh3_128(&other));
         }
+    }
+
+    #[test]
+    fn a_limited_shape_never_reads_more_than_the_limit_and_still_covers_the_range() {
+        let mut p = plan(0, 0, (10 << 20) + 8192);
+        p.chunk_size = 4 << 20;
+        p.queue_depth = 8;
+        let free = VerifyShape::of(&p).unwrap();
+        assert_eq!(free.step, 4 << 20);
+        let limited = VerifyShape::at_most(&p, (512 << 10) + 100).unwrap();
+        assert_eq!(
+            limited.step,
+            512 << 10,
+            "rounded down to the 4096-byte block"
+        );
+        assert_eq!(limited.chunks, p.length.div_ceil(512 << 10));
+        assert!(limited.chunks * limited.step >= p.length);
+        assert_eq!(limited.depth, 8);
+        assert_eq!(limited.pairs, 16);
+        // A limit below one block still reads whole blocks.
+        assert_eq!(VerifyShape::at_most(&p, 100).unwrap().step, 4096);
+        assert_eq!(VerifyShape::at_most(&plan(0, 0, 0), 4096), None);
     }
 
     #[test]
