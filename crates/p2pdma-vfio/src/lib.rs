@@ -38,6 +38,7 @@ pub mod vfio;
 pub use pool::{BarPool, InFlight, Lease, PoolError};
 pub mod driver;
 pub use driver::{Controller, DriverError};
+pub mod bench;
 pub mod bind;
 pub mod copy;
 pub mod job;

@@ -257,7 +257,7 @@ pub fn copy(args: &CopyArgs, provider_bar: u32, globals: &Globals) -> anyhow::Re
 
 /// The exit-code table's reading of a VFIO copy's error; a stopped copy prints its
 /// revocation steps (unless quiet) and carries its written ranges as details.
-fn copy_failure(e: VfioCopyError, quiet: bool) -> anyhow::Error {
+pub fn copy_failure(e: VfioCopyError, quiet: bool) -> anyhow::Error {
     match e {
         VfioCopyError::Stopped(stopped) => {
             if !quiet {

@@ -5,7 +5,7 @@
 //!
 //! The guest script prints one `KEY field...` line per fact; the assertions are made here.
 
-use crate::harness::{json_after, read_range, Flavour, Lab};
+use crate::harness::{json_after, read_range, Flavour, Lab, LabRun};
 
 /// Shell helpers: `ns SERIAL` / `bdf SERIAL` (namespace node, PCI address), `ram` (the
 /// ivshmem-plain device), `md5 DEV OFFSET LEN` (multiples of 4096), `fill DEV OFFSET LEN`,
@@ -313,5 +313,116 @@ sync
         dst[end..].iter().all(|&b| b == 0),
         "bytes beyond the reported ranges"
     );
+    run.assert_kernel_log_clean();
+}
+
+/// One boot: the kernel path's `bench --workload copy --fio --json` of the two namespaces
+/// (`KMODE`: `host` on a kernel without P2PDMA), new random data in the source, `vfio
+/// attach`, `bench --via vfio` with that report as its yardstick, the refusal of `--fio`
+/// with --via vfio, `vfio detach`, and the guest's md5 of both ranges.
+const BENCH_BODY: &str = r#"
+A=$(ns $S0); B=$(ns $S1); BA=$(bdf $S0); BB=$(bdf $S1)
+LEN=$((SIZE_MIB * 1048576))
+fill $A 0 $LEN
+p2pdma bench --workload copy --src $A --dst $B --mode $KMODE --size ${SIZE_MIB}M --bs 512k --iodepth 4 --warmup 1 --repeat 3 --fio --json > /tmp/k.json 2>/tmp/k.err; echo "KBENCH $?"
+echo "KERR $(one_line /tmp/k.err)"
+fill $A 0 $LEN
+p2pdma vfio attach $BA $BB > /dev/null; echo "ATTACH $?"
+p2pdma bench --via vfio --workload copy --src $BA/1 --dst $BB/1 --size ${SIZE_MIB}M --bs 512k --iodepth 4 --warmup 1 --repeat 3 --yardstick /tmp/k.json --json > /tmp/v.json 2>/tmp/v.err; echo "VBENCH $? $(one_line /tmp/v.json)"
+echo "VERR $(one_line /tmp/v.err)"
+p2pdma bench --via vfio --workload copy --src $BA/1 --dst $BB/1 --size ${SIZE_MIB}M --bs 512k --iodepth 4 --warmup 1 --repeat 3 --yardstick /tmp/k.json > /tmp/v.txt 2>&1; echo "VTABLE $?"
+cat /tmp/v.txt | sed 's/^/TABLE /'
+p2pdma bench --via vfio --workload copy --src $BA/1 --dst $BB/1 --size 1M --fio > /dev/null 2>/tmp/f.err; echo "FIO $? $(one_line /tmp/f.err)"
+p2pdma vfio detach $BA $BB > /dev/null; echo "DETACH $?"
+wait_ns $S0; wait_ns $S1; A=$(ns $S0); B=$(ns $S1)
+echo "MD5 $(md5 $A 0 $LEN) $(md5 $B 0 $LEN) $(zeros $LEN)"
+"#;
+
+/// What [`BENCH_BODY`] printed, checked: the VFIO bench verified the copied range (and
+/// the guest's md5 agrees after detach), its figures are present, ordered and non-zero,
+/// its JSON carries the yardstick's fio rows and the ratios against them, and `--fio` is
+/// refused with a pointer to `--yardstick`. No timing thresholds.
+fn check_bench_run(run: &LabRun, size: u64, kernel_mode: &str) {
+    assert_eq!(run.status, Some(0), "guest script failed");
+    assert_eq!(
+        run.line("KBENCH")[0],
+        "0",
+        "kernel-path bench failed: {:?}",
+        run.line("KERR")
+    );
+    assert_eq!(run.line("ATTACH")[0], "0");
+    let line = run.line("VBENCH");
+    assert_eq!(
+        line[0],
+        "0",
+        "bench --via vfio failed: {line:?} {:?}",
+        run.line("VERR")
+    );
+    let report = json_after(&line.join(" "));
+    assert_eq!(report["via"], "vfio");
+    assert_eq!(report["size"], size);
+    assert_eq!(report["verified"], true, "{report}");
+    assert!(report["verification"]["first_difference"].is_null());
+    assert_eq!(
+        report["verification"]["src_digest"],
+        report["verification"]["dst_digest"]
+    );
+    assert_eq!(report["provider_kind"], "cmb");
+    let case = &report["results"][0];
+    assert_eq!(case["bs"], 512 << 10);
+    assert_eq!(case["iodepth"], 4);
+    assert_eq!(case["runs"].as_array().unwrap().len(), 3, "{case}");
+    for r in case["runs"].as_array().unwrap() {
+        assert_eq!(r["io_bytes"], size, "each run copies the whole range");
+        assert!(r["bw_mib_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let bw = &case["summary"]["bw_mib_s"];
+    let (min, median, max) = (
+        bw["min"].as_f64().unwrap(),
+        bw["median"].as_f64().unwrap(),
+        bw["max"].as_f64().unwrap(),
+    );
+    assert!(0.0 < min && min <= median && median <= max, "{bw}");
+    let rows = report["yardstick"]["rows"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r["engine"] == "fio" && r["mode"] == kernel_mode),
+        "the yardstick has fio's copy in {kernel_mode} memory: {rows:?}"
+    );
+    let ratios = &report["ratios"]["copy bs=512k iodepth=4"];
+    let vs_fio = ratios[format!("fio {kernel_mode}")].as_f64().unwrap();
+    assert!(vs_fio.is_finite() && vs_fio > 0.0, "{ratios}");
+    let vs_kernel = ratios[format!("p2pdma {kernel_mode}")].as_f64().unwrap();
+    assert!(vs_kernel.is_finite() && vs_kernel > 0.0, "{ratios}");
+    assert_eq!(run.line("VTABLE")[0], "0");
+    let table: Vec<String> = run.lines("TABLE").iter().map(|l| l.join(" ")).collect();
+    assert!(
+        table.iter().any(|l| l.starts_with("verified:")),
+        "{table:?}"
+    );
+    assert!(
+        table
+            .iter()
+            .any(|l| l.starts_with(&format!("copy bs=512k iodepth=4: vfio/fio {kernel_mode}"))),
+        "{table:?}"
+    );
+    let fio = run.line("FIO");
+    assert_eq!(fio[0], "1", "--fio with --via vfio is bad input: {fio:?}");
+    assert!(fio.join(" ").contains("--yardstick"), "{fio:?}");
+    assert_eq!(run.line("DETACH")[0], "0");
+    let md5 = run.line("MD5");
+    assert_eq!(md5[0], md5[1], "guest md5: the benchmarked range differs");
+    assert_ne!(md5[0], md5[2], "the source range must hold random data");
+    for l in &table {
+        eprintln!("FIGURE {l}");
+    }
+}
+
+#[test]
+#[ignore = "lab: boots a QEMU guest (no-p2pdma kernel); run with --include-ignored"]
+fn bench_via_vfio_verifies_and_compares_with_the_kernel_path_and_fio_of_the_same_boot() {
+    let body = format!("S0=vf0; S1=vf1; SIZE_MIB=8; KMODE=host\n{BENCH_BODY}");
+    let run = vfio_lab().args(&["--with-fio"]).run(&script(&body));
+    check_bench_run(&run, 8 << 20, "host");
     run.assert_kernel_log_clean();
 }
