@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use p2pdma::bench::cpu::CpuTimes;
-use p2pdma::bench::report::{short_size, utc_date, Machine, Summary};
+use p2pdma::bench::report::{short_size, Machine, Summary};
 use p2pdma::bench::stats::Spread;
-use p2pdma::bench::RunFigures;
+use p2pdma::bench::{Progress, RunFigures};
 use p2pdma::copy::verify::Verification;
 use p2pdma::display::HumanBytes;
 use p2pdma::sysfs::SysfsRoot;
@@ -31,7 +31,7 @@ use p2pdma::Bdf;
 use serde::{Deserialize, Serialize};
 
 use crate::driver::CmbInfo;
-use crate::job::{Namespace, Opened, VfioCopyError, VfioCopyJob, VfioObserver};
+use crate::job::{Namespace, Opened, VfioCopyError, VfioCopyJob};
 
 /// A VFIO benchmark as asked for.
 #[derive(Debug, Clone)]
@@ -332,27 +332,11 @@ pub fn ratios(
     out
 }
 
-/// Hears about each finished run.
-pub trait BenchProgress {
-    /// Before the first run.
-    fn start(&mut self, total_runs: u64) {
-        let _ = total_runs;
-    }
-    /// After each run (warm-up included).
-    fn run_done(&mut self, label: &str) {
-        let _ = label;
-    }
-    /// After the last run.
-    fn finish(&mut self) {}
-}
-
-impl BenchProgress for () {}
-
 /// Runs the benchmark: opens the devices once, copies `size` bytes per run for every
 /// block size and depth (warm-up runs first), then verifies the range once.
 pub fn run(
     req: &VfioBenchRequest,
-    progress: &mut dyn BenchProgress,
+    progress: &mut dyn Progress,
 ) -> Result<VfioBenchReport, VfioBenchError> {
     if req.repeat == 0 {
         return Err(VfioBenchError::NoRuns);
@@ -411,7 +395,7 @@ pub fn run(
     }
     progress.finish();
     let spec = last.expect("at least one case ran");
-    let (verification, took) = opened.verify(&spec, &mut Quiet)?;
+    let (verification, took) = opened.verify(&spec, &mut ())?;
     let mut notes = vec![
         "each run copies the same range (offset 0 of both namespaces) through the pool; the comparison after the last run re-reads both ranges into host memory".to_owned(),
         "CPU seconds count the polling of the completion queues: the userspace driver spins while commands are in flight".to_owned(),
@@ -433,15 +417,7 @@ pub fn run(
         provider: opened.provider.to_string(),
         provider_kind: opened.provider_kind,
         cmb: opened.cmb,
-        machine: Machine {
-            kernel: rustix::system::uname()
-                .release()
-                .to_string_lossy()
-                .into_owned(),
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            unix_time: started,
-            date: utc_date(started),
-        },
+        machine: Machine::this(started),
         ratios: ratios(&results, req.yardstick.as_ref()),
         results,
         verified: verification.matched(),
@@ -451,9 +427,6 @@ pub fn run(
         notes,
     })
 }
-
-struct Quiet;
-impl VfioObserver for Quiet {}
 
 impl VfioBenchReport {
     /// The JSON document (`--json`).

@@ -17,7 +17,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use p2pdma::bdf::ParseBdfError;
-use p2pdma::copy::job::Phase;
+use p2pdma::copy::job::{CopyObserver, Phase};
 use p2pdma::copy::verify::Verification;
 use p2pdma::sysfs::SysfsRoot;
 use p2pdma::Bdf;
@@ -271,23 +271,14 @@ pub struct StopReport {
     pub revocation: Vec<Step>,
 }
 
-/// Hears what [`run`] is doing. Every method has a default that does nothing.
-pub trait VfioObserver {
+/// Hears what [`run`] is doing: the phases and the progress as the kernel path's
+/// [`CopyObserver`] hears them ([`CopyObserver::route_decided`] is never called: the
+/// VFIO path has no route to decide; [`VfioObserver::opened`] comes instead). Every
+/// method has a default that does nothing.
+pub trait VfioObserver: CopyObserver {
     /// The devices are open and the pool is set up; nothing was written yet.
     fn opened(&mut self, opened: &Opened) {
         let _ = opened;
-    }
-    /// A phase of `total` bytes starts.
-    fn phase_started(&mut self, phase: Phase, total: u64) {
-        let _ = (phase, total);
-    }
-    /// `done` bytes of the current phase are done.
-    fn progress(&mut self, done: u64) {
-        let _ = done;
-    }
-    /// The current phase ended (successfully or not).
-    fn phase_ended(&mut self, phase: Phase) {
-        let _ = phase;
     }
     /// Polled between completions: true stops the copy (the revocation begins).
     fn stop_requested(&mut self) -> bool {

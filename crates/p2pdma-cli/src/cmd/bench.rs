@@ -365,18 +365,3 @@ fn vfio(args: &BenchArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
-
-impl p2pdma_vfio::bench::BenchProgress for Bar {
-    fn start(&mut self, total_runs: u64) {
-        self.0.set_length(total_runs);
-    }
-
-    fn run_done(&mut self, label: &str) {
-        self.0.set_message(label.to_owned());
-        self.0.inc(1);
-    }
-
-    fn finish(&mut self) {
-        self.0.finish_and_clear();
-    }
-}

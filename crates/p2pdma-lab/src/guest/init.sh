@@ -17,8 +17,16 @@ exec 3>/dev/ttyS3
 
 # A distribution kernel (`--flavour stock`) has NVMe, ext4, vfio-pci and the lab's RAM
 # provider as modules: /lab/modules lists them in dependency order, with parameters.
+# As modprobe does, NAME.PARAM=VALUE on the kernel command line (a topology's kernel_args,
+# e.g. vfio_iommu_type1.allow_unsafe_interrupts=1) is passed to module NAME as well.
 if [ -s /lab/modules ]; then
     while read -r module parameters; do
+        name=$(basename "$module" .ko)
+        for word in $(cat /proc/cmdline); do
+            case "$word" in
+                "$name".*=*) parameters="$parameters ${word#"$name".}" ;;
+            esac
+        done
         insmod "$module" $parameters || echo "@@warning insmod $module $parameters failed" >&3
     done < /lab/modules
 fi
