@@ -75,7 +75,8 @@ pub struct NvmeController {
     pub bdf: Bdf,
     /// The controller (`nvme0`).
     pub controller: String,
-    /// Its namespaces (`nvme0n1`), sorted.
+    /// Its namespaces' disks (`nvme0n1`; under native multipath, the head disks of its
+    /// paths), sorted.
     pub namespaces: Vec<String>,
 }
 
@@ -113,9 +114,11 @@ pub fn nvme_by_serial(sysfs: &SysfsRoot, serial: &str) -> Result<NvmeController,
                 .flatten()
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| is_namespace_of(&ctrl, n))
+                .filter(|n| is_namespace_name(n))
+                .map(|n| openable_disk(&n))
                 .collect();
             namespaces.sort();
+            namespaces.dedup();
             return Ok(NvmeController {
                 bdf,
                 controller: ctrl,
@@ -134,10 +137,34 @@ pub fn nvme_by_serial(sysfs: &SysfsRoot, serial: &str) -> Result<NvmeController,
     })
 }
 
-/// Whether `name` is a namespace of controller `ctrl` (`nvme0` -> `nvme0n1`).
-fn is_namespace_of(ctrl: &str, name: &str) -> bool {
-    name.strip_prefix(ctrl)
-        .is_some_and(|rest| rest.starts_with('n') && rest.len() > 1)
+/// Whether `name`, an entry of a controller's sysfs directory, is one of its namespaces: `nvme0n1` without native multipath; with it, the controller lists its path
+/// disks (`nvme0c0n1`, hidden, no /dev node) or, for a namespace no other controller
+/// shares, a disk named after its subsystem's instance (`nvme1n1` under `nvme2`).
+fn is_namespace_name(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let Some(rest) = name.strip_prefix("nvme") else {
+        return false;
+    };
+    let Some((head, nsid)) = rest.rsplit_once('n') else {
+        return false;
+    };
+    digits(nsid)
+        && match head.split_once('c') {
+            Some((subsystem, controller)) => digits(subsystem) && digits(controller),
+            None => digits(head),
+        }
+}
+
+/// The disk with a /dev node for namespace disk `name`: a multipath path disk
+/// `nvme<X>c<Y>n<Z>` is hidden, and its head `nvme<X>n<Z>` is what opens.
+fn openable_disk(name: &str) -> String {
+    match name.split_once('c') {
+        Some((subsystem, rest)) => match rest.rsplit_once('n') {
+            Some((_, nsid)) => format!("{subsystem}n{nsid}"),
+            None => name.to_owned(),
+        },
+        None => name.to_owned(),
+    }
 }
 
 /// A PCI function given as a BDF or as an NVMe serial.
@@ -611,6 +638,27 @@ mod tests {
         let hit: std::collections::HashSet<u64> =
             (0..4096).map(|_| next_random(&mut state) % slots).collect();
         assert!(hit.len() > 900, "only {} of {slots} slots hit", hit.len());
+    }
+
+    #[test]
+    fn namespace_names_with_and_without_native_multipath() {
+        for name in ["nvme0n1", "nvme1n10", "nvme0c1n1", "nvme12c3n2"] {
+            assert!(is_namespace_name(name), "{name}");
+        }
+        for name in [
+            "power",
+            "nvme0",
+            "nvme0n",
+            "nvme0c1",
+            "nvmec1n1",
+            "nvme0n1p1",
+            "ng0n1",
+            "nvme0cn1",
+        ] {
+            assert!(!is_namespace_name(name), "{name}");
+        }
+        assert_eq!(openable_disk("nvme1c2n3"), "nvme1n3");
+        assert_eq!(openable_disk("nvme4n1"), "nvme4n1");
     }
 
     #[test]

@@ -17,11 +17,14 @@ exec 3>/dev/ttyS3
 
 # A distribution kernel (`--flavour stock`) has NVMe, ext4, vfio-pci and the lab's RAM
 # provider as modules: /lab/modules lists them in dependency order, with parameters.
-# As modprobe does, NAME.PARAM=VALUE on the kernel command line (a topology's kernel_args,
-# e.g. vfio_iommu_type1.allow_unsafe_interrupts=1) is passed to module NAME as well.
+# The kernel applies `module.param=value` from its command line only to built-in code;
+# for a loadable module modprobe does it, and insmod does not, so do it here: the command
+# line's settings come last and win (`nvme.sgl_threshold=0`, a topology's
+# `nvme_core.multipath=Y`), as they would on a built kernel.
 if [ -s /lab/modules ]; then
     while read -r module parameters; do
-        name=$(basename "$module" .ko)
+        name=${module##*/}
+        name=${name%.ko}
         for word in $(cat /proc/cmdline); do
             case "$word" in
                 "$name".*=*) parameters="$parameters ${word#"$name".}" ;;
