@@ -502,7 +502,14 @@ impl Controller {
             bdf,
             why: format!("IOVA {cba:#x} is not 4 KiB aligned"),
         })?;
-        self.regs.write64(regs::CMBMSC, msc);
+        // High dword first, then the low one with CRE and CMSE, as Linux does
+        // (hi_lo_writeq): a controller may take CBA when the low half is written, and QEMU
+        // 10's NVMe does, ignoring a high half written after it. Written low first, the
+        // controller took CBA = the low half alone; its own commands then missed the CMB
+        // and went through the IOMMU to its own BAR (QEMU: "Blocked re-entrant IO on
+        // MemoryRegion: nvme-cmb"), so a copy through the destination's CMB wrote wrong data.
+        self.regs.write32(regs::CMBMSC + 4, (msc >> 32) as u32);
+        self.regs.write32(regs::CMBMSC, msc as u32);
         if self.regs.read32(regs::CMBSTS) & regs::CMBSTS_CBAI != 0 {
             return Err(DriverError::Cmb {
                 bdf,
@@ -517,6 +524,18 @@ impl Controller {
             },
             mapping,
         ))
+    }
+
+    /// Turns off the CMB's controller memory space (CMBMSC.CMSE = 0, CBA = 0; CRE kept):
+    /// the controller then decodes no address as its own CMB. A CBA left from an earlier
+    /// session (a controller reset keeps CMBMSC, QEMU's too) or by the kernel's driver
+    /// could otherwise equal the IOVA of this session's pool, and the controller would
+    /// read and write its own CMB where the pool is meant. No-op without CAP.CMBS.
+    pub fn disable_cmb_memory_space(&self) {
+        if self.cap.cmb_supported {
+            self.regs.write32(regs::CMBMSC + 4, 0);
+            self.regs.write32(regs::CMBMSC, regs::CMBMSC_CRE as u32);
+        }
     }
 
     /// Reads CMBLOC/CMBSZ (setting CMBMSC.CRE, which changes nothing else) without

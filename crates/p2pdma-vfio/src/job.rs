@@ -33,8 +33,27 @@ use crate::vfio::{Container, Device, IommuMapping, VfioError};
 pub const HOST_IOVA: u64 = 0x1000_0000;
 /// IOVA of the verification buffers (host memory, at most 128 MiB).
 pub const VERIFY_IOVA: u64 = 0x3000_0000;
-/// IOVA where the pool's BAR is mapped (256 GiB: far from guest RAM's identity range).
+/// IOVA where the pool's BAR is mapped when it is not a CMB (256 GiB: far from guest
+/// RAM's identity range).
 pub const POOL_IOVA: u64 = 0x40_0000_0000;
+/// IOVA where a CMB's BAR is mapped (CMBMSC.CBA) when it fits below the x86 MSI window
+/// (0xfee00000): a CBA below 4 GiB, as Linux's own (the CMB's bus address) always is, so
+/// a controller that takes CBA from the register's low half alone still finds its CMB.
+pub const CMB_IOVA: u64 = 0x8000_0000;
+/// The end of the IOVA range [`CMB_IOVA`] may use.
+const CMB_IOVA_END: u64 = 0xfee0_0000;
+
+/// Where to map a CMB whose BAR holds `bar_len` bytes.
+pub fn cmb_iova(bar_len: u64) -> u64 {
+    if CMB_IOVA
+        .checked_add(bar_len)
+        .is_some_and(|end| end <= CMB_IOVA_END)
+    {
+        CMB_IOVA
+    } else {
+        POOL_IOVA
+    }
+}
 /// The most chunks in flight per direction (the I/O queues push back beyond).
 pub const MAX_DEPTH: usize = 32;
 
@@ -473,13 +492,22 @@ impl Opened {
         let dst_ns = controllers[dst_index].namespace(dst.nsid)?;
         let (block, length) = validate_range((src, &src_ns), (dst, &dst_ns), offset, job.length)?;
 
-        // The pool: a controller's CMB, or another device's BAR.
+        // The pool: a controller's CMB, or another device's BAR. No other controller may
+        // decode the pool's IOVA as its own CMB (a CBA left by an earlier session).
         let provider = job.provider.unwrap_or(src.bdf);
+        for c in controllers.iter().filter(|c| c.bdf() != provider) {
+            c.disable_cmb_memory_space();
+        }
         let mut cmb = None;
         let mut provider_device = None;
         let (pool, mapping, provider_kind) =
             if let Some(i) = controllers.iter().position(|c| c.bdf() == provider) {
-                let (info, mapping) = controllers[i].enable_cmb(POOL_IOVA)?;
+                // The whole BAR is mapped: its size decides where (0 if the registers do
+                // not say, and enable_cmb then explains why there is no CMB).
+                let bar_len = controllers[i].cmb_registers().map_or(0, |(location, _)| {
+                    controllers[i].device().bar_size(u32::from(location.bar))
+                });
+                let (info, mapping) = controllers[i].enable_cmb(cmb_iova(bar_len))?;
                 let pool = BarPool::new(
                     &format!("the CMB of {provider}"),
                     mapping.memory().clone(),
@@ -775,6 +803,16 @@ mod tests {
         // A pool smaller than the depth asks for: what it holds; never 0.
         assert_eq!(shape(1 << 20, 8, 1 << 20, 4096, 3 << 20), (1 << 20, 3));
         assert_eq!(shape(1 << 20, 8, 1 << 20, 4096, 4096), (1 << 20, 1));
+    }
+
+    #[test]
+    fn a_cmb_goes_below_4_gib_when_it_fits_under_the_msi_window() {
+        assert_eq!(cmb_iova(16 << 20), CMB_IOVA);
+        assert!(cmb_iova(16 << 20) + (16 << 20) <= 1 << 32);
+        assert_eq!(cmb_iova(CMB_IOVA_END - CMB_IOVA), CMB_IOVA);
+        assert_eq!(cmb_iova(CMB_IOVA_END - CMB_IOVA + 4096), POOL_IOVA);
+        assert_eq!(cmb_iova(8 << 30), POOL_IOVA);
+        assert_eq!(cmb_iova(u64::MAX), POOL_IOVA);
     }
 
     #[test]
