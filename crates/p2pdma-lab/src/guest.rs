@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use p2pdma::display::error_chain;
 use p2pdma::p2pmem::{P2pmemError, Provider};
 use p2pdma::sysfs::SysfsRoot;
 use p2pdma::Bdf;
@@ -66,6 +67,24 @@ pub enum GuestError {
     /// The p2pmem library's error.
     #[error(transparent)]
     P2pmem(#[from] P2pmemError),
+    /// Dropping to another user failed (`setgroups([])`, `setresgid`, `setresuid`).
+    #[error("{call}")]
+    Credentials {
+        /// The call that failed.
+        call: &'static str,
+        /// Why.
+        #[source]
+        source: rustix::io::Errno,
+    },
+    /// The program could not be run.
+    #[error("cannot run {program}")]
+    Exec {
+        /// The program.
+        program: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// An NVMe controller found by serial.
@@ -231,6 +250,35 @@ pub fn signal(name: &str) -> Result<(), GuestError> {
     writeln!(f, "@@signal {name}").map_err(|e| fail("cannot write to", e))
 }
 
+/// Replaces this process with `command` (program and arguments) run as user `uid` and
+/// group `gid` with no supplementary groups (`p2pdma lab guest as-user`: busybox's su
+/// needs a passwd database the guest lacks). Returns only when that failed.
+pub fn exec_as_user(uid: u32, gid: u32, command: &[String]) -> GuestError {
+    use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+    use std::os::unix::process::CommandExt;
+    let Some((program, args)) = command.split_first() else {
+        return GuestError::Invalid("as-user: no program to run".to_owned());
+    };
+    let failed = |call| move |source| GuestError::Credentials { call, source };
+    // This process has one thread, so the thread-level raw syscalls drop the whole
+    // process's rights (glibc's setuid(), which std's Command::uid uses, failed with
+    // ENOSYS in the static guest binary). Groups first, then the group, then the user,
+    // who can change neither afterwards.
+    let gid = rustix::process::Gid::from_raw(gid);
+    let uid = rustix::process::Uid::from_raw(uid);
+    let dropped = set_thread_groups(&[])
+        .map_err(failed("setgroups([])"))
+        .and_then(|()| set_thread_res_gid(gid, gid, gid).map_err(failed("setresgid")))
+        .and_then(|()| set_thread_res_uid(uid, uid, uid).map_err(failed("setresuid")));
+    if let Err(e) = dropped {
+        return e;
+    }
+    GuestError::Exec {
+        program: program.clone(),
+        source: std::process::Command::new(program).args(args).exec(),
+    }
+}
+
 /// What `read-loop` does.
 #[derive(Debug, Clone)]
 pub struct ReadLoop {
@@ -328,23 +376,10 @@ impl Counters {
     }
 }
 
-/// A small xorshift generator: the read offsets need to be spread, not unpredictable.
-pub fn next_random(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+/// The offset of a read of `size` bytes at a random one of `slots` slots: the read
+/// offsets need to be spread, not unpredictable.
+pub fn read_offset(rng: &mut fastrand::Rng, slots: u64, size: usize) -> u64 {
+    rng.u64(..slots) * size as u64
 }
 
 /// Small O_DIRECT reads from `file` into the provider's p2pmem from several threads, each
@@ -395,7 +430,7 @@ pub fn read_loop(sysfs: &SysfsRoot, args: &ReadLoop) -> Result<ReadLoopReport, G
                 })?;
             handles.push(scope.spawn(move || {
                 let seed = started.elapsed().as_nanos() as u64;
-                let mut rng = (seed ^ (thread as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
+                let mut rng = fastrand::Rng::with_seed(seed ^ thread as u64);
                 let mut check = vec![0u8; args.size];
                 let mut was_ready = false;
                 while !stop() {
@@ -422,7 +457,7 @@ pub fn read_loop(sysfs: &SysfsRoot, args: &ReadLoop) -> Result<ReadLoopReport, G
                                     bump(&counters.gone)
                                 }
                                 P2pmemError::PoolExhausted { .. } => bump(&counters.pool_empty),
-                                other => counters.unexpected(format!("allocate: {}", chain(&other))),
+                                other => counters.unexpected(format!("allocate: {}", error_chain(&other))),
                             }
                             std::thread::sleep(Duration::from_millis(5));
                             continue;
@@ -430,7 +465,7 @@ pub fn read_loop(sysfs: &SysfsRoot, args: &ReadLoop) -> Result<ReadLoopReport, G
                     };
                     // Read until the buffer is lost.
                     while !stop() {
-                        let offset = next_random(&mut rng) % slots * args.size as u64;
+                        let offset = read_offset(&mut rng, slots, args.size);
                         bump(&counters.started);
                         match buffer.pread(&file, offset, 0, args.size) {
                             Ok(n) if n == args.size => {}
@@ -447,7 +482,7 @@ pub fn read_loop(sysfs: &SysfsRoot, args: &ReadLoop) -> Result<ReadLoopReport, G
                                 break;
                             }
                             Err(e) => {
-                                counters.unexpected(format!("read at {offset}: {}", chain(&e)));
+                                counters.unexpected(format!("read at {offset}: {}", error_chain(&e)));
                                 break;
                             }
                         }
@@ -460,7 +495,7 @@ pub fn read_loop(sysfs: &SysfsRoot, args: &ReadLoop) -> Result<ReadLoopReport, G
                             Err(e) => {
                                 counters.unexpected(format!(
                                     "checking the read at {offset}: {}",
-                                    chain(&e)
+                                    error_chain(&e)
                                 ));
                                 break;
                             }
@@ -577,6 +612,13 @@ pub struct HoldReport {
     pub intact: Vec<bool>,
 }
 
+impl HoldReport {
+    /// Whether every buffer's pattern was intact at the end.
+    pub fn all_intact(&self) -> bool {
+        self.intact.iter().all(|&i| i)
+    }
+}
+
 /// Allocates the buffers, fills them with [`hold_pattern`], says so in the ready file,
 /// holds them until the release file exists (60 s at most), then checks the patterns.
 pub fn hold(sysfs: &SysfsRoot, args: &Hold) -> Result<HoldReport, GuestError> {
@@ -633,10 +675,18 @@ mod tests {
 
     #[test]
     fn read_offsets_spread_over_the_span() {
-        let mut state = 0x1234_5678_9abc_def1;
+        let mut rng = fastrand::Rng::with_seed(0x1234_5678_9abc_def1);
         let slots = 1024;
-        let hit: std::collections::HashSet<u64> =
-            (0..4096).map(|_| next_random(&mut state) % slots).collect();
+        let hit: std::collections::HashSet<u64> = (0..4096)
+            .map(|_| {
+                let offset = read_offset(&mut rng, slots, 4096);
+                assert!(
+                    offset < slots * 4096 && offset.is_multiple_of(4096),
+                    "{offset}"
+                );
+                offset / 4096
+            })
+            .collect();
         assert!(hit.len() > 900, "only {} of {slots} slots hit", hit.len());
     }
 

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use p2pdma::copy::backend::{Completion, DmaBuffer, IoBackend, IoRequest, Reap};
 use p2pdma::copy::engine::{buffers_wanted, run_pipeline, Direction, EngineError, Op};
+use p2pdma::copy::pipeline::DEFAULT_IO_TIMEOUT;
 use p2pdma::copy::plan::CopyPlan;
 use p2pdma::copy::verify::{verify_through, CpuReadable, Verification, VerifyError, VerifyShape};
 
@@ -186,13 +187,15 @@ impl Session {
                 Ok(_) => written.push((spec.offset, spec.offset + spec.length)),
                 Err(
                     EngineError::Stopped { written: w, .. }
-                    | EngineError::RingFailed { written: w, .. },
+                    | EngineError::RingFailed { written: w, .. }
+                    | EngineError::Stalled { written: w, .. },
                 ) if watch.reason.is_some() => {
                     written.extend(w.ranges.ranges().iter().map(|r| (r.start, r.end)));
                 }
                 Err(e) => {
                     if let EngineError::Stopped { written: w, .. }
-                    | EngineError::RingFailed { written: w, .. } = &e
+                    | EngineError::RingFailed { written: w, .. }
+                    | EngineError::Stalled { written: w, .. } = &e
                     {
                         written.extend(w.ranges.ranges().iter().map(|r| (r.start, r.end)));
                     }
@@ -291,7 +294,7 @@ impl Session {
         progress: &mut dyn FnMut(u64),
     ) -> Result<Verification, VfioVerifyError> {
         let plan = spec.plan();
-        let Some(shape) = VerifyShape::at_most(&plan, self.max_transfer()) else {
+        let Some(shape) = VerifyShape::within(&plan, Some(self.max_transfer())) else {
             return Err(VfioVerifyError::Empty);
         };
         let Some(first) = self.controllers.first() else {
@@ -314,6 +317,7 @@ impl Session {
             [Path::new(&names[0]), Path::new(&names[1])],
             &plan,
             &shape,
+            DEFAULT_IO_TIMEOUT,
             progress,
         );
         if watch.reason.is_some() {

@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use p2pdma::sysfs::SysfsRoot;
 use p2pdma::Bdf;
 use p2pdma_vfio::bind;
 use p2pdma_vfio::driver::Controller;
@@ -58,7 +57,7 @@ pub fn run(cmd: VfioCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
         VfioCommand::Attach(a) => {
             let mut done = Vec::new();
             for bdf in &a.bdfs {
-                done.push(bind::attach(&SysfsRoot::new(&globals.sysfs), *bdf)?);
+                done.push(bind::attach(&globals.sysfs, *bdf)?);
             }
             if a.json {
                 output::print_json(&done, false)?;
@@ -76,7 +75,7 @@ pub fn run(cmd: VfioCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
         VfioCommand::Detach(a) => {
             let mut done = Vec::new();
             for bdf in &a.bdfs {
-                done.push(bind::detach(&SysfsRoot::new(&globals.sysfs), *bdf)?);
+                done.push(bind::detach(&globals.sysfs, *bdf)?);
             }
             if a.json {
                 output::print_json(&done, false)?;
@@ -121,12 +120,7 @@ struct Info {
 
 fn info(a: InfoArgs, globals: &Globals) -> anyhow::Result<()> {
     let container = Container::open()?;
-    let mut c = Controller::open(
-        &container,
-        &SysfsRoot::new(&globals.sysfs),
-        a.bdf,
-        HOST_IOVA,
-    )?;
+    let mut c = Controller::open(&container, &globals.sysfs, a.bdf, HOST_IOVA)?;
     let mut namespaces = Vec::new();
     for nsid in c.active_namespaces()? {
         let id = c.namespace(nsid)?;
@@ -138,7 +132,7 @@ fn info(a: InfoArgs, globals: &Globals) -> anyhow::Result<()> {
     }
     let info = Info {
         bdf: a.bdf.to_string(),
-        iommu_group: iommu_group(&SysfsRoot::new(&globals.sysfs), a.bdf),
+        iommu_group: iommu_group(&globals.sysfs, a.bdf),
         controller: c.identify().clone(),
         max_transfer_bytes: c.max_transfer(),
         namespaces,
@@ -206,7 +200,7 @@ pub fn copy(args: &CopyArgs, provider_bar: u32, globals: &Globals) -> anyhow::Re
         provider: args.provider,
         provider_bar,
         verify: args.verify,
-        sysfs: SysfsRoot::new(&globals.sysfs),
+        sysfs: globals.sysfs.clone(),
     };
     let summary = match job::run(&job, &mut ()) {
         Ok(summary) => summary,

@@ -497,15 +497,8 @@ fn check_pool(provider: &Provider, req: &BenchRequest) -> Result<(), BenchError>
 
 /// A non-zero pattern, so written data cannot be mistaken for untouched zeros.
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x as u8) | 1
-        })
-        .collect()
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..len).map(|_| rng.u8(1..)).collect()
 }
 
 impl Ctx<'_> {
@@ -876,7 +869,10 @@ fn copy_passes<R: IoRegion>(
                 if let EngineError::Stopped { written, .. } = &source {
                     bytes += written.ranges.total();
                 }
-                if matches!(source, EngineError::RingFailed { .. }) {
+                if matches!(
+                    source,
+                    EngineError::RingFailed { .. } | EngineError::Stalled { .. }
+                ) {
                     // Requests may still be in flight into these buffers: never free them.
                     std::mem::forget(buffers);
                 }

@@ -9,14 +9,15 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Serialize;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::backend::{DmaBuffer, IoBackend, Target};
-use super::engine::{Endpoint, Op};
+use super::engine::{Endpoint, Op, StuckList, StuckRequest};
 use super::host_buffer::{HostBuffer, HostBufferError};
-use super::pipeline::Pipeline;
+use super::pipeline::{Pipeline, ReapError, DEFAULT_IO_TIMEOUT};
 use super::plan::CopyPlan;
 use super::uring::UringBackend;
 
@@ -55,6 +56,15 @@ pub enum VerifyError {
         /// Its error.
         #[source]
         source: io::Error,
+    },
+    /// No re-read completed within the I/O timeout: the device, its driver or the kernel
+    /// lost them (the buffers were leaked rather than freed under the device's feet).
+    #[error("no re-read for verification completed for {:.1} s with {} read(s) in flight: {}; check the kernel log (dmesg) for NVMe timeouts or resets, and if the device is only slow, allow more time with --io-timeout", .waited.as_secs_f64(), .in_flight.len(), StuckList(.in_flight))]
+    Stalled {
+        /// How long the last wait lasted without any completion.
+        waited: Duration,
+        /// The reads that never completed.
+        in_flight: Vec<StuckRequest>,
     },
     /// A re-read failed.
     #[error("re-reading {len} bytes at offset {offset} of {} for verification failed", path.display())]
@@ -126,23 +136,30 @@ pub struct VerifyShape {
 impl VerifyShape {
     /// The shape for `plan`; `None` for an empty range.
     pub fn of(plan: &CopyPlan) -> Option<VerifyShape> {
-        VerifyShape::at_most(plan, VERIFY_MAX_STEP)
+        VerifyShape::within(plan, None)
     }
 
-    /// The shape for `plan` with reads of at most `max_step` bytes (rounded down to the
-    /// block size, at least one block): for a backend whose requests carry at most that
-    /// much, such as NVMe commands limited by a controller's MDTS. `None` for an empty
+    /// The shape for `plan` with reads of at most `max_request` bytes (the largest request
+    /// both devices take whole, `queue/max_sectors_kb`), when known; `None` for an empty
     /// range.
-    pub fn at_most(plan: &CopyPlan, max_step: u64) -> Option<VerifyShape> {
+    ///
+    /// A larger O_DIRECT read has to be split by the block layer, which io_uring's first,
+    /// non-blocking attempt may not do (EAGAIN), so every such read is handed to an io-wq
+    /// worker thread. On Linux 7.2 under load a batch of reads handed over that way was
+    /// seen to vanish (no worker thread, nothing reaching the block layer, no completion),
+    /// several times in a few hundred verifications, leaving `p2pdma` asleep until the I/O
+    /// timeout. Reads the devices take whole complete from the submitting thread.
+    pub fn within(plan: &CopyPlan, max_request: Option<u64>) -> Option<VerifyShape> {
         if plan.length == 0 {
             return None;
         }
         let block = plan.block_size.max(1);
-        let max = (max_step.min(VERIFY_MAX_STEP) / block * block).max(block);
+        let largest = max_request.map_or(u64::MAX, |m| (m / block * block).max(block));
         let step = plan
             .chunk_size
-            .clamp(VERIFY_MIN_STEP.min(max), max)
+            .clamp(VERIFY_MIN_STEP, VERIFY_MAX_STEP)
             .next_multiple_of(block)
+            .min(largest)
             .min(plan.length.next_multiple_of(block));
         let chunks = plan.length.div_ceil(step);
         // Chunks a side may read ahead of the comparison: twice the depth, so one side
@@ -181,7 +198,21 @@ pub fn verify(
     plan: &CopyPlan,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Verification, VerifyError> {
-    let Some(shape) = VerifyShape::of(plan) else {
+    verify_within(src, dst, plan, None, DEFAULT_IO_TIMEOUT, progress)
+}
+
+/// [`verify`] with reads of at most `max_request` bytes (see [`VerifyShape::within`]),
+/// whose waits give up after `io_timeout` without any completion
+/// ([`VerifyError::Stalled`]).
+pub fn verify_within(
+    src: Endpoint<'_>,
+    dst: Endpoint<'_>,
+    plan: &CopyPlan,
+    max_request: Option<u64>,
+    io_timeout: Duration,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Verification, VerifyError> {
+    let Some(shape) = VerifyShape::within(plan, max_request) else {
         return Ok(empty());
     };
     let buffers = (0..2 * shape.pairs)
@@ -197,6 +228,7 @@ pub fn verify(
         [src.path, dst.path],
         plan,
         &shape,
+        io_timeout,
         progress,
     )
     .map_err(|e| match e {
@@ -214,13 +246,15 @@ fn empty() -> Verification {
 }
 
 /// [`verify`] over any backend: `buffers` are `2 * shape.pairs` buffers of at least
-/// `shape.step` bytes; `names` (source, destination) are used in messages.
+/// `shape.step` bytes; `names` (source, destination) are used in messages; a wait gives
+/// up after `io_timeout` without any completion.
 pub fn verify_through<B: IoBackend>(
     backend: B,
     buffers: Vec<B::Buffer>,
     names: [&Path; 2],
     plan: &CopyPlan,
     shape: &VerifyShape,
+    io_timeout: Duration,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Verification, VerifyError>
 where
@@ -250,8 +284,9 @@ where
             ),
         });
     }
-    let mut pipeline =
-        Pipeline::new(backend, buffers).map_err(|source| VerifyError::Backend { source })?;
+    let mut pipeline = Pipeline::new(backend, buffers)
+        .map_err(|source| VerifyError::Backend { source })?
+        .with_io_timeout(io_timeout);
     let starts = [plan.src_offset, plan.dst_offset];
     let read = |pipeline: &mut Pipeline<B>, pair: usize, side: usize, p: &Pending| {
         let done = p.done[side];
@@ -317,9 +352,21 @@ where
         }
 
         completions.clear();
-        pipeline
-            .submit_and_wait(&mut completions)
-            .map_err(|source| VerifyError::Backend { source })?;
+        match pipeline.submit_and_wait(&mut completions) {
+            Ok(()) => {}
+            Err(ReapError::Backend(source)) => return Err(VerifyError::Backend { source }),
+            Err(ReapError::Stalled(stall)) => {
+                // Dropping the pipeline leaks the buffers the stuck reads name.
+                return Err(VerifyError::Stalled {
+                    waited: stall.waited,
+                    in_flight: stall
+                        .requests
+                        .iter()
+                        .map(|r| StuckRequest::of(r, names))
+                        .collect(),
+                });
+            }
+        }
         for completion in completions.drain(..) {
             let slot = completion.tag as usize;
             let (pair, side) = (slot / 2, slot % 2);
@@ -397,27 +444,45 @@ mod tests {
             .unwrap()
     }
 
+    /// Files `a` and `b` in a temp dir, holding the given bytes, opened `O_DIRECT`.
+    struct Files {
+        _dir: tempfile::TempDir,
+        paths: [std::path::PathBuf; 2],
+        files: [std::fs::File; 2],
+    }
+
+    impl Files {
+        fn new(a: &[u8], b: &[u8]) -> Files {
+            let dir = tempfile::tempdir().unwrap();
+            let paths = [dir.path().join("a"), dir.path().join("b")];
+            std::fs::write(&paths[0], a).unwrap();
+            std::fs::write(&paths[1], b).unwrap();
+            let files = [open(&paths[0]), open(&paths[1])];
+            Files {
+                _dir: dir,
+                paths,
+                files,
+            }
+        }
+
+        fn endpoints(&self) -> (Endpoint<'_>, Endpoint<'_>) {
+            let end = |i: usize| Endpoint {
+                file: &self.files[i],
+                path: &self.paths[i],
+            };
+            (end(0), end(1))
+        }
+    }
+
     #[test]
     fn names_the_first_differing_offset_and_matches_equal_ranges() {
-        let dir = tempfile::tempdir().unwrap();
-        let a_path = dir.path().join("a");
-        let b_path = dir.path().join("b");
         let data: Vec<u8> = (0..(10u32 << 20)).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&a_path, &data).unwrap();
         let mut shifted = vec![0u8; 4096];
         shifted.extend_from_slice(&data);
         let flip = 4096 + (9 << 20) + 12345;
         shifted[flip] ^= 0x40;
-        std::fs::write(&b_path, &shifted).unwrap();
-        let (a, b) = (open(&a_path), open(&b_path));
-        let ea = Endpoint {
-            file: &a,
-            path: &a_path,
-        };
-        let eb = Endpoint {
-            file: &b,
-            path: &b_path,
-        };
+        let files = Files::new(&data, &shifted);
+        let (ea, eb) = files.endpoints();
 
         let same = verify(ea, eb, &plan(0, 4096, 9 << 20), &mut |_| {}).unwrap();
         assert!(same.matched());
@@ -439,33 +504,14 @@ mod tests {
     /// order, whatever order the reads complete in.
     #[test]
     fn reads_in_parallel_still_name_the_earliest_of_several_differences() {
-        let dir = tempfile::tempdir().unwrap();
-        let a_path = dir.path().join("a");
-        let b_path = dir.path().join("b");
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let data: Vec<u8> = (0..(12u32 << 20) + 8192)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
-        std::fs::write(&a_path, &data).unwrap();
+        let mut data = vec![0u8; (12 << 20) + 8192];
+        fastrand::Rng::with_seed(0x9e37_79b9_7f4a_7c15).fill(&mut data);
         let mut other = data.clone();
         for at in [(11 << 20) + 5, (7 << 20) + 4095, (3 << 20) + 17] {
             other[at] ^= 0x01;
         }
-        std::fs::write(&b_path, &other).unwrap();
-        let (a, b) = (open(&a_path), open(&b_path));
-        let ea = Endpoint {
-            file: &a,
-            path: &a_path,
-        };
-        let eb = Endpoint {
-            file: &b,
-            path: &b_path,
-        };
+        let files = Files::new(&data, &other);
+        let (ea, eb) = files.endpoints();
         let len = data.len() as u64;
         let mut p = plan(0, 0, len);
         p.queue_depth = 16;
@@ -488,15 +534,8 @@ mod tests {
         use crate::copy::engine::Op;
         use crate::copy::fake::{FakeBackend, FakeBuf, Fault};
 
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let data: Vec<u8> = (0..(6u32 << 20))
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let mut data = vec![0u8; 6 << 20];
+        fastrand::Rng::with_seed(0x2545_f491_4f6c_dd1d).fill(&mut data);
         let mut other = data.clone();
         other[(5 << 20) + 77] ^= 0x10;
         other[(2 << 20) + 4097] ^= 0x01;
@@ -519,6 +558,7 @@ mod tests {
                 [Path::new("a"), Path::new("b")],
                 &p,
                 &shape,
+                DEFAULT_IO_TIMEOUT,
                 &mut |_| {},
             )
             .unwrap();
@@ -528,26 +568,60 @@ mod tests {
         }
     }
 
+    /// Reads are no larger than the largest request both devices take whole (rounded
+    /// down to the block size, at least one block), so none needs the block layer's split;
+    /// without a limit the shape is what it was.
     #[test]
-    fn a_limited_shape_never_reads_more_than_the_limit_and_still_covers_the_range() {
-        let mut p = plan(0, 0, (10 << 20) + 8192);
-        p.chunk_size = 4 << 20;
-        p.queue_depth = 8;
-        let free = VerifyShape::of(&p).unwrap();
-        assert_eq!(free.step, 4 << 20);
-        let limited = VerifyShape::at_most(&p, (512 << 10) + 100).unwrap();
-        assert_eq!(
-            limited.step,
-            512 << 10,
-            "rounded down to the 4096-byte block"
+    fn reads_stay_within_the_largest_request_the_devices_take() {
+        let mut p = plan(0, 0, 4 << 20);
+        p.queue_depth = 4;
+        let whole = VerifyShape::of(&p).unwrap();
+        assert_eq!((whole.step, whole.chunks), (1 << 20, 4));
+        assert_eq!(VerifyShape::within(&p, None), Some(whole));
+        let half = VerifyShape::within(&p, Some(512 << 10)).unwrap();
+        assert_eq!((half.step, half.chunks), (512 << 10, 8));
+        assert!(half.pairs >= half.depth && half.depth == 4);
+        let odd = VerifyShape::within(&p, Some(300_000)).unwrap();
+        assert_eq!(odd.step, 73 * 4096, "rounded down to the block size");
+        assert_eq!(VerifyShape::within(&p, Some(100)).unwrap().step, 4096);
+    }
+
+    /// Smaller reads compare the same bytes: the same digests and the same first
+    /// difference as reads of a whole chunk.
+    #[test]
+    fn small_reads_find_the_same_first_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let data: Vec<u8> = (0..(3u32 << 20))
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let mut other = data.clone();
+        other[(2 << 20) + 8195] ^= 0x40;
+        std::fs::write(&a, &data).unwrap();
+        std::fs::write(&b, &other).unwrap();
+        let (fa, fb) = (open(&a), open(&b));
+        let (ea, eb) = (
+            Endpoint {
+                file: &fa,
+                path: &a,
+            },
+            Endpoint {
+                file: &fb,
+                path: &b,
+            },
         );
-        assert_eq!(limited.chunks, p.length.div_ceil(512 << 10));
-        assert!(limited.chunks * limited.step >= p.length);
-        assert_eq!(limited.depth, 8);
-        assert_eq!(limited.pairs, 16);
-        // A limit below one block still reads whole blocks.
-        assert_eq!(VerifyShape::at_most(&p, 100).unwrap().step, 4096);
-        assert_eq!(VerifyShape::at_most(&plan(0, 0, 0), 4096), None);
+        let p = plan(0, 0, 3 << 20);
+        let whole = verify(ea, eb, &p, &mut |_| {}).unwrap();
+        let small = verify_within(ea, eb, &p, Some(8192), DEFAULT_IO_TIMEOUT, &mut |_| {}).unwrap();
+        assert_eq!(small, whole);
+        assert_eq!(small.first_difference, Some((2 << 20) + 8195));
+        assert_eq!(small.src_digest, xxhash_rust::xxh3::xxh3_128(&data));
     }
 
     #[test]
