@@ -220,7 +220,7 @@ pub enum VfioCopyError {
     },
     /// The copy stopped part-way (revoked, a failed or stalled command): what reached
     /// the destination and what the revocation did.
-    #[error("{0}")]
+    #[error(transparent)]
     Stopped(Box<Stopped>),
     /// `verify` could not re-read or compare (a mismatch is not an error: see
     /// [`VfioCopySummary::verified`]).
@@ -848,5 +848,12 @@ mod tests {
             "the copy stopped part-way: destination 0000:04:00.0/1 bytes written: none; possibly written (command cut off): [(0, 4096)]"
         );
         assert!(none.wrote_anything());
+        // Wrapped in the job's error, the reason still rides as the cause.
+        let e = VfioCopyError::Stopped(Box::new(none));
+        let cause = std::error::Error::source(&e).expect("the reason is the cause");
+        assert_eq!(
+            cause.to_string(),
+            "the device memory was revoked: stopped by the caller"
+        );
     }
 }
