@@ -502,14 +502,14 @@ impl Controller {
             bdf,
             why: format!("IOVA {cba:#x} is not 4 KiB aligned"),
         })?;
-        // High dword first, then the low one with CRE and CMSE, as Linux does
-        // (hi_lo_writeq): a controller may take CBA when the low half is written, and QEMU
-        // 10's NVMe does, ignoring a high half written after it. Written low first, the
+        // High dword first, then the low one with CRE and CMSE (`cmbmsc_stores`): a
+        // controller may take CBA when the low half is written. Written low first, the
         // controller took CBA = the low half alone; its own commands then missed the CMB
         // and went through the IOMMU to its own BAR (QEMU: "Blocked re-entrant IO on
         // MemoryRegion: nvme-cmb"), so a copy through the destination's CMB wrote wrong data.
-        self.regs.write32(regs::CMBMSC + 4, (msc >> 32) as u32);
-        self.regs.write32(regs::CMBMSC, msc as u32);
+        for (offset, value) in regs::cmbmsc_stores(msc) {
+            self.regs.write32(offset, value);
+        }
         if self.regs.read32(regs::CMBSTS) & regs::CMBSTS_CBAI != 0 {
             return Err(DriverError::Cmb {
                 bdf,
@@ -533,8 +533,9 @@ impl Controller {
     /// read and write its own CMB where the pool is meant. No-op without CAP.CMBS.
     pub fn disable_cmb_memory_space(&self) {
         if self.cap.cmb_supported {
-            self.regs.write32(regs::CMBMSC + 4, 0);
-            self.regs.write32(regs::CMBMSC, regs::CMBMSC_CRE as u32);
+            for (offset, value) in regs::cmbmsc_stores(regs::CMBMSC_CRE) {
+                self.regs.write32(offset, value);
+            }
         }
     }
 
