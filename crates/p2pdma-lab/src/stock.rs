@@ -40,8 +40,10 @@ use crate::paths;
 pub use crate::initramfs::MODULES_LOAD;
 /// The modules the guest needs from the distribution's kernel, besides their
 /// dependencies: NVMe (the lab's disks and CMBs), ext4 (topologies with formatted disks),
-/// loop, and vfio-pci (the VFIO work).
-pub const GUEST_MODULES: &[&str] = &["nvme", "ext4", "loop", "vfio-pci"];
+/// loop, vfio-pci and vfio_iommu_type1 (the VFIO work: Debian builds the type1 IOMMU
+/// backend as a module that vfio only names as a soft dependency, so nothing would load it
+/// and a container could not be set up).
+pub const GUEST_MODULES: &[&str] = &["nvme", "ext4", "loop", "vfio-pci", "vfio_iommu_type1"];
 /// Module parameters the guest loads modules with, so that the stock kernel presents what
 /// the lab's built kernels do: Debian enables NVMe native multipath, whose head disk
 /// (`nvmeXnY` under the subsystem) replaces the per-controller disks the lab's helpers,

@@ -19,16 +19,20 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::marker::PhantomData;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use p2pdma::copy::backend::{Completion, DmaBuffer, IoBackend, IoRequest, Reap};
 use p2pdma::copy::engine::{buffers_wanted, run_pipeline, Direction, EngineError, Op};
+use p2pdma::copy::pipeline::DEFAULT_IO_TIMEOUT;
 use p2pdma::copy::plan::CopyPlan;
+use p2pdma::copy::verify::{verify_through, CpuReadable, Verification, VerifyError, VerifyShape};
 
 use crate::driver::{Controller, DriverError};
 use crate::pool::{BarPool, InFlight, Lease, PoolError};
-use crate::vfio::{IommuMapping, Mmio, RequestFd};
+use crate::vfio::{Container, IommuMapping, Mmio, RequestFd, VfioError};
 
 /// What to copy.
 #[derive(Debug, Clone, Copy)]
@@ -139,16 +143,18 @@ impl Session {
     /// Copies `spec` through leases of the pool, over [`run_pipeline`]. `stop` is polled
     /// between completions: returning true starts the revocation as a device request would.
     pub fn copy(&mut self, spec: &CopySpec, stop: &mut dyn FnMut() -> bool) -> CopyOutcome {
+        self.copy_with_progress(spec, stop, &mut |_| {})
+    }
+
+    /// [`Session::copy`], calling `progress` with the bytes written so far.
+    pub fn copy_with_progress(
+        &mut self,
+        spec: &CopySpec,
+        stop: &mut dyn FnMut() -> bool,
+        progress: &mut dyn FnMut(u64),
+    ) -> CopyOutcome {
         let started = Instant::now();
-        let plan = CopyPlan {
-            src_offset: spec.offset,
-            dst_offset: spec.offset,
-            length: spec.length,
-            chunk_size: spec.chunk,
-            queue_depth: u32::try_from(spec.depth.max(1)).unwrap_or(u32::MAX),
-            block_size: spec.block,
-            grows_destination: false,
-        };
+        let plan = spec.plan();
         let mut watch = Watch::default();
         let mut leases = Vec::new();
         for _ in 0..buffers_wanted(Direction::Copy, &plan) {
@@ -168,27 +174,14 @@ impl Session {
                 format!("{}/{}", self.controllers[spec.src].bdf(), spec.src_nsid),
                 format!("{}/{}", self.controllers[spec.dst].bdf(), spec.dst_nsid),
             ];
-            let backend = NvmeBackend {
-                controllers: &mut self.controllers,
-                pool: &self.pool,
-                requests: &self.requests,
-                stop,
-                ends: [(spec.src, spec.src_nsid), (spec.dst, spec.dst_nsid)],
-                block: spec.block,
-                command_deadline: self.command_deadline,
-                drain_deadline: self.drain_deadline,
-                pending: VecDeque::new(),
-                in_flight: HashMap::new(),
-                last_progress: Instant::now(),
-                watch: &mut watch,
-            };
+            let backend = self.backend(spec, stop, &mut watch);
             let result = run_pipeline(
                 Direction::Copy,
                 backend,
                 [Path::new(&names[0]), Path::new(&names[1])],
                 &plan,
                 leases,
-                &mut |_| {},
+                progress,
             );
             match result {
                 Ok(_) => written.push((spec.offset, spec.offset + spec.length)),
@@ -256,60 +249,220 @@ impl Session {
         watch.log(format!("devices closed ({})", names.join(", ")));
     }
 
-    /// xxh3-128 of `length` bytes at `offset` of namespace `nsid` on controller `ctrl`,
-    /// read through `buffer` (host memory mapped into the IOMMU).
-    pub fn digest(
-        &mut self,
-        (ctrl, nsid): (usize, u32),
-        (offset, length): (u64, u64),
-        block: u64,
-        buffer: &IommuMapping,
-    ) -> Result<u128, DriverError> {
-        let buffer_iova = buffer.iova();
-        let buffer: &Mmio = buffer.memory();
-        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        let chunk = (buffer.len() as u64).min(self.controllers[ctrl].max_transfer() as u64);
-        let mut data = vec![0u8; chunk as usize];
-        let mut off = offset;
-        let c = &mut self.controllers[ctrl];
-        let mut cqes = Vec::new();
-        while off < offset + length {
-            let len = chunk.min(offset + length - off);
-            let cid = c.submit_rw(
-                false,
-                nsid,
-                off / block,
-                (len / block) as u32,
-                buffer_iova,
-                len,
-            )?;
-            let t = Instant::now();
-            let cqe = loop {
-                cqes.clear();
-                c.reap(&mut cqes)?;
-                if let Some(q) = cqes.iter().find(|q| q.cid() == cid) {
-                    break *q;
-                }
-                if t.elapsed() > self.command_deadline {
-                    return Err(DriverError::CommandTimeout {
-                        bdf: c.bdf(),
-                        what: format!("verification Read at {off}"),
-                        ms: self.command_deadline.as_millis() as u64,
-                    });
-                }
-            };
-            if !cqe.status().is_success() {
-                return Err(DriverError::Command {
-                    bdf: c.bdf(),
-                    what: format!("verification Read of {len} bytes at {off}"),
-                    status: cqe.status(),
-                });
-            }
-            buffer.read_bytes(0, &mut data[..len as usize]);
-            hasher.update(&data[..len as usize]);
-            off += len;
+    /// The backend over this session's controllers for `spec`'s two ends.
+    fn backend<'s, B>(
+        &'s mut self,
+        spec: &CopySpec,
+        stop: &'s mut dyn FnMut() -> bool,
+        watch: &'s mut Watch,
+    ) -> NvmeBackend<'s, B> {
+        NvmeBackend {
+            controllers: &mut self.controllers,
+            pool: &self.pool,
+            requests: &self.requests,
+            stop,
+            ends: [(spec.src, spec.src_nsid), (spec.dst, spec.dst_nsid)],
+            block: spec.block,
+            command_deadline: self.command_deadline,
+            drain_deadline: self.drain_deadline,
+            pending: VecDeque::new(),
+            in_flight: HashMap::new(),
+            last_progress: Instant::now(),
+            watch,
+            buffer: PhantomData,
         }
-        Ok(hasher.digest128())
+    }
+
+    /// The largest read every controller of the session takes in one command (MDTS).
+    pub fn max_transfer(&self) -> u64 {
+        self.controllers
+            .iter()
+            .map(|c| c.max_transfer() as u64)
+            .min()
+            .unwrap_or(crate::driver::PAGE as u64)
+    }
+
+    /// `--verify`: re-reads `spec`'s source and destination ranges into host memory mapped
+    /// at `buffer_iova` (never through the pool: the check must not trust the path it
+    /// checks) and compares them with the kernel path's comparison,
+    /// [`p2pdma::copy::verify::verify_through`], over the same NVMe backend the copy used.
+    /// Calls `progress` with the bytes compared so far.
+    pub fn verify(
+        &mut self,
+        spec: &CopySpec,
+        buffer_iova: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Verification, VfioVerifyError> {
+        let plan = spec.plan();
+        let Some(shape) = VerifyShape::within(&plan, Some(self.max_transfer())) else {
+            return Err(VfioVerifyError::Empty);
+        };
+        let Some(first) = self.controllers.first() else {
+            return Err(VfioVerifyError::Closed);
+        };
+        let (slots, _mapping) = HostSlot::map(
+            first.device().container(),
+            buffer_iova,
+            2 * shape.pairs,
+            shape.step,
+        )?;
+        let names = [
+            format!("{}/{}", self.controllers[spec.src].bdf(), spec.src_nsid),
+            format!("{}/{}", self.controllers[spec.dst].bdf(), spec.dst_nsid),
+        ];
+        let mut watch = Watch::default();
+        let result = verify_through(
+            self.backend::<HostSlot>(spec, &mut || false, &mut watch),
+            slots,
+            [Path::new(&names[0]), Path::new(&names[1])],
+            &plan,
+            &shape,
+            DEFAULT_IO_TIMEOUT,
+            progress,
+        );
+        if watch.reason.is_some() {
+            // A device request or a failed command: the same revocation as in a copy.
+            self.tear_down(&mut watch);
+        }
+        Ok(result?)
+    }
+}
+
+impl CopySpec {
+    /// The engine's plan of this copy (same offset on both namespaces).
+    pub fn plan(&self) -> CopyPlan {
+        CopyPlan {
+            src_offset: self.offset,
+            dst_offset: self.offset,
+            length: self.length,
+            chunk_size: self.chunk,
+            queue_depth: u32::try_from(self.depth.max(1)).unwrap_or(u32::MAX),
+            block_size: self.block,
+            grows_destination: false,
+        }
+    }
+}
+
+/// Why `--verify` could not be carried out over VFIO (a mismatch is not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum VfioVerifyError {
+    /// The host memory for the re-reads could not be mapped for the devices.
+    #[error("cannot map host memory for the verification reads")]
+    Buffer(#[source] VfioError),
+    /// The re-reads or the comparison failed.
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    /// The session's devices were already closed (the copy was revoked).
+    #[error("the devices were closed (revoked) before verification")]
+    Closed,
+    /// Nothing to compare.
+    #[error("there is nothing to verify: the copy's length is 0")]
+    Empty,
+}
+
+/// One verification buffer: a slice of host memory mapped into the IOMMU, which the
+/// controllers write by DMA and the CPU reads with volatile copies into `shadow` once no
+/// command names it.
+struct HostSlot {
+    memory: Arc<Mmio>,
+    offset: usize,
+    len: usize,
+    iova: u64,
+    shadow: Vec<u8>,
+}
+
+impl HostSlot {
+    /// `count` slots of `len` bytes in one mapping of host memory at `iova`.
+    fn map(
+        container: &Container,
+        iova: u64,
+        count: usize,
+        len: u64,
+    ) -> Result<(Vec<HostSlot>, IommuMapping), VfioVerifyError> {
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        let total = len.saturating_mul(count);
+        let memory =
+            Mmio::anonymous(total, "the verification buffers").map_err(VfioVerifyError::Buffer)?;
+        let mapping =
+            IommuMapping::new(container, memory.clone(), iova).map_err(VfioVerifyError::Buffer)?;
+        let slots = (0..count)
+            .map(|i| HostSlot {
+                memory: memory.clone(),
+                offset: i * len,
+                len,
+                iova: iova + (i * len) as u64,
+                shadow: vec![0; len],
+            })
+            .collect();
+        Ok((slots, mapping))
+    }
+}
+
+impl DmaBuffer for HostSlot {
+    fn dma_len(&self) -> usize {
+        self.len
+    }
+
+    fn is_device_memory(&self) -> bool {
+        false
+    }
+}
+
+impl CpuReadable for HostSlot {
+    fn cpu_bytes(&mut self) -> &[u8] {
+        // Called only while no command names the slot (the pipeline's contract).
+        self.memory.read_bytes(self.offset, &mut self.shadow);
+        &self.shadow
+    }
+}
+
+/// A buffer the NVMe backend can name in a command.
+trait NvmeBuffer: DmaBuffer {
+    /// IOVA of its first byte.
+    fn iova(&self) -> u64;
+    /// Marks it as named by a command about to be submitted.
+    fn mark(&self) -> Mark;
+}
+
+impl NvmeBuffer for Lease {
+    fn iova(&self) -> u64 {
+        Lease::iova(self)
+    }
+
+    fn mark(&self) -> Mark {
+        match self.submit() {
+            Ok(cmd) => Mark::Lease(cmd),
+            Err(_) => Mark::Refused,
+        }
+    }
+}
+
+impl NvmeBuffer for HostSlot {
+    fn iova(&self) -> u64 {
+        self.iova
+    }
+
+    fn mark(&self) -> Mark {
+        Mark::Host
+    }
+}
+
+/// What keeps a buffer's range out of reuse while a command names it.
+enum Mark {
+    /// A pool lease's in-flight mark.
+    Lease(InFlight),
+    /// Host memory owned by the pipeline: nothing to mark.
+    Host,
+    /// The pool refused (revocation began): the request never reaches the device.
+    Refused,
+}
+
+impl Mark {
+    /// The command completed or never reached the device.
+    fn complete(self) {
+        if let Mark::Lease(cmd) = self {
+            cmd.complete();
+        }
     }
 }
 
@@ -376,15 +529,15 @@ struct Pending {
     request: IoRequest,
     /// IOVA of the request's first buffer byte.
     iova: u64,
-    /// The lease's in-flight mark, taken at push; `None` when the pool refused it
+    /// The buffer's mark, taken at push; [`Mark::Refused`] when the pool refused it
     /// (revocation began), and then the request never reaches the device.
-    cmd: Option<InFlight>,
+    cmd: Mark,
 }
 
 /// A command on an I/O queue, and the mark that keeps its range out of the pool.
 struct Submitted {
     request: IoRequest,
-    cmd: InFlight,
+    cmd: Mark,
 }
 
 /// The pipeline's requests as NVMe commands on the controllers' I/O queues: buffers are
@@ -395,7 +548,7 @@ struct Submitted {
 /// vanished controller begin the revocation; commands still in flight at the drain
 /// deadline are cut off by disabling the controllers and complete with `ETIMEDOUT`
 /// (their Writes are reported as uncertain).
-struct NvmeBackend<'a> {
+struct NvmeBackend<'a, B> {
     controllers: &'a mut [Controller],
     pool: &'a BarPool,
     requests: &'a [(String, RequestFd)],
@@ -409,6 +562,7 @@ struct NvmeBackend<'a> {
     in_flight: HashMap<(usize, u16), Submitted>,
     last_progress: Instant,
     watch: &'a mut Watch,
+    buffer: PhantomData<fn(&B)>,
 }
 
 /// The error of a request the device never saw because the pool was being revoked.
@@ -419,7 +573,7 @@ fn refused(tag: u64) -> Completion {
     }
 }
 
-impl NvmeBackend<'_> {
+impl<B> NvmeBackend<'_, B> {
     fn begin_stop(&mut self, reason: CopyStop) {
         if self.watch.reason.is_none() {
             self.watch.reason = Some(reason);
@@ -449,13 +603,13 @@ impl NvmeBackend<'_> {
     fn submit_pending(&mut self, out: &mut Vec<Completion>) {
         while let Some(Pending { request, iova, cmd }) = self.pending.pop_front() {
             let cmd = match cmd {
-                Some(cmd) if self.watch.began.is_none() => cmd,
-                Some(cmd) => {
-                    cmd.complete(); // never reached the device
+                Mark::Refused => {
                     out.push(refused(request.tag));
                     continue;
                 }
-                None => {
+                cmd if self.watch.began.is_none() => cmd,
+                cmd => {
+                    cmd.complete(); // never reached the device
                     out.push(refused(request.tag));
                     continue;
                 }
@@ -477,11 +631,7 @@ impl NvmeBackend<'_> {
                 }
                 Err(DriverError::QueueFull { .. }) => {
                     // Room comes back with the next completion.
-                    self.pending.push_front(Pending {
-                        request,
-                        iova,
-                        cmd: Some(cmd),
-                    });
+                    self.pending.push_front(Pending { request, iova, cmd });
                     break;
                 }
                 Err(e) => {
@@ -578,18 +728,19 @@ impl NvmeBackend<'_> {
     }
 }
 
-impl IoBackend for NvmeBackend<'_> {
-    type Buffer = Lease;
+impl<B: NvmeBuffer> IoBackend for NvmeBackend<'_, B> {
+    type Buffer = B;
 
     /// # Safety
-    /// As [`IoBackend::push`]: the lease outlives the command. The lease table's mark
-    /// ([`InFlight`]) also keeps its range out of the pool until the completion is reaped.
-    unsafe fn push(&mut self, request: &IoRequest, buffer: &Lease) -> bool {
+    /// As [`IoBackend::push`]: the buffer outlives the command. For a lease, the lease
+    /// table's mark ([`InFlight`]) also keeps its range out of the pool until the
+    /// completion is reaped.
+    unsafe fn push(&mut self, request: &IoRequest, buffer: &B) -> bool {
         // Two directions of `depth` at most; the I/O queues push back with QueueFull.
         self.pending.push_back(Pending {
             request: *request,
             iova: buffer.iova() + request.buf_offset as u64,
-            cmd: buffer.submit().ok(),
+            cmd: buffer.mark(),
         });
         true
     }
@@ -650,15 +801,7 @@ impl IoBackend for NvmeBackend<'_> {
     }
 
     fn discard_unsubmitted(&mut self) -> Vec<u64> {
-        self.pending
-            .drain(..)
-            .map(|p| {
-                if let Some(cmd) = p.cmd {
-                    cmd.complete(); // never reached the device
-                }
-                p.request.tag
-            })
-            .collect()
+        self.drop_pending()
     }
 
     fn in_flight(&self) -> usize {
@@ -666,11 +809,24 @@ impl IoBackend for NvmeBackend<'_> {
     }
 }
 
-impl Drop for NvmeBackend<'_> {
+impl<B> NvmeBackend<'_, B> {
+    /// Forgets the requests the device never saw, releasing their marks; their tags.
+    fn drop_pending(&mut self) -> Vec<u64> {
+        self.pending
+            .drain(..)
+            .map(|p| {
+                p.cmd.complete(); // never reached the device
+                p.request.tag
+            })
+            .collect()
+    }
+}
+
+impl<B> Drop for NvmeBackend<'_, B> {
     fn drop(&mut self) {
         // Requests the device never saw release their marks; commands still on a queue
         // (only if the pipeline could not drain) stay abandoned until quiesced.
-        self.discard_unsubmitted();
+        self.drop_pending();
     }
 }
 

@@ -502,7 +502,14 @@ impl Controller {
             bdf,
             why: format!("IOVA {cba:#x} is not 4 KiB aligned"),
         })?;
-        self.regs.write64(regs::CMBMSC, msc);
+        // High dword first, then the low one with CRE and CMSE (`cmbmsc_stores`): a
+        // controller may take CBA when the low half is written. Written low first, the
+        // controller took CBA = the low half alone; its own commands then missed the CMB
+        // and went through the IOMMU to its own BAR (QEMU: "Blocked re-entrant IO on
+        // MemoryRegion: nvme-cmb"), so a copy through the destination's CMB wrote wrong data.
+        for (offset, value) in regs::cmbmsc_stores(msc) {
+            self.regs.write32(offset, value);
+        }
         if self.regs.read32(regs::CMBSTS) & regs::CMBSTS_CBAI != 0 {
             return Err(DriverError::Cmb {
                 bdf,
@@ -517,6 +524,19 @@ impl Controller {
             },
             mapping,
         ))
+    }
+
+    /// Turns off the CMB's controller memory space (CMBMSC.CMSE = 0, CBA = 0; CRE kept):
+    /// the controller then decodes no address as its own CMB. A CBA left from an earlier
+    /// session (a controller reset keeps CMBMSC, QEMU's too) or by the kernel's driver
+    /// could otherwise equal the IOVA of this session's pool, and the controller would
+    /// read and write its own CMB where the pool is meant. No-op without CAP.CMBS.
+    pub fn disable_cmb_memory_space(&self) {
+        if self.cap.cmb_supported {
+            for (offset, value) in regs::cmbmsc_stores(regs::CMBMSC_CRE) {
+                self.regs.write32(offset, value);
+            }
+        }
     }
 
     /// Reads CMBLOC/CMBSZ (setting CMBMSC.CRE, which changes nothing else) without

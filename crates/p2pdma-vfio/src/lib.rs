@@ -18,7 +18,11 @@
 //!   request eventfd), the only module with `unsafe` besides the pool's volatile access;
 //! - [`driver`]: the userspace NVMe driver (reset, admin queue, Identify, I/O queues,
 //!   polled completions with deadlines);
-//! - [`revoke`]: the revocation sequence of the seed thread, each step logged with its time.
+//! - [`copy`]: namespace-to-namespace copies through leases over the kernel path's
+//!   pipeline, the revocation sequence of the seed thread (each step logged with its
+//!   time), and verification through host memory with the kernel path's comparison;
+//! - [`job`]: a whole `copy --via vfio` as one library call (checks, devices, pool, copy,
+//!   verify) with an observer and typed errors.
 //!
 //! # References
 //! - NVM Express Base Specification 2.0 (CAP, CC, CSTS, AQA, ASQ, ACQ, CMBLOC, CMBSZ,
@@ -34,5 +38,7 @@ pub mod vfio;
 pub use pool::{BarPool, InFlight, Lease, PoolError};
 pub mod driver;
 pub use driver::{Controller, DriverError};
+pub mod bench;
 pub mod bind;
 pub mod copy;
+pub mod job;

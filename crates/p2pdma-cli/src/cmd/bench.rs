@@ -13,7 +13,10 @@ use p2pdma::copy::plan;
 use p2pdma::copy::route::RouteError;
 use p2pdma::p2pmem::P2pmemError;
 use p2pdma::Bdf;
+use p2pdma_vfio::bench::{VfioBenchError, VfioBenchRequest, Yardstick};
+use p2pdma_vfio::job::Namespace;
 
+use crate::cmd::copy::Via;
 use crate::exit::Kind;
 use crate::output::Failure;
 use crate::Globals;
@@ -110,6 +113,19 @@ pub struct BenchArgs {
     /// Allow growing (or creating) a destination regular file, as `copy --force`.
     #[arg(long)]
     pub force: bool,
+    /// Which P2P path: the kernel's P2PDMA, or VFIO (`--workload copy` only; --src and
+    /// --dst are BDF/NSID of controllers attached with `p2pdma vfio attach`; --provider
+    /// names the pool's device [default: the source's CMB]).
+    #[arg(long, value_enum, default_value_t = Via::Kernel)]
+    pub via: Via,
+    /// With --via vfio: a `p2pdma bench --workload copy --fio --json` report of the same
+    /// namespaces made in the same boot before `vfio attach` (fio cannot drive devices
+    /// bound to vfio-pci); the table and JSON give VFIO/fio and VFIO/kernel-path ratios.
+    #[arg(long, value_name = "FILE.json")]
+    pub yardstick: Option<PathBuf>,
+    /// With --via vfio and a --provider that is not one of the controllers: its BAR.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub provider_bar: u32,
 }
 
 impl BenchArgs {
@@ -219,6 +235,14 @@ fn kind(e: &BenchError) -> Kind {
 }
 
 pub fn run(args: BenchArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
+    if args.via == Via::Vfio {
+        return vfio(&args, globals);
+    }
+    if args.yardstick.is_some() {
+        return Err(invalid(
+            "--yardstick compares the VFIO path with a kernel-path report: use it with --via vfio",
+        ));
+    }
     let request = args.request(globals)?;
     if let Some(plot) = &args.plot {
         if plot.extension().and_then(|e| e.to_str()) != Some("svg") {
@@ -244,6 +268,96 @@ pub fn run(args: BenchArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         writeln!(out, "{}", report.to_json())?;
     } else {
         write!(out, "{}", report.to_table())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn invalid(message: &str) -> anyhow::Error {
+    Failure::new(Kind::InvalidInput, anyhow::anyhow!("{message}")).into()
+}
+
+/// `bench --via vfio`: [`p2pdma_vfio::bench::run`], printed.
+fn vfio(args: &BenchArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
+    if args.workload != WorkloadArg::Copy {
+        return Err(invalid(
+            "--via vfio measures namespace-to-namespace copies: use --workload copy",
+        ));
+    }
+    if args.fio {
+        return Err(invalid("--via vfio: fio cannot drive controllers bound to vfio-pci; run `p2pdma bench --workload copy --fio --json` on their block devices before `vfio attach` and give that report with --yardstick"));
+    }
+    if args.runtime.is_some() || args.jobs != 1 || args.pattern != PatternArg::Seq {
+        return Err(invalid(
+            "--via vfio runs one sequential job over --size bytes: drop --runtime, --jobs and --pattern",
+        ));
+    }
+    if args.plot.is_some() {
+        return Err(invalid("--via vfio has no plot: drop --plot"));
+    }
+    let target = |name: &str, p: &Option<PathBuf>| -> anyhow::Result<Namespace> {
+        let p = p.as_ref().ok_or_else(|| {
+            invalid(&format!(
+                "--via vfio needs {name} BDF/NSID (e.g. 0000:03:00.0/1)"
+            ))
+        })?;
+        p.to_string_lossy()
+            .parse::<Namespace>()
+            .map_err(|e| Failure::new(Kind::InvalidInput, e).into())
+    };
+    let invalid_spec = |e: spec::SpecError| Failure::new(Kind::InvalidInput, e);
+    let size = args
+        .size
+        .as_deref()
+        .map(plan::parse_size)
+        .transpose()
+        .map_err(|e| Failure::new(Kind::InvalidInput, anyhow::anyhow!("--size: {e}")))?
+        .ok_or_else(|| invalid("say how much each run copies: give --size (e.g. 64M)"))?;
+    let request = VfioBenchRequest {
+        src: target("--src", &args.src)?,
+        dst: target("--dst", &args.dst)?,
+        provider: args.provider,
+        provider_bar: args.provider_bar,
+        block_sizes: spec::parse_block_sizes(&args.bs).map_err(invalid_spec)?,
+        iodepths: spec::parse_iodepths(&args.iodepth).map_err(invalid_spec)?,
+        size,
+        warmup: args.warmup,
+        repeat: args.repeat,
+        yardstick: args
+            .yardstick
+            .as_deref()
+            .map(Yardstick::read)
+            .transpose()
+            .map_err(|e| Failure::new(Kind::InvalidInput, e))?,
+        sysfs: globals.sysfs.clone(),
+    };
+    let mut progress = bar(globals.quiet);
+    let report = p2pdma_vfio::bench::run(&request, &mut progress).map_err(|e| match e {
+        VfioBenchError::Copy(e) => super::vfio::copy_failure(e, globals.quiet),
+        e @ (VfioBenchError::NoRuns | VfioBenchError::NoCases) => {
+            Failure::new(Kind::InvalidInput, e).into()
+        }
+        e => anyhow::Error::new(e),
+    })?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", report.to_json())?;
+    } else {
+        write!(out, "{}", report.to_table())?;
+    }
+    if !report.verified {
+        let v = &report.verification;
+        let at = v.first_difference.unwrap_or(0);
+        return Err(Failure::new(
+            Kind::VerifyMismatch,
+            anyhow::anyhow!(
+                "verification failed: {} offset {at} differs from {} offset {at} (xxh3-128 {:032x} vs {:032x})",
+                report.dst,
+                report.src,
+                v.dst_digest,
+                v.src_digest
+            ),
+        )
+        .into());
     }
     Ok(ExitCode::SUCCESS)
 }

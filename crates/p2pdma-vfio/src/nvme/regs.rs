@@ -176,8 +176,36 @@ pub fn cmbmsc_enable(cba: u64) -> Option<u64> {
         .then_some(cba | CMBMSC_CRE | CMBMSC_CMSE)
 }
 
+/// The two 32-bit stores that write `value` to CMBMSC, in order: the high dword (CBA's
+/// upper bits) first, then the low one (CRE, CMSE, CBA's lower bits), as Linux does
+/// (`hi_lo_writeq`). A controller may act on CMBMSC when its low half is written (QEMU's
+/// NVMe takes CBA then, and ignores a high half written after it); written the other way
+/// round, a CBA above 4 GiB would be taken as its low half alone.
+pub fn cmbmsc_stores(value: u64) -> [(usize, u32); 2] {
+    [(CMBMSC + 4, (value >> 32) as u32), (CMBMSC, value as u32)]
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cmbmsc_is_stored_high_dword_first_so_the_low_store_sees_the_whole_cba() {
+        let msc = super::cmbmsc_enable(0x40_0000_0000).unwrap();
+        let stores = super::cmbmsc_stores(msc);
+        assert_eq!(stores[0], (super::CMBMSC + 4, 0x40), "high dword first");
+        assert_eq!(
+            stores[1],
+            (
+                super::CMBMSC,
+                (super::CMBMSC_CRE | super::CMBMSC_CMSE) as u32
+            ),
+            "then CRE | CMSE with CBA's low bits"
+        );
+        assert_eq!(
+            super::cmbmsc_stores(super::CMBMSC_CRE)[0],
+            (super::CMBMSC + 4, 0)
+        );
+    }
+
     use super::*;
 
     #[test]

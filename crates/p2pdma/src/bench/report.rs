@@ -273,6 +273,22 @@ pub struct Machine {
     pub date: String,
 }
 
+impl Machine {
+    /// This machine (running kernel, CPUs available to the process), for a run that
+    /// started at `unix_time` seconds since the epoch.
+    pub fn this(unix_time: u64) -> Machine {
+        Machine {
+            kernel: rustix::system::uname()
+                .release()
+                .to_string_lossy()
+                .into_owned(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            unix_time,
+            date: utc_date(unix_time),
+        }
+    }
+}
+
 /// Everything one `bench` invocation measured.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BenchReport {

@@ -11,8 +11,8 @@ use super::fio::{self, FioJob};
 use super::io::{new_histogram, run_job, Amount, JobSpec};
 use super::lent::Lent;
 use super::report::{
-    utc_date, BenchReport, CaseResult, Clat, Engine, Machine, Measures, ProviderChoice, RunFigures,
-    Summary, Totals,
+    BenchReport, CaseResult, Clat, Engine, Machine, Measures, ProviderChoice, RunFigures, Summary,
+    Totals,
 };
 use super::spec::{BenchRequest, MemKind, Pattern, Workload};
 use super::BenchError;
@@ -259,15 +259,7 @@ pub fn run(
         warmup: req.warmup,
         repeat: req.repeat,
         provider: choice,
-        machine: Machine {
-            kernel: rustix::system::uname()
-                .release()
-                .to_string_lossy()
-                .into_owned(),
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            unix_time: started,
-            date: utc_date(started),
-        },
+        machine: Machine::this(started),
         fio_version,
         results,
         ratios: Default::default(),
