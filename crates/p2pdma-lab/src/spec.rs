@@ -655,12 +655,15 @@ impl Topology {
         items
     }
 
+    /// The ids of the NVMe controllers (whose drives a `throttle` fault can slow down).
+    pub fn nvme_ids(&self) -> Vec<&str> {
+        self.spec.nvme.iter().map(|n| n.id.as_str()).collect()
+    }
+
     /// The ids of the devices `device_del` can remove: NVMe controllers and RAM providers.
     pub fn removable_ids(&self) -> Vec<&str> {
-        self.spec
-            .nvme
-            .iter()
-            .map(|n| n.id.as_str())
+        self.nvme_ids()
+            .into_iter()
             .chain(self.spec.ram.iter().map(|r| r.id.as_str()))
             .collect()
     }
