@@ -19,9 +19,10 @@
 //! ```no_run
 //! use std::os::unix::fs::OpenOptionsExt;
 //! use p2pdma::p2pmem::Provider;
+//! use p2pdma::sysfs::SysfsRoot;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let provider = Provider::open("/sys".as_ref(), "0000:03:00.0".parse()?)?;
+//! let provider = Provider::open(&SysfsRoot::default(), "0000:03:00.0".parse()?)?;
 //! let mut buffer = provider.allocate(1 << 20)?;
 //! let source = std::fs::OpenOptions::new()
 //!     .read(true)
