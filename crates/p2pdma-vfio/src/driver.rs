@@ -264,6 +264,7 @@ impl Controller {
 
     fn reset_and_enable(&mut self) -> Result<(), DriverError> {
         self.disable()?;
+        self.clear_cmb_memory_space();
         let base = self.host.iova();
         self.regs.write32(
             regs::AQA,
@@ -502,7 +503,9 @@ impl Controller {
             bdf,
             why: format!("IOVA {cba:#x} is not 4 KiB aligned"),
         })?;
-        self.regs.write64(regs::CMBMSC, msc);
+        for (offset, value) in regs::cmbmsc_writes(msc) {
+            self.regs.write32(offset, value);
+        }
         if self.regs.read32(regs::CMBSTS) & regs::CMBSTS_CBAI != 0 {
             return Err(DriverError::Cmb {
                 bdf,
@@ -517,6 +520,19 @@ impl Controller {
             },
             mapping,
         ))
+    }
+
+    /// Turns off a CMB memory space an earlier user left enabled (CMBMSC = 0, lower dword
+    /// first so CMSE goes off first): a controller reset does not clear CMBMSC, and a
+    /// stale CBA makes the controller take addresses in that range for its own CMB, so a
+    /// copy whose pool is another device's memory at the same IOVA would move its data
+    /// into this controller's CMB instead (seen in the lab: a copy through the
+    /// destination's CMB after one through the source's wrote zeros).
+    fn clear_cmb_memory_space(&self) {
+        if self.cap.cmb_supported {
+            self.regs.write32(regs::CMBMSC, 0);
+            self.regs.write32(regs::CMBMSC + 4, 0);
+        }
     }
 
     /// Reads CMBLOC/CMBSZ (setting CMBMSC.CRE, which changes nothing else) without

@@ -31,7 +31,9 @@ fn vfio_lab() -> Lab {
 fn vfio_lab_on(topology: &str) -> Lab {
     Lab::new(topology, Flavour::from_env_or(Flavour::NoP2pdma))
         .file("/root/prelude.sh", PRELUDE)
-        .args(&["--timeout", "900"])
+        // The debug kernel (KASAN) on a loaded TCG host can take more than lab run's
+        // default 90 s to boot.
+        .args(&["--timeout", "900", "--boot-timeout", "300"])
 }
 
 fn script(body: &str) -> String {
@@ -387,9 +389,13 @@ fn assert_images_match_the_report(
 /// IOMMU group with its downstream port, and a VFIO type1 container takes a whole group.
 /// With one function on vfio-pci the copy refuses with a one-line error naming the group
 /// and the member still on nvme; with both attached, a verified copy between them through
-/// one's CMB works (one group, both in it); a copy from it across the switch to the
-/// controller behind the other downstream port (its own group) works too (two groups in
-/// one container). Detach gives every controller back to nvme (the ports stay
+/// the source's CMB works (one group, both in it); a copy across the switch to the
+/// controller behind the other downstream port (its own group) through the destination's
+/// CMB works too (two groups in one container). The second copy is a regression test for
+/// two driver bugs: CMBMSC written lower dword first (QEMU then took CBA 0, the owner
+/// reached its own CMB through the IOMMU and lost the first 4 KiB of every command), and
+/// a CMB memory space left enabled at the pool's IOVA by the first copy (the source then
+/// took the destination's CMB for its own, and the destination got zeros). Detach gives every controller back to nvme (the ports stay
 /// on pcieport) and the guest's md5 of the namespaces agrees.
 #[test]
 #[ignore = "lab: boots a QEMU guest (no-p2pdma kernel); run with --include-ignored"]
@@ -415,7 +421,7 @@ p2pdma vfio info $BA --json > /tmp/ia.json; echo "INFOA $? $(one_line /tmp/ia.js
 p2pdma vfio info $BB --json > /tmp/ib.json; echo "INFOB $? $(one_line /tmp/ib.json)"
 p2pdma copy --via vfio $BA/1 $BB/1 --length $LEN --verify --json > /tmp/c.json 2>/tmp/c.err; echo "GROUPCOPY $? $(one_line /tmp/c.json)"
 echo "GERR $(one_line /tmp/c.err)"
-p2pdma copy --via vfio $BA/1 $BC/1 --length $LEN --verify --json > /tmp/x.json 2>/tmp/x.err; echo "CROSSCOPY $? $(one_line /tmp/x.json)"
+p2pdma copy --via vfio $BA/1 $BC/1 --provider $BC --length $LEN --verify --json > /tmp/x.json 2>/tmp/x.err; echo "CROSSCOPY $? $(one_line /tmp/x.json)"
 echo "XERR $(one_line /tmp/x.err)"
 p2pdma vfio detach $BA $BB $BC --json > /tmp/d.json; echo "DETACH $? $(one_line /tmp/d.json)"
 wait_ns vsw0; wait_ns vsw1; wait_ns vsw2; A=$(ns vsw0); B=$(ns vsw1); C=$(ns vsw2)
@@ -473,12 +479,13 @@ echo "MD5 $(md5 $A 0 $LEN) $(md5 $B 0 $LEN) $(md5 $C 0 $LEN) $(zeros $LEN)"
     assert_eq!(ib["controller"]["serial"], "vsw1");
     assert_eq!(ia["iommu_group"], ib["iommu_group"]);
     assert_eq!(ia["iommu_group"].to_string(), groups[0]);
-    for (key, err, dst) in [("GROUPCOPY", "GERR", bb), ("CROSSCOPY", "XERR", bc)] {
+    for (key, err, dst, provider) in [("GROUPCOPY", "GERR", bb, ba), ("CROSSCOPY", "XERR", bc, bc)]
+    {
         let line = run.line(key);
         assert_eq!(line[0], "0", "{key} failed: {line:?} {:?}", run.line(err));
         let summary = json_after(&line.join(" "));
         assert_eq!(summary["provider_kind"], "cmb");
-        assert_eq!(summary["provider"], ba);
+        assert_eq!(summary["provider"], provider);
         assert_eq!(summary["dst"], format!("{dst}/1"));
         assert_eq!(summary["bytes"], 8 << 20);
         assert_eq!(summary["verified"], true, "{summary}");

@@ -176,6 +176,16 @@ pub fn cmbmsc_enable(cba: u64) -> Option<u64> {
         .then_some(cba | CMBMSC_CRE | CMBMSC_CMSE)
 }
 
+/// The two 32-bit register writes (offset, value) that store the 64-bit CMBMSC value
+/// `msc`, in the order to make them: the upper half of CBA first, then the lower dword,
+/// which carries CRE and CMSE. A controller takes CBA when CMSE is written; written low
+/// first, it would enable the memory space at a CBA whose upper half is still the old one
+/// (QEMU's nvme computes CBA on the lower dword's write only, so an IOVA above 4 GiB
+/// became CBA 0, and the owner reached its own CMB through the IOMMU instead).
+pub fn cmbmsc_writes(msc: u64) -> [(usize, u32); 2] {
+    [(CMBMSC + 4, (msc >> 32) as u32), (CMBMSC, msc as u32)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +238,20 @@ mod tests {
                 offset: 3 << 20
             }
         );
+    }
+
+    #[test]
+    fn cmbmsc_is_written_upper_half_first_so_cmse_sees_the_whole_cba() {
+        let msc = cmbmsc_enable(0x40_0000_0000).unwrap();
+        assert_eq!(
+            cmbmsc_writes(msc),
+            [(CMBMSC + 4, 0x40), (CMBMSC, 0x3)],
+            "the dword with CRE and CMSE goes last"
+        );
+        let msc = cmbmsc_enable(0x1_2345_6000).unwrap();
+        let [(hi_at, hi), (lo_at, lo)] = cmbmsc_writes(msc);
+        assert_eq!((hi_at, lo_at), (0x54, 0x50));
+        assert_eq!((u64::from(hi) << 32) | u64::from(lo), msc);
     }
 
     #[test]
