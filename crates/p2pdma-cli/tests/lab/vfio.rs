@@ -10,7 +10,8 @@
 use crate::harness::{json_after, read_range, Flavour, Lab, LabRun};
 
 /// Shell helpers: `ns SERIAL` / `bdf SERIAL` (namespace node, PCI address), `ram` (the
-/// ivshmem-plain device), `md5 DEV OFFSET LEN` (multiples of 4096), `fill DEV OFFSET LEN`,
+/// ivshmem-plain device), `free_ram BDF` (unbinds it from the lab's p2pdma_ram driver,
+/// which binds it on kernels with P2PDMA; attach refuses a device on another driver), `md5 DEV OFFSET LEN` (multiples of 4096), `fill DEV OFFSET LEN`,
 /// `zeros LEN`, `one_line FILE`, `wait_ns SERIAL` (until the namespace is back).
 const PRELUDE: &str = r#"
 ram() { for d in /sys/bus/pci/devices/*; do [ "$(cat $d/vendor):$(cat $d/device)" = 0x1af4:0x1110 ] && basename $d; done; }
@@ -20,6 +21,7 @@ md5() { dd if="$1" bs=4096 skip=$(($2 / 4096)) count=$(($3 / 4096)) 2>/dev/null 
 fill() { dd if=/dev/urandom of="$1" bs=4096 seek=$(($2 / 4096)) count=$(($3 / 4096)) conv=notrunc 2>/dev/null; }
 zeros() { dd if=/dev/zero bs=4096 count=$(($1 / 4096)) 2>/dev/null | md5sum | cut -d' ' -f1; }
 one_line() { tr '\n' ' ' < "$1"; }
+free_ram() { [ -e /sys/bus/pci/devices/$1/driver ] && echo $1 > /sys/bus/pci/devices/$1/driver/unbind; true; }
 wait_ns() { i=0; while [ $i -lt 100 ] && ! [ -b "$(ns $1)" ]; do sleep 0.2; i=$((i+1)); done; }
 "#;
 
@@ -223,6 +225,7 @@ fn without_p2pdma_vfio_copies_through_another_devices_ram_bar() {
 A=$(ns vf0); B=$(ns vf1); BA=$(bdf vf0); BB=$(bdf vf1); R=$(ram)
 LEN=16777216; DO=4194304
 fill $A 0 $LEN
+free_ram $R
 p2pdma vfio attach $BA $BB $R --json > /tmp/a.json; echo "ATTACH $? $(one_line /tmp/a.json)"
 timeout 300 p2pdma copy --via vfio $BA/1 $BB/1 --src-offset $DO --dst-offset $DO --length $LEN --provider $R --verify --json > /tmp/r.json 2>/tmp/r.err; echo "RAMBAR $? $(one_line /tmp/r.json)"
 echo "RERR $(one_line /tmp/r.err)"
@@ -537,6 +540,7 @@ A=$(ns vf0); B=$(ns vf1); BA=$(bdf vf0); BB=$(bdf vf1); R=$(ram)
 echo "DEVS $BA $BB $R"
 LEN=67108864
 fill $A 0 $LEN
+free_ram $R
 p2pdma vfio attach $BA $BB $R > /dev/null; echo "ATTACH $?"
 p2pdma lab guest signal slow
 sleep 2

@@ -178,8 +178,8 @@ pub fn cmbmsc_enable(cba: u64) -> Option<u64> {
 
 /// The two 32-bit register writes (offset, value) that store the 64-bit CMBMSC value
 /// `msc`, in the order to make them: the upper half of CBA first, then the lower dword,
-/// which carries CRE and CMSE. A controller takes CBA when CMSE is written; written low
-/// first, it would enable the memory space at a CBA whose upper half is still the old one
+/// which carries CRE and CMSE, as Linux's `nvme_map_cmb` does (`hi_lo_writeq`). A
+/// controller takes CBA when CMSE is written; written low first, it would enable the memory space at a CBA whose upper half is still the old one
 /// (QEMU's nvme computes CBA on the lower dword's write only, so an IOVA above 4 GiB
 /// became CBA 0, and the owner reached its own CMB through the IOMMU instead).
 pub fn cmbmsc_writes(msc: u64) -> [(usize, u32); 2] {
