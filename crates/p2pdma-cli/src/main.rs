@@ -5,6 +5,7 @@
 mod cmd;
 pub mod exit;
 pub mod output;
+mod progress;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -73,7 +74,7 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct Globals {
     /// The sysfs root to read (`/sys` unless `--sysfs` was given).
-    pub sysfs: PathBuf,
+    pub sysfs: p2pdma::sysfs::SysfsRoot,
     /// `--kernel-release`: the release whose rules verdicts follow, if not the tree's own.
     pub kernel_release: Option<String>,
     /// `--quiet`: no progress bars, no notes on stderr.
@@ -96,7 +97,10 @@ impl Globals {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let globals = Globals {
-        sysfs: cli.sysfs.unwrap_or_else(|| PathBuf::from("/sys")),
+        sysfs: cli
+            .sysfs
+            .map(p2pdma::sysfs::SysfsRoot::new)
+            .unwrap_or_default(),
         kernel_release: cli.kernel_release,
         quiet: cli.quiet,
     };

@@ -28,7 +28,29 @@ pub struct BootFigures {
     pub guest_uptime_median: f64,
 }
 
+/// The head of `lab bench`'s table: what is measured, then the column names (two lines,
+/// each ending in a newline).
+pub fn table_header() -> String {
+    format!(
+        "boot-to-command time: QEMU start until the guest has every NVMe namespace and runs the command\n{:<14} {:>4} {:>8} {:>8} {:>8} {:>14}\n",
+        "topology", "runs", "min s", "median s", "max s", "guest uptime s"
+    )
+}
+
 impl BootFigures {
+    /// The figures as one row of [`table_header`]'s table (no newline).
+    pub fn table_row(&self) -> String {
+        format!(
+            "{:<14} {:>4} {:>8.2} {:>8.2} {:>8.2} {:>14.2}",
+            self.topology,
+            self.runs,
+            self.boot_seconds_min,
+            self.boot_seconds_median,
+            self.boot_seconds_max,
+            self.guest_uptime_median
+        )
+    }
+
     /// Figures from the boot and uptime seconds of each run (`runs` > 0).
     pub fn from_samples(
         topology: &str,
@@ -109,5 +131,26 @@ mod tests {
             ),
             (3, 1.0, 2.0, 3.0, 0.8)
         );
+    }
+
+    #[test]
+    fn a_row_lines_up_under_the_header() {
+        let f = BootFigures::from_samples(
+            "switch",
+            Accel::Tcg,
+            vec![13.25, 11.5, 12.0],
+            vec![4.0, 3.5, 3.75],
+        );
+        let row = f.table_row();
+        assert_eq!(
+            row,
+            "switch            3    11.50    12.00    13.25           3.75"
+        );
+        let header = table_header();
+        let columns = header.lines().nth(1).unwrap();
+        assert_eq!(columns.len(), row.len(), "{columns}\n{row}");
+        assert!(columns.starts_with("topology       runs"), "{columns}");
+        assert!(header.starts_with("boot-to-command time: "), "{header}");
+        assert!(header.ends_with("guest uptime s\n"), "{header}");
     }
 }

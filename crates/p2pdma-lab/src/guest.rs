@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use p2pdma::display::error_chain;
 use p2pdma::p2pmem::{P2pmemError, Provider};
 use p2pdma::sysfs::SysfsRoot;
 use p2pdma::Bdf;
@@ -66,6 +67,24 @@ pub enum GuestError {
     /// The p2pmem library's error.
     #[error(transparent)]
     P2pmem(#[from] P2pmemError),
+    /// Dropping to another user failed (`setgroups([])`, `setresgid`, `setresuid`).
+    #[error("{call}")]
+    Credentials {
+        /// The call that failed.
+        call: &'static str,
+        /// Why.
+        #[source]
+        source: rustix::io::Errno,
+    },
+    /// The program could not be run.
+    #[error("cannot run {program}")]
+    Exec {
+        /// The program.
+        program: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// An NVMe controller found by serial.
@@ -75,7 +94,8 @@ pub struct NvmeController {
     pub bdf: Bdf,
     /// The controller (`nvme0`).
     pub controller: String,
-    /// Its namespaces (`nvme0n1`), sorted.
+    /// Its namespaces' disks (`nvme0n1`; under native multipath, the head disks of its
+    /// paths), sorted.
     pub namespaces: Vec<String>,
 }
 
@@ -113,9 +133,11 @@ pub fn nvme_by_serial(sysfs: &SysfsRoot, serial: &str) -> Result<NvmeController,
                 .flatten()
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| is_namespace_of(&ctrl, n))
+                .filter(|n| is_namespace_name(n))
+                .map(|n| openable_disk(&n))
                 .collect();
             namespaces.sort();
+            namespaces.dedup();
             return Ok(NvmeController {
                 bdf,
                 controller: ctrl,
@@ -134,10 +156,34 @@ pub fn nvme_by_serial(sysfs: &SysfsRoot, serial: &str) -> Result<NvmeController,
     })
 }
 
-/// Whether `name` is a namespace of controller `ctrl` (`nvme0` -> `nvme0n1`).
-fn is_namespace_of(ctrl: &str, name: &str) -> bool {
-    name.strip_prefix(ctrl)
-        .is_some_and(|rest| rest.starts_with('n') && rest.len() > 1)
+/// Whether `name`, an entry of a controller's sysfs directory, is one of its namespaces: `nvme0n1` without native multipath; with it, the controller lists its path
+/// disks (`nvme0c0n1`, hidden, no /dev node) or, for a namespace no other controller
+/// shares, a disk named after its subsystem's instance (`nvme1n1` under `nvme2`).
+fn is_namespace_name(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let Some(rest) = name.strip_prefix("nvme") else {
+        return false;
+    };
+    let Some((head, nsid)) = rest.rsplit_once('n') else {
+        return false;
+    };
+    digits(nsid)
+        && match head.split_once('c') {
+            Some((subsystem, controller)) => digits(subsystem) && digits(controller),
+            None => digits(head),
+        }
+}
+
+/// The disk with a /dev node for namespace disk `name`: a multipath path disk
+/// `nvme<X>c<Y>n<Z>` is hidden, and its head `nvme<X>n<Z>` is what opens.
+fn openable_disk(name: &str) -> String {
+    match name.split_once('c') {
+        Some((subsystem, rest)) => match rest.rsplit_once('n') {
+            Some((_, nsid)) => format!("{subsystem}n{nsid}"),
+            None => name.to_owned(),
+        },
+        None => name.to_owned(),
+    }
 }
 
 /// A PCI function given as a BDF or as an NVMe serial.
@@ -202,6 +248,35 @@ pub fn signal(name: &str) -> Result<(), GuestError> {
             )
         })?;
     writeln!(f, "@@signal {name}").map_err(|e| fail("cannot write to", e))
+}
+
+/// Replaces this process with `command` (program and arguments) run as user `uid` and
+/// group `gid` with no supplementary groups (`p2pdma lab guest as-user`: busybox's su
+/// needs a passwd database the guest lacks). Returns only when that failed.
+pub fn exec_as_user(uid: u32, gid: u32, command: &[String]) -> GuestError {
+    use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+    use std::os::unix::process::CommandExt;
+    let Some((program, args)) = command.split_first() else {
+        return GuestError::Invalid("as-user: no program to run".to_owned());
+    };
+    let failed = |call| move |source| GuestError::Credentials { call, source };
+    // This process has one thread, so the thread-level raw syscalls drop the whole
+    // process's rights (glibc's setuid(), which std's Command::uid uses, failed with
+    // ENOSYS in the static guest binary). Groups first, then the group, then the user,
+    // who can change neither afterwards.
+    let gid = rustix::process::Gid::from_raw(gid);
+    let uid = rustix::process::Uid::from_raw(uid);
+    let dropped = set_thread_groups(&[])
+        .map_err(failed("setgroups([])"))
+        .and_then(|()| set_thread_res_gid(gid, gid, gid).map_err(failed("setresgid")))
+        .and_then(|()| set_thread_res_uid(uid, uid, uid).map_err(failed("setresuid")));
+    if let Err(e) = dropped {
+        return e;
+    }
+    GuestError::Exec {
+        program: program.clone(),
+        source: std::process::Command::new(program).args(args).exec(),
+    }
 }
 
 /// What `read-loop` does.
@@ -301,23 +376,10 @@ impl Counters {
     }
 }
 
-/// A small xorshift generator: the read offsets need to be spread, not unpredictable.
-pub fn next_random(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+/// The offset of a read of `size` bytes at a random one of `slots` slots: the read
+/// offsets need to be spread, not unpredictable.
+pub fn read_offset(rng: &mut fastrand::Rng, slots: u64, size: usize) -> u64 {
+    rng.u64(..slots) * size as u64
 }
 
 /// Small O_DIRECT reads from `file` into the provider's p2pmem from several threads, each
@@ -368,7 +430,7 @@ pub fn read_loop(sysfs: &SysfsRoot, args: &ReadLoop) -> Result<ReadLoopReport, G
                 })?;
             handles.push(scope.spawn(move || {
                 let seed = started.elapsed().as_nanos() as u64;
-                let mut rng = (seed ^ (thread as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
+                let mut rng = fastrand::Rng::with_seed(seed ^ thread as u64);
                 let mut check = vec![0u8; args.size];
                 let mut was_ready = false;
                 while !stop() {
@@ -395,7 +457,7 @@ pub fn read_loop(sysfs: &SysfsRoot, args: &ReadLoop) -> Result<ReadLoopReport, G
                                     bump(&counters.gone)
                                 }
                                 P2pmemError::PoolExhausted { .. } => bump(&counters.pool_empty),
-                                other => counters.unexpected(format!("allocate: {}", chain(&other))),
+                                other => counters.unexpected(format!("allocate: {}", error_chain(&other))),
                             }
                             std::thread::sleep(Duration::from_millis(5));
                             continue;
@@ -403,7 +465,7 @@ pub fn read_loop(sysfs: &SysfsRoot, args: &ReadLoop) -> Result<ReadLoopReport, G
                     };
                     // Read until the buffer is lost.
                     while !stop() {
-                        let offset = next_random(&mut rng) % slots * args.size as u64;
+                        let offset = read_offset(&mut rng, slots, args.size);
                         bump(&counters.started);
                         match buffer.pread(&file, offset, 0, args.size) {
                             Ok(n) if n == args.size => {}
@@ -420,7 +482,7 @@ pub fn read_loop(sysfs: &SysfsRoot, args: &ReadLoop) -> Result<ReadLoopReport, G
                                 break;
                             }
                             Err(e) => {
-                                counters.unexpected(format!("read at {offset}: {}", chain(&e)));
+                                counters.unexpected(format!("read at {offset}: {}", error_chain(&e)));
                                 break;
                             }
                         }
@@ -433,7 +495,7 @@ pub fn read_loop(sysfs: &SysfsRoot, args: &ReadLoop) -> Result<ReadLoopReport, G
                             Err(e) => {
                                 counters.unexpected(format!(
                                     "checking the read at {offset}: {}",
-                                    chain(&e)
+                                    error_chain(&e)
                                 ));
                                 break;
                             }
@@ -550,6 +612,13 @@ pub struct HoldReport {
     pub intact: Vec<bool>,
 }
 
+impl HoldReport {
+    /// Whether every buffer's pattern was intact at the end.
+    pub fn all_intact(&self) -> bool {
+        self.intact.iter().all(|&i| i)
+    }
+}
+
 /// Allocates the buffers, fills them with [`hold_pattern`], says so in the ready file,
 /// holds them until the release file exists (60 s at most), then checks the patterns.
 pub fn hold(sysfs: &SysfsRoot, args: &Hold) -> Result<HoldReport, GuestError> {
@@ -606,11 +675,40 @@ mod tests {
 
     #[test]
     fn read_offsets_spread_over_the_span() {
-        let mut state = 0x1234_5678_9abc_def1;
+        let mut rng = fastrand::Rng::with_seed(0x1234_5678_9abc_def1);
         let slots = 1024;
-        let hit: std::collections::HashSet<u64> =
-            (0..4096).map(|_| next_random(&mut state) % slots).collect();
+        let hit: std::collections::HashSet<u64> = (0..4096)
+            .map(|_| {
+                let offset = read_offset(&mut rng, slots, 4096);
+                assert!(
+                    offset < slots * 4096 && offset.is_multiple_of(4096),
+                    "{offset}"
+                );
+                offset / 4096
+            })
+            .collect();
         assert!(hit.len() > 900, "only {} of {slots} slots hit", hit.len());
+    }
+
+    #[test]
+    fn namespace_names_with_and_without_native_multipath() {
+        for name in ["nvme0n1", "nvme1n10", "nvme0c1n1", "nvme12c3n2"] {
+            assert!(is_namespace_name(name), "{name}");
+        }
+        for name in [
+            "power",
+            "nvme0",
+            "nvme0n",
+            "nvme0c1",
+            "nvmec1n1",
+            "nvme0n1p1",
+            "ng0n1",
+            "nvme0cn1",
+        ] {
+            assert!(!is_namespace_name(name), "{name}");
+        }
+        assert_eq!(openable_disk("nvme1c2n3"), "nvme1n3");
+        assert_eq!(openable_disk("nvme4n1"), "nvme4n1");
     }
 
     #[test]

@@ -19,6 +19,20 @@ pub struct Requirement {
     pub present: bool,
 }
 
+impl Requirement {
+    /// The requirement as one line of `lab setup`'s list: `ok` or `missing`, how it is
+    /// checked, what for, and its Debian package.
+    pub fn status_line(&self) -> String {
+        format!(
+            "{} {:<40} {:<28} ({})",
+            if self.present { "ok     " } else { "missing" },
+            self.check,
+            self.purpose,
+            self.debian_package
+        )
+    }
+}
+
 const REQUIREMENTS: &[(&str, &str, &str)] = &[
     ("run the guest", "qemu-system-x86_64", "qemu-system-x86"),
     (
@@ -125,6 +139,12 @@ pub enum SetupError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// Packages were installed, yet some checks still fail.
+    #[error("after installing, still missing: {checks}")]
+    StillMissing {
+        /// The checks that fail, comma-separated.
+        checks: String,
     },
     /// The private apt configuration could not be written.
     #[error("cannot write the lab's private apt configuration {path}")]
@@ -594,9 +614,51 @@ pub fn install(packages: &[&str], apt_dir: &Path) -> Result<InstallPlan, SetupEr
     Ok(plan)
 }
 
+/// `lab setup`'s install: `missing` (from [`missing_packages`]) installed through the
+/// private apt configuration under the lab's cache, then every requirement checked again.
+pub fn install_missing(missing: &[&str]) -> Result<InstallPlan, SetupError> {
+    let plan = install(missing, &crate::paths::cache_root().join("apt"))?;
+    let still: Vec<_> = check().into_iter().filter(|r| !r.present).collect();
+    if !still.is_empty() {
+        return Err(SetupError::StillMissing {
+            checks: still.iter().map(|r| r.check).collect::<Vec<_>>().join(", "),
+        });
+    }
+    Ok(plan)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_line_says_present_or_missing_in_aligned_columns() {
+        let fio = Requirement {
+            purpose: "benchmarks in the guest",
+            check: "fio",
+            debian_package: "fio",
+            present: false,
+        };
+        let line = fio.status_line();
+        assert_eq!(
+            line,
+            format!(
+                "missing fio{} benchmarks in the guest{} (fio)",
+                " ".repeat(37),
+                " ".repeat(5)
+            )
+        );
+        let ok = Requirement {
+            present: true,
+            ..fio
+        };
+        assert!(
+            ok.status_line().starts_with("ok      fio "),
+            "{}",
+            ok.status_line()
+        );
+        assert_eq!(ok.status_line().len(), line.len());
+    }
 
     #[test]
     fn missing_packages_are_deduplicated_in_order() {

@@ -7,6 +7,8 @@
 //! - [`kernel_source`]: the kernel releases the lab ships and fetching their source.
 //! - [`stock`]: the distribution's own kernel (Debian's), fetched instead of built.
 //! - [`obtain`]: the kernel a command boots: given, stock, cached or built.
+//! - [`launch`]: what `lab run`, `lab demo`, `lab bench` and `lab check` do around a boot
+//!   (requests in, typed results out; the binary only parses and prints).
 //! - [`initramfs`]: the guest's root file system (busybox + the static p2pdma binary).
 //! - [`vm`]: booting a topology, running a command, deadlines and fault injection.
 //! - [`qmp`]: the QEMU monitor client used for surprise removal.
@@ -23,6 +25,7 @@ pub mod host;
 pub mod initramfs;
 pub mod kernel;
 pub mod kernel_source;
+pub mod launch;
 pub mod obtain;
 pub mod paths;
 pub mod qmp;

@@ -37,6 +37,76 @@ pub enum KernelRequest {
     },
 }
 
+/// The flavour a user named: a lab kernel's configuration, or the distribution's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlavourChoice {
+    /// A lab kernel of this configuration, from the cache or built.
+    Lab(Flavour),
+    /// The distribution's own kernel, downloaded, not built.
+    Stock,
+}
+
+/// Where the kernel comes from, as the user wrote it (`--kernel`, `--flavour`,
+/// `--release`, `--source`); [`KernelChoice::request`] checks it and turns it into a
+/// [`KernelRequest`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelChoice {
+    /// A bzImage to boot as it is; takes precedence over everything else.
+    pub image: Option<PathBuf>,
+    /// The flavour (default: the standard lab kernel).
+    pub flavour: Option<FlavourChoice>,
+    /// The release (default: [`DEFAULT_BUILD_RELEASE`], or [`DEFAULT_STOCK_RELEASE`] for
+    /// the stock kernel).
+    pub release: Option<String>,
+    /// A kernel tree or tarball to build instead of a shipped release.
+    pub source: Option<PathBuf>,
+}
+
+impl KernelChoice {
+    /// The request for this choice; `jobs` is the parallelism of a build. A stock
+    /// kernel with a source to build is refused: the two exclude each other.
+    pub fn request(&self, jobs: Option<usize>) -> Result<KernelRequest, ObtainError> {
+        if let Some(image) = &self.image {
+            return Ok(KernelRequest::Image(image.clone()));
+        }
+        let flavour = match self
+            .flavour
+            .unwrap_or(FlavourChoice::Lab(Flavour::Standard))
+        {
+            FlavourChoice::Lab(flavour) => flavour,
+            FlavourChoice::Stock => {
+                if self.source.is_some() {
+                    return Err(ObtainError::StockWithSource);
+                }
+                return Ok(KernelRequest::Stock {
+                    release: self.release.clone(),
+                });
+            }
+        };
+        Ok(KernelRequest::Build {
+            flavour,
+            release: self.release.clone(),
+            source: self.source.clone(),
+            jobs,
+        })
+    }
+
+    /// This choice with the stock kernel as its default flavour (what `lab demo` boots),
+    /// when it names neither a flavour nor a source and its release, if any, has a stock
+    /// kernel.
+    pub fn stock_by_default(&self) -> KernelChoice {
+        let mut choice = self.clone();
+        let stock_release = choice
+            .release
+            .as_deref()
+            .is_none_or(|r| StockRelease::named(r).is_ok());
+        if choice.flavour.is_none() && choice.source.is_none() && stock_release {
+            choice.flavour = Some(FlavourChoice::Stock);
+        }
+        choice
+    }
+}
+
 /// What [`obtain`] reports while it fetches or builds.
 pub trait KernelProgress {
     /// A fetch or build begins.
@@ -52,6 +122,9 @@ pub trait KernelProgress {
 /// Why no kernel could be obtained.
 #[derive(Debug, thiserror::Error)]
 pub enum ObtainError {
+    /// A stock kernel and a source to build were both asked for.
+    #[error("--flavour stock boots the distribution's kernel as it is; --source builds one: choose one of them")]
+    StockWithSource,
     /// The image given by path is not a file.
     #[error("kernel image {} not found: pass a bzImage, or omit --kernel to use the lab kernel", path.display())]
     ImageMissing {
@@ -178,6 +251,80 @@ mod tests {
         fn event(&mut self, _: BuildEvent) {}
         fn note(&mut self, _: &str) {}
         fn finish(&mut self, _: &str) {}
+    }
+
+    #[test]
+    fn a_choice_becomes_the_request_it_names() {
+        let image = KernelChoice {
+            image: Some("/boot/bz".into()),
+            flavour: Some(FlavourChoice::Lab(Flavour::Debug)),
+            ..KernelChoice::default()
+        };
+        assert_eq!(
+            image.request(None).unwrap(),
+            KernelRequest::Image("/boot/bz".into()),
+            "an image given by path wins"
+        );
+        assert_eq!(
+            KernelChoice::default().request(Some(3)).unwrap(),
+            KernelRequest::Build {
+                flavour: Flavour::Standard,
+                release: None,
+                source: None,
+                jobs: Some(3),
+            }
+        );
+        let stock = KernelChoice {
+            flavour: Some(FlavourChoice::Stock),
+            release: Some("7.2".into()),
+            ..KernelChoice::default()
+        };
+        assert_eq!(
+            stock.request(None).unwrap(),
+            KernelRequest::Stock {
+                release: Some("7.2".into())
+            }
+        );
+        let both = KernelChoice {
+            source: Some("/src/linux".into()),
+            ..stock
+        };
+        let err = both.request(None).unwrap_err();
+        assert!(matches!(err, ObtainError::StockWithSource), "{err}");
+        assert!(err.to_string().contains("choose one of them"), "{err}");
+    }
+
+    #[test]
+    fn the_stock_kernel_is_the_default_only_when_nothing_else_was_named() {
+        let stock = Some(FlavourChoice::Stock);
+        assert_eq!(KernelChoice::default().stock_by_default().flavour, stock);
+        let with_release = KernelChoice {
+            release: Some(DEFAULT_STOCK_RELEASE.into()),
+            ..KernelChoice::default()
+        };
+        assert_eq!(with_release.stock_by_default().flavour, stock);
+        let debug = KernelChoice {
+            flavour: Some(FlavourChoice::Lab(Flavour::Debug)),
+            ..KernelChoice::default()
+        };
+        assert_eq!(
+            debug.stock_by_default().flavour,
+            Some(FlavourChoice::Lab(Flavour::Debug))
+        );
+        let source = KernelChoice {
+            source: Some("/src/linux".into()),
+            ..KernelChoice::default()
+        };
+        assert_eq!(source.stock_by_default().flavour, None);
+        let no_stock = KernelChoice {
+            release: Some("6.12".into()),
+            ..KernelChoice::default()
+        };
+        assert_eq!(
+            no_stock.stock_by_default().flavour,
+            None,
+            "6.12 has no stock kernel: the lab builds it"
+        );
     }
 
     #[test]

@@ -141,6 +141,13 @@ pub struct Nvme {
     /// Format the disk image on the host before boot.
     #[serde(default)]
     pub format: Option<DiskFormat>,
+    /// NVM subsystem: controllers naming the same subsystem are two paths to ONE shared
+    /// namespace (QEMU `nvme-subsys` with a shared `nvme-ns`), which a kernel with native
+    /// multipath shows as one head disk; members share one `serial` (a subsystem has one
+    /// serial number) and agree on `disk_mib` and `format`.
+    /// Without it each controller is its own subsystem with its own namespace.
+    #[serde(default)]
+    pub subsystem: Option<String>,
 }
 
 /// A RAM-backed p2pmem provider: QEMU's `ivshmem-plain` device on a `memory-backend-ram`
@@ -455,9 +462,21 @@ fn validate(name: &str, spec: &TopologySpec) -> Result<(), SpecError> {
                 nvme.id, nvme.serial
             )));
         }
-        if !serials.insert(nvme.serial.as_str()) {
+        // One subsystem, one serial number (QEMU refuses members whose serials differ):
+        // a serial names a lone controller or a whole subsystem.
+        if !serials.insert((nvme.serial.as_str(), nvme.subsystem.as_deref()))
+            && nvme.subsystem.is_none()
+        {
             return Err(invalid(format!(
                 "serial '{}' is used twice: serials are how the guest tells controllers apart",
+                nvme.serial
+            )));
+        }
+        if serials.iter().any(|(serial, subsystem)| {
+            *serial == nvme.serial && *subsystem != nvme.subsystem.as_deref()
+        }) {
+            return Err(invalid(format!(
+                "serial '{}' names two different subsystems or controllers: serials are how the guest tells them apart",
                 nvme.serial
             )));
         }
@@ -504,6 +523,31 @@ fn validate(name: &str, spec: &TopologySpec) -> Result<(), SpecError> {
                 nvme.id
             )));
         }
+        if let Some(subsystem) = &nvme.subsystem {
+            if !valid_id(subsystem) {
+                return Err(invalid(format!(
+                    "nvme '{}': subsystem '{subsystem}' must be lowercase letters, digits and '-', starting with a letter",
+                    nvme.id
+                )));
+            }
+            let first = spec
+                .nvme
+                .iter()
+                .find(|n| n.subsystem.as_ref() == Some(subsystem))
+                .unwrap_or(nvme);
+            if (first.disk_mib, first.format) != (nvme.disk_mib, nvme.format) {
+                return Err(invalid(format!(
+                    "nvme '{}' and '{}' share subsystem '{subsystem}', hence one namespace: give them the same disk_mib and format",
+                    first.id, nvme.id
+                )));
+            }
+            if first.serial != nvme.serial {
+                return Err(invalid(format!(
+                    "nvme '{}' and '{}' share subsystem '{subsystem}': give them the same serial (an NVM subsystem has one serial number)",
+                    first.id, nvme.id
+                )));
+            }
+        }
     }
     for ram in &spec.ram {
         if !valid_id(&ram.id) {
@@ -545,6 +589,15 @@ fn validate(name: &str, spec: &TopologySpec) -> Result<(), SpecError> {
                 "ram '{}': size_mib {} must be a power of two from 1 to {MAX_RAM_MIB} (it becomes a PCI BAR)",
                 ram.id, ram.size_mib
             )));
+        }
+    }
+    for nvme in &spec.nvme {
+        if let Some(subsystem) = &nvme.subsystem {
+            if ids.contains(subsystem.as_str()) {
+                return Err(invalid(format!(
+                    "subsystem '{subsystem}' has the id of a device: give it a name of its own"
+                )));
+            }
         }
     }
     Ok(())
@@ -612,18 +665,33 @@ impl Topology {
             }
             items.push(QemuItem::Device(args));
         }
-        for nvme in &self.spec.nvme {
-            let drive_id = format!("drive-{}", nvme.id);
-            items.push(QemuItem::Drive {
-                drive_id: drive_id.clone(),
-                nvme_id: nvme.id.clone(),
-                bytes: nvme.disk_mib * 1024 * 1024,
-                format: nvme.format,
-            });
-            let mut args = format!(
-                "nvme,id={},serial={},drive={drive_id},bus={}",
-                nvme.id, nvme.serial, nvme.parent
-            );
+        for (index, nvme) in self.spec.nvme.iter().enumerate() {
+            let mut args = match &nvme.subsystem {
+                None => {
+                    let drive_id = format!("drive-{}", nvme.id);
+                    items.push(QemuItem::Drive {
+                        drive_id: drive_id.clone(),
+                        nvme_id: nvme.id.clone(),
+                        bytes: nvme.disk_mib * 1024 * 1024,
+                        format: nvme.format,
+                    });
+                    format!(
+                        "nvme,id={},serial={},drive={drive_id},bus={}",
+                        nvme.id, nvme.serial, nvme.parent
+                    )
+                }
+                Some(subsystem) => {
+                    if self.subsystem_members(subsystem).next().map(|(i, _)| i) == Some(index) {
+                        items.push(QemuItem::Device(format!(
+                            "nvme-subsys,id={subsystem},nqn={subsystem}"
+                        )));
+                    }
+                    format!(
+                        "nvme,id={},serial={},subsys={subsystem},bus={}",
+                        nvme.id, nvme.serial, nvme.parent
+                    )
+                }
+            };
             if let Some(addr) = &nvme.addr {
                 args.push_str(&format!(",addr={addr}"));
             }
@@ -634,6 +702,27 @@ impl Topology {
                 args.push_str(&format!(",cmb_size_mb={}", nvme.cmb_mib));
             }
             items.push(QemuItem::Device(args));
+            if let Some(subsystem) = &nvme.subsystem {
+                // The shared namespace comes after the subsystem's last controller; QEMU
+                // attaches a shared namespace to every controller of its subsystem.
+                if self.subsystem_members(subsystem).last().map(|(i, _)| i) == Some(index) {
+                    let (_, first) = self
+                        .subsystem_members(subsystem)
+                        .next()
+                        .unwrap_or((index, nvme));
+                    let drive_id = format!("drive-{subsystem}");
+                    items.push(QemuItem::Drive {
+                        drive_id: drive_id.clone(),
+                        nvme_id: first.id.clone(),
+                        bytes: first.disk_mib * 1024 * 1024,
+                        format: first.format,
+                    });
+                    items.push(QemuItem::Device(format!(
+                        "nvme-ns,drive={drive_id},bus={},nsid=1,shared=on",
+                        first.id
+                    )));
+                }
+            }
         }
         for ram in &self.spec.ram {
             items.push(QemuItem::Object(format!(
@@ -658,6 +747,18 @@ impl Topology {
     /// The ids of the NVMe controllers (whose drives a `throttle` fault can slow down).
     pub fn nvme_ids(&self) -> Vec<&str> {
         self.spec.nvme.iter().map(|n| n.id.as_str()).collect()
+    }
+
+    /// The controllers of `subsystem`, with their index in the topology, in order.
+    fn subsystem_members<'a>(
+        &'a self,
+        subsystem: &'a str,
+    ) -> impl Iterator<Item = (usize, &'a Nvme)> + 'a {
+        self.spec
+            .nvme
+            .iter()
+            .enumerate()
+            .filter(move |(_, n)| n.subsystem.as_deref() == Some(subsystem))
     }
 
     /// The ids of the devices `device_del` can remove: NVMe controllers and RAM providers.
@@ -814,6 +915,65 @@ mod tests {
             assert!(err.contains(wanted), "{ram}: {err}");
             assert!(!err.contains('\n'), "one line: {err}");
         }
+    }
+
+    #[test]
+    fn controllers_of_one_subsystem_share_one_namespace_after_the_last_of_them() {
+        let mut catalog = Catalog::default();
+        catalog
+            .merge_str(
+                "[mp]\ndescription='x'\nnvme=[
+                  {id='a',serial='a0',parent='pcie.0',subsystem='ss0',cmb_mib=16,disk_mib=32},
+                  {id='lone',serial='l0',parent='pcie.0'},
+                  {id='b',serial='a0',parent='pcie.0',subsystem='ss0',disk_mib=32}]",
+                "test",
+            )
+            .unwrap();
+        let items = catalog.get("mp").unwrap().qemu_items();
+        let device = |i: &QemuItem| match i {
+            QemuItem::Device(d) => d.clone(),
+            QemuItem::Drive {
+                drive_id,
+                nvme_id,
+                bytes,
+                ..
+            } => format!("drive {drive_id} {nvme_id} {bytes}"),
+            QemuItem::Object(o) => o.clone(),
+        };
+        assert_eq!(
+            items.iter().map(device).collect::<Vec<_>>(),
+            [
+                "nvme-subsys,id=ss0,nqn=ss0",
+                "nvme,id=a,serial=a0,subsys=ss0,bus=pcie.0,cmb_size_mb=16",
+                "drive drive-lone lone 67108864",
+                "nvme,id=lone,serial=l0,drive=drive-lone,bus=pcie.0",
+                "nvme,id=b,serial=a0,subsys=ss0,bus=pcie.0",
+                "drive drive-ss0 a 33554432",
+                "nvme-ns,drive=drive-ss0,bus=a,nsid=1,shared=on",
+            ]
+        );
+    }
+
+    #[test]
+    fn subsystem_members_must_agree_on_their_one_namespace() {
+        let err = invalid(
+            "[t]\ndescription='x'\nnvme=[{id='a',serial='a',parent='pcie.0',subsystem='ss'},{id='b',serial='a',parent='pcie.0',subsystem='ss',disk_mib=8}]",
+        );
+        assert!(
+            err.contains("'a' and 'b' share subsystem 'ss'") && err.contains("same disk_mib"),
+            "{err}"
+        );
+        let err = invalid(
+            "[t]\ndescription='x'\nnvme=[{id='a',serial='a',parent='pcie.0',subsystem='a'}]",
+        );
+        assert!(
+            err.contains("subsystem 'a' has the id of a device"),
+            "{err}"
+        );
+        let err = invalid(
+            "[t]\ndescription='x'\nnvme=[{id='a',serial='a',parent='pcie.0',subsystem='S S'}]",
+        );
+        assert!(err.contains("subsystem 'S S'"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! SVG, pool table or Prometheus text without shelling out.
 //! - [`topo`]: the PCI tree, the verdict matrix, an explanation, the provider choice,
 //!   the (provider, namespace) pairs, DOT and SVG.
+//! - [`copy`]: `copy`'s dry-run plan, its summary, a verification mismatch, and the
+//!   error details (and kind) of a copy the engine stopped.
 //! - [`error`]: the JSON error document and the exit-status table of every command.
 //! - [`host`]: what the host facts imply beyond the rules: stable fixes the kernel
 //!   release lacks, functions that may be providers without a pool.
@@ -16,6 +18,7 @@
 //! Renderers are pure functions of parsed structs; the few functions that read
 //! (`pairs`, `pools`) take a [`crate::sysfs::SysfsRoot`].
 
+pub mod copy;
 pub mod error;
 pub mod host;
 pub mod mem;

@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::host::HostFacts;
 use crate::kernel_rules::RuleChoice;
+use crate::pci::PciTree;
 use crate::sysfs::{SysfsError, SysfsRoot};
 use crate::Bdf;
 
@@ -445,6 +446,60 @@ fn multipath_controllers(disk_dir: &Path) -> Vec<(String, Option<Bdf>)> {
         .collect()
 }
 
+/// Why a name does not stand for a PCI function of a tree.
+#[derive(Debug, thiserror::Error)]
+pub enum PciNameError {
+    /// The name did not resolve.
+    #[error("resolving '{name}'")]
+    Resolve {
+        /// The name.
+        name: String,
+        /// Why.
+        #[source]
+        source: ResolveError,
+    },
+    /// It resolved to something with no PCI function doing its DMA.
+    #[error("'{name}' is not a PCI device (the kernel refuses P2P for it: \"not a PCI device\"); name an NVMe namespace or a PCI address")]
+    NotPci {
+        /// The name.
+        name: String,
+    },
+    /// Its PCI function is not in the tree.
+    #[error("'{name}' resolves to {bdf}, which is not in the PCI tree")]
+    NotInTree {
+        /// The name.
+        name: String,
+        /// The function it resolved to.
+        bdf: Bdf,
+    },
+}
+
+/// Resolves `name` to a PCI function of `tree` (read from `root`), judging its queue by
+/// the tree's kernel release: what `topo --explain`, `--choose` and `--matrix` take.
+pub fn resolve_pci(
+    root: &SysfsRoot,
+    tree: &PciTree,
+    name: &str,
+) -> Result<(Target, Bdf), PciNameError> {
+    let rules = RuleChoice::for_release(tree.host.kernel_release.as_deref());
+    let target = resolve_with(root, name, &rules).map_err(|source| PciNameError::Resolve {
+        name: name.to_owned(),
+        source,
+    })?;
+    let Some(bdf) = target.bdf else {
+        return Err(PciNameError::NotPci {
+            name: name.to_owned(),
+        });
+    };
+    if tree.function(bdf).is_none() {
+        return Err(PciNameError::NotInTree {
+            name: name.to_owned(),
+            bdf,
+        });
+    }
+    Ok((target, bdf))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,14 +529,8 @@ mod tests {
                 F::nvme().nvme_controller("nvme1", "SER1", &["nvme1c1n1"]),
             )
             .unwrap();
-        let subsys = Path::new("devices/virtual/nvme-subsystem/nvme-subsys1");
-        b.block_device_at(&subsys.join("nvme1n1"), None).unwrap();
-        let ctrl = b.function_dir(mp).unwrap().join("nvme/nvme1");
-        std::os::unix::fs::symlink(
-            Path::new("../../../..").join(ctrl),
-            b.root().join(subsys).join("nvme1"),
-        )
-        .unwrap();
+        b.nvme_multipath_head("nvme-subsys1", "nvme1n1", mp, "nvme1")
+            .unwrap();
         b.block_device_at(Path::new("devices/virtual/block/dm-0"), None)
             .unwrap();
         b.block_device_at(Path::new("devices/virtual/block/loop0"), None)
@@ -657,5 +706,37 @@ mod tests {
         );
         let e = resolve(&r, "/dev/nvme7n1").unwrap_err();
         assert!(e.to_string().contains("'/dev/nvme7n1' is not"), "{e}");
+    }
+
+    #[test]
+    fn a_name_for_topo_must_be_a_pci_function_of_the_tree() {
+        let root =
+            SysfsRoot::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/switch"));
+        let tree = PciTree::read(&root).unwrap();
+        let (target, bdf) = resolve_pci(&root, &tree, "/dev/nvme0n1").unwrap();
+        assert_eq!(target.kind, TargetKind::Disk);
+        assert_eq!(Some(bdf), target.bdf);
+        assert!(tree.function(bdf).is_some());
+
+        let err = resolve_pci(&root, &tree, "/dev/loop0").unwrap_err();
+        assert!(matches!(err, PciNameError::NotPci { .. }), "{err}");
+        assert!(err.to_string().contains("is not a PCI device"), "{err}");
+
+        let empty = PciTree::from_parts([], HostFacts::unknown("test"));
+        let err = resolve_pci(&root, &empty, &bdf.to_string()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("'{bdf}' resolves to {bdf}, which is not in the PCI tree")
+        );
+
+        let err = resolve_pci(&root, &tree, "/nonexistent/thing").unwrap_err();
+        assert_eq!(err.to_string(), "resolving '/nonexistent/thing'");
+        assert!(matches!(
+            err,
+            PciNameError::Resolve {
+                source: ResolveError::NotFound { .. },
+                ..
+            }
+        ));
     }
 }

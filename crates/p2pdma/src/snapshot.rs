@@ -269,6 +269,25 @@ fn copy_block_dir(w: &mut Writer<'_>, dir: &Path) -> Result<(), SnapshotError> {
     Ok(())
 }
 
+/// The warning for a tree (a snapshot read back) some of whose functions' ACS state could
+/// not be read (config space beyond 64 bytes needs root), naming up to three of them;
+/// `None` when every function's was read.
+pub fn acs_unknown_warning(tree: &crate::pci::PciTree) -> Option<String> {
+    let unknown: Vec<String> = tree
+        .iter()
+        .filter(|f| f.acs.redirects().is_none())
+        .map(|f| f.bdf.to_string())
+        .collect();
+    (!unknown.is_empty()).then(|| {
+        format!(
+            "the ACS state of {} function(s) ({}{}) could not be read (config space beyond 64 bytes needs root): take the snapshot as root for certain verdicts",
+            unknown.len(),
+            unknown.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+            if unknown.len() > 3 { ", ..." } else { "" }
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,5 +358,31 @@ mod tests {
         let tree = crate::pci::PciTree::read(&SysfsRoot::new(&anon)).unwrap();
         let nvme = &tree.function("03:00.0".parse().unwrap()).unwrap().nvme[0];
         assert_eq!((nvme.name.as_str(), nvme.serial.as_ref()), ("nvme0", None));
+    }
+
+    #[test]
+    fn functions_whose_acs_could_not_be_read_are_named_up_to_three() {
+        use crate::sysfs::builder::{FunctionSpec as F, SysfsBuilder};
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = SysfsBuilder::new(dir.path()).unwrap();
+        let rp = b.add(None, "0000:00:1c.0", F::root_port()).unwrap();
+        b.add(Some(rp), "0000:01:00.0", F::nvme()).unwrap();
+        let read = |b: &SysfsBuilder| crate::pci::PciTree::read(&SysfsRoot::new(b.root())).unwrap();
+        assert_eq!(acs_unknown_warning(&read(&b)), None);
+
+        b.add(None, "0000:00:1d.0", F::root_port().config_len(64))
+            .unwrap();
+        assert_eq!(
+            acs_unknown_warning(&read(&b)).unwrap(),
+            "the ACS state of 1 function(s) (0000:00:1d.0) could not be read (config space beyond 64 bytes needs root): take the snapshot as root for certain verdicts"
+        );
+        for at in ["0000:00:1e.0", "0000:00:1f.0", "0000:00:1f.1"] {
+            b.add(None, at, F::root_port().config_len(64)).unwrap();
+        }
+        let warning = acs_unknown_warning(&read(&b)).unwrap();
+        assert!(
+            warning.starts_with("the ACS state of 4 function(s) (0000:00:1d.0, 0000:00:1e.0, 0000:00:1f.0, ...) could not"),
+            "{warning}"
+        );
     }
 }

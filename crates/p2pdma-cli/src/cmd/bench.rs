@@ -233,12 +233,8 @@ pub fn run(args: BenchArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         }
     }
     let mut progress = bar(globals.quiet);
-    let report = bench::run(
-        &p2pdma::sysfs::SysfsRoot::new(&globals.sysfs),
-        &request,
-        &mut progress,
-    )
-    .map_err(|e| Failure::new(kind(&e), e))?;
+    let report = bench::run(&globals.sysfs, &request, &mut progress)
+        .map_err(|e| Failure::new(kind(&e), e))?;
     if let Some(plot) = &args.plot {
         let svg = bench::plot::svg(&report)?;
         std::fs::write(plot, svg).with_context(|| format!("writing {}", plot.display()))?;

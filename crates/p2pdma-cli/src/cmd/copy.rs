@@ -4,19 +4,14 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use p2pdma::copy::endpoint::Inspected;
 use p2pdma::copy::job::{self, CopyError, CopyJob, CopyObserver, EngineFailure, Phase, Prepared};
-use p2pdma::copy::plan::{HumanBytes, DEFAULT_CHUNK_SIZE, DEFAULT_QUEUE_DEPTH};
-use p2pdma::copy::route::{self, Mode, Route};
-use p2pdma::copy::{
-    CopyPlan, CopyRequest, Direction, EngineError, EngineReport, FailureKind, Verification,
-};
-use p2pdma::topology::MapType;
+use p2pdma::copy::plan::{DEFAULT_CHUNK_SIZE, DEFAULT_QUEUE_DEPTH};
+use p2pdma::copy::route::{self, Route};
+use p2pdma::copy::{CopyRequest, Direction};
+use p2pdma::report::copy::{self as report, DryRun, Summary};
 use p2pdma::Bdf;
-use serde::Serialize;
 
 use crate::exit::Kind;
 use crate::output::{self, Failure};
@@ -119,8 +114,7 @@ pub struct CopyArgs {
 }
 
 /// One half of a copy, for `--only`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Half {
     /// Only read the source range.
     Read,
@@ -129,43 +123,6 @@ pub enum Half {
 }
 
 use super::size;
-
-/// What `--json` prints after a copy.
-#[derive(Debug, Serialize)]
-struct Summary<'a> {
-    src: &'a PathBuf,
-    dst: &'a PathBuf,
-    src_offset: u64,
-    dst_offset: u64,
-    bytes: u64,
-    seconds: f64,
-    /// User + system CPU seconds of the process while the engine ran.
-    cpu_seconds: f64,
-    throughput_bytes_per_sec: f64,
-    mode: Mode,
-    provider: Option<Bdf>,
-    path: Vec<String>,
-    bounce_reason: Option<String>,
-    chunk_size: u64,
-    queue_depth: u32,
-    short_transfers: u64,
-    only: Option<Half>,
-    verified: Option<bool>,
-    verification: Option<Verification>,
-    /// Wall time of `--verify` (re-reading and comparing both ranges).
-    verify_seconds: Option<f64>,
-}
-
-/// What `--dry-run` prints.
-#[derive(Debug, Serialize)]
-struct DryRun<'a> {
-    src: &'a Inspected,
-    dst: &'a Inspected,
-    plan: CopyPlan,
-    chunks: u64,
-    buffer_bytes: u64,
-    route: &'a Route,
-}
 
 pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     if args.via == Via::Vfio {
@@ -190,13 +147,18 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
             Some(Half::Write) => Direction::WriteOnly,
         },
         verify: args.verify,
-        sysfs: p2pdma::sysfs::SysfsRoot::new(&globals.sysfs),
+        sysfs: globals.sysfs.clone(),
         kernel_release: globals.kernel_release.clone(),
     };
 
     if args.dry_run {
         let prepared = job::prepare(&job).map_err(library_error)?;
-        print_dry_run(&args, &prepared)?;
+        if args.json {
+            output::print_json(&DryRun::new(&prepared), true)?;
+        } else {
+            let text = report::dry_run_text(&args.src, &args.dst, &prepared);
+            write!(output::stdout(), "{text}")?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let mut bars = Bars {
@@ -210,37 +172,16 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(library_error(e)),
     };
     let route = &outcome.prepared.route;
-    let plan = &outcome.prepared.plan;
-    if route.mode == Mode::P2p && route.p2p_expected == Some(false) && !globals.quiet {
-        eprintln!(
-            "p2pdma: note: the topology verdict predicted that the kernel would refuse P2P ({}), but it allowed it; please report this with `p2pdma snapshot`",
-            route.why_not.as_deref().unwrap_or("no reason recorded")
-        );
+    if let Some(note) = report::unexpected_p2p_note(route).filter(|_| !globals.quiet) {
+        eprintln!("p2pdma: note: {note}");
     }
-
-    let summary = summary(
-        &args,
-        plan,
-        route,
-        &outcome.report,
-        outcome.verification.as_ref(),
-    );
-    let verification = outcome.verification.map(|(v, _)| v);
-    match verification {
+    let summary = Summary::new(&job.src, &job.dst, job.direction, &outcome);
+    match &summary.verification {
         Some(v) if !v.matched() => {
-            let at = v.first_difference.unwrap_or(0);
             if !args.json {
                 output::unless_broken_pipe(print_summary(&args, route, &summary))?;
             }
-            let err = anyhow::anyhow!(
-                "verification failed: {} offset {} differs from {} offset {} (xxh3-128 {:032x} vs {:032x})",
-                args.dst.display(),
-                plan.dst_offset + at,
-                args.src.display(),
-                plan.src_offset + at,
-                v.dst_digest,
-                v.src_digest
-            );
+            let err = anyhow::anyhow!(report::mismatch_text(&summary, v));
             // With --json the summary rides in the error object: one document.
             Err(Failure::new(Kind::VerifyMismatch, err)
                 .with_details(&summary)
@@ -251,6 +192,14 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn print_summary(args: &CopyArgs, route: &Route, summary: &Summary) -> anyhow::Result<()> {
+    if args.json {
+        return Ok(output::print_json(summary, false)?);
+    }
+    write!(output::stdout(), "{}", report::summary_text(summary, route))?;
+    Ok(())
 }
 
 /// The progress bars of the copy and the verification, and the note when the route
@@ -310,7 +259,7 @@ fn library_error(err: CopyError) -> anyhow::Error {
 /// copy, on top of the engine's report of what reached the destination, and the exact
 /// written ranges in the error object.
 fn engine_failure(failure: EngineFailure) -> anyhow::Error {
-    let (kind, summary) = failure_summary(&failure.error, &failure.route);
+    let (kind, summary) = report::failure_summary(&failure.error, &failure.route);
     let advice = failure.advice();
     let mut err = anyhow::Error::new(failure.error);
     if !advice.is_empty() {
@@ -336,375 +285,4 @@ fn progress_bar(len: u64, what: &'static str, quiet: bool) -> ProgressBar {
     bar.set_style(style);
     bar.set_prefix(what);
     bar
-}
-
-/// The details of the error object when the copy stops part-way: enough for a script to
-/// know exactly which destination bytes changed.
-#[derive(Debug, Serialize)]
-struct FailureSummary {
-    /// What the first failed request's errno means here.
-    failure_kind: Option<FailureKind>,
-    mode: Mode,
-    provider: Option<Bdf>,
-    /// Destination byte ranges whose writes completed, as [start, end) pairs.
-    written: Vec<[u64; 2]>,
-    bytes_written: u64,
-    /// Everything from the copy's first destination byte up to here was written.
-    contiguous_end: Option<u64>,
-}
-
-/// The kind of a stopped copy (partial when any destination byte was written, else
-/// refused when the kernel refused P2P) and what the error object says about it.
-fn failure_summary(err: &EngineError, route: &Route) -> (Kind, FailureSummary) {
-    let written = match err {
-        EngineError::Stopped { written, .. } | EngineError::RingFailed { written, .. } => {
-            Some(written)
-        }
-        _ => None,
-    };
-    let failure_kind = match err {
-        EngineError::Stopped { failure, .. } => Some(failure.kind),
-        _ => None,
-    };
-    let bytes_written = written.map_or(0, |w| w.ranges.total());
-    let kind = if bytes_written > 0 {
-        Kind::PartialCopy
-    } else if failure_kind == Some(FailureKind::P2pRefused) {
-        Kind::P2pRefused
-    } else {
-        Kind::Failure
-    };
-    let summary = FailureSummary {
-        failure_kind,
-        mode: route.mode,
-        provider: route.provider,
-        written: written
-            .map(|w| w.ranges.ranges().iter().map(|r| [r.start, r.end]).collect())
-            .unwrap_or_default(),
-        bytes_written,
-        contiguous_end: written.map(|w| w.contiguous_end()),
-    };
-    (kind, summary)
-}
-
-fn describe_route(route: &Route, out: &mut impl Write) -> std::io::Result<()> {
-    writeln!(out, "  mode         {}", route.mode)?;
-    if let Some(reason) = &route.bounce_reason {
-        writeln!(out, "  why bounce   {reason}")?;
-    }
-    if let Some(bdf) = route.provider {
-        writeln!(
-            out,
-            "  provider     {bdf}: {}",
-            route.provider_reason.as_deref().unwrap_or("")
-        )?;
-        if let Some(pool) = route.pool {
-            writeln!(
-                out,
-                "  pool         {} total, {} available, {}",
-                HumanBytes(pool.size),
-                HumanBytes(pool.available),
-                if pool.published {
-                    "published"
-                } else {
-                    "not published"
-                }
-            )?;
-        }
-    } else if let Some(note) = &route.provider_reason {
-        writeln!(out, "  provider     {note}")?;
-    }
-    for v in &route.verdicts {
-        writeln!(
-            out,
-            "  verdict      {} <-> {}: {}{}",
-            v.provider,
-            v.client,
-            v.map_type,
-            v.distance
-                .map(|d| format!(", distance {d}"))
-                .unwrap_or_default()
-        )?;
-        for r in &v.reasons {
-            writeln!(out, "               - {r}")?;
-        }
-    }
-    if let Some(why) = &route.why_not {
-        if route.mode == Mode::P2p {
-            writeln!(
-                out,
-                "  warning      the kernel is expected to refuse: {why}; the copy will fail (nothing written) unless run with --bounce auto"
-            )?;
-        }
-    }
-    writeln!(out, "  path         {}", route.path.join(" -> "))?;
-    for v in &route.verdicts {
-        if v.is_p2p() && v.map_type == MapType::ThruHostBridge {
-            writeln!(
-                out,
-                "  via          the root complex between {} and {} ({})",
-                v.provider,
-                v.client,
-                MapType::ThruHostBridge.kernel_name()
-            )?;
-        }
-    }
-    let bottleneck = match (&route.mode, &route.bottleneck) {
-        (Mode::Bounce, _) => {
-            "the slower device, plus both transfers crossing host memory".to_owned()
-        }
-        (Mode::P2p, Some(b)) => format!(
-            "the slower of the two devices, at most {} (the link above {})",
-            b.link, b.below
-        ),
-        (Mode::P2p, None) => "the slower of the two devices (link speeds unknown)".to_owned(),
-    };
-    writeln!(out, "  bottleneck   {bottleneck}")?;
-    Ok(())
-}
-
-fn print_dry_run(args: &CopyArgs, prepared: &Prepared) -> anyhow::Result<()> {
-    let Prepared {
-        src,
-        dst,
-        plan,
-        route,
-        sides,
-        ..
-    } = prepared;
-    let buffer_bytes = plan.chunk_size * prepared.buffers();
-    if args.json {
-        let dry = DryRun {
-            src,
-            dst,
-            plan: *plan,
-            chunks: plan.chunk_count(),
-            buffer_bytes,
-            route,
-        };
-        return Ok(output::print_json(&dry, true)?);
-    }
-    let mut out = output::stdout();
-    writeln!(
-        out,
-        "plan: copy {} ({} bytes) from {} [{}..{}) to {} [{}..{})",
-        HumanBytes(plan.length),
-        plan.length,
-        args.src.display(),
-        plan.src_offset,
-        plan.src_offset + plan.length,
-        args.dst.display(),
-        plan.dst_offset,
-        plan.dst_offset + plan.length
-    )?;
-    for ((label, side), pci) in [("source", src), ("destination", dst)].iter().zip(sides) {
-        writeln!(
-            out,
-            "  {label:<12} {} ({}, {} bytes, O_DIRECT block {}; {})",
-            side.facts.path.display(),
-            side.facts.kind,
-            side.facts.size,
-            side.facts.block_size,
-            match (pci.controller, &pci.not_p2p_because) {
-                (Some(bdf), None) => format!("NVMe controller {bdf}"),
-                (Some(bdf), Some(why)) => format!("on {bdf}, but no P2P: {why}"),
-                (None, Some(why)) => format!("no P2P: {why}"),
-                (None, None) => "not on a PCI device".to_owned(),
-            }
-        )?;
-    }
-    describe_route(route, &mut out)?;
-    writeln!(
-        out,
-        "  chunking     {} chunk(s) of {}, {} in flight: {} of {} memory",
-        plan.chunk_count(),
-        HumanBytes(plan.chunk_size),
-        plan.queue_depth,
-        HumanBytes(buffer_bytes),
-        match route.mode {
-            Mode::P2p => "device",
-            Mode::Bounce => "host",
-        }
-    )?;
-    if plan.grows_destination {
-        writeln!(out, "  note         the destination file grows (--force)")?;
-    }
-    writeln!(out, "dry run: nothing was read or written")?;
-    Ok(())
-}
-
-fn summary<'a>(
-    args: &'a CopyArgs,
-    plan: &CopyPlan,
-    route: &Route,
-    report: &EngineReport,
-    verification: Option<&(Verification, Duration)>,
-) -> Summary<'a> {
-    let verify_seconds = verification.map(|(_, t)| t.as_secs_f64());
-    let verification = verification.map(|(v, _)| v);
-    let seconds = report.elapsed.as_secs_f64();
-    let throughput = if seconds > 0.0 {
-        report.bytes as f64 / seconds
-    } else {
-        0.0
-    };
-    Summary {
-        src: &args.src,
-        dst: &args.dst,
-        src_offset: plan.src_offset,
-        dst_offset: plan.dst_offset,
-        bytes: report.bytes,
-        seconds,
-        cpu_seconds: (report.cpu_user + report.cpu_system).as_secs_f64(),
-        throughput_bytes_per_sec: throughput,
-        mode: route.mode,
-        provider: route.provider,
-        path: route.path.clone(),
-        bounce_reason: route.bounce_reason.clone(),
-        chunk_size: plan.chunk_size,
-        queue_depth: plan.queue_depth,
-        short_transfers: report.short_transfers,
-        only: args.only,
-        verified: verification.map(|v| v.matched()),
-        verification: verification.copied(),
-        verify_seconds,
-    }
-}
-
-fn print_summary(args: &CopyArgs, route: &Route, summary: &Summary) -> anyhow::Result<()> {
-    if args.json {
-        return Ok(output::print_json(summary, false)?);
-    }
-    let mut out = output::stdout();
-    let what = match args.only {
-        None => format!(
-            "copied {} from {} to {}",
-            HumanBytes(summary.bytes),
-            args.src.display(),
-            args.dst.display()
-        ),
-        Some(Half::Read) => format!(
-            "read {} from {} (--only read)",
-            HumanBytes(summary.bytes),
-            args.src.display()
-        ),
-        Some(Half::Write) => format!(
-            "wrote {} to {} (--only write)",
-            HumanBytes(summary.bytes),
-            args.dst.display()
-        ),
-    };
-    writeln!(
-        out,
-        "{what} in {:.3} s ({}/s), {}",
-        summary.seconds,
-        HumanBytes(summary.throughput_bytes_per_sec as u64),
-        match route.mode {
-            Mode::P2p => format!("P2P through {}", job::provider_name(route)),
-            Mode::Bounce => "through host memory".to_owned(),
-        }
-    )?;
-    if let Some(v) = &summary.verification {
-        if v.matched() {
-            writeln!(
-                out,
-                "verified: xxh3-128 {:032x} on both sides",
-                v.src_digest
-            )?;
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-
-    use super::*;
-    use p2pdma::copy::job::reinterpret_einval;
-
-    fn stopped(errno: i32, kind: FailureKind) -> EngineError {
-        EngineError::Stopped {
-            written: p2pdma::copy::Written {
-                path: "/dev/nvme1n1".into(),
-                dst_offset: 0,
-                ranges: Default::default(),
-            },
-            failure: p2pdma::copy::IoFailure {
-                op: p2pdma::copy::Op::Write,
-                path: "/dev/nvme1n1".into(),
-                offset: 0,
-                len: 4096,
-                kind,
-                source: std::io::Error::from_raw_os_error(errno),
-            },
-        }
-    }
-
-    fn route(p2p_expected: Option<bool>) -> Route {
-        Route {
-            mode: Mode::P2p,
-            provider: None,
-            provider_reason: None,
-            pool: None,
-            verdicts: Vec::new(),
-            path: Vec::new(),
-            bottleneck: None,
-            bounce_reason: None,
-            p2p_expected,
-            why_not: None,
-        }
-    }
-
-    fn kind_of(e: &EngineError) -> FailureKind {
-        match e {
-            EngineError::Stopped { failure, .. } => failure.kind,
-            _ => unreachable!(),
-        }
-    }
-
-    #[test]
-    fn einval_on_device_memory_is_a_refusal_only_on_new_kernels_with_a_refusing_verdict() {
-        let mut e = stopped(libc::EINVAL, FailureKind::P2pRefused);
-        let why = reinterpret_einval(&mut e, &route(Some(false)), Some("6.12.117"));
-        assert!(why.unwrap().contains("EREMOTEIO"));
-        assert_eq!(kind_of(&e), FailureKind::Other);
-        let (kind, _) = failure_summary(&e, &route(Some(false)));
-        assert_eq!(
-            kind,
-            Kind::Failure,
-            "nothing written, not a refusal: exit 1"
-        );
-
-        let mut e = stopped(libc::EINVAL, FailureKind::P2pRefused);
-        assert_eq!(
-            reinterpret_einval(&mut e, &route(Some(false)), Some("6.17.2")),
-            None
-        );
-        assert_eq!(kind_of(&e), FailureKind::P2pRefused);
-        assert_eq!(failure_summary(&e, &route(Some(false))).0, Kind::P2pRefused);
-
-        let mut e = stopped(libc::EINVAL, FailureKind::P2pRefused);
-        assert!(reinterpret_einval(&mut e, &route(Some(true)), Some("6.17.2")).is_some());
-        assert_eq!(kind_of(&e), FailureKind::Other);
-
-        let mut e = stopped(libc::EREMOTEIO, FailureKind::P2pRefused);
-        assert_eq!(
-            reinterpret_einval(&mut e, &route(Some(true)), Some("6.12.1")),
-            None
-        );
-        assert_eq!(kind_of(&e), FailureKind::P2pRefused);
-    }
-
-    #[test]
-    fn a_stop_after_some_bytes_landed_is_a_partial_copy_whatever_the_cause() {
-        let mut e = stopped(libc::EREMOTEIO, FailureKind::P2pRefused);
-        if let EngineError::Stopped { written, .. } = &mut e {
-            written.ranges.insert(0..8192);
-        }
-        let (kind, summary) = failure_summary(&e, &route(Some(true)));
-        assert_eq!(kind, Kind::PartialCopy);
-        assert_eq!(summary.bytes_written, 8192);
-        assert_eq!(summary.written, vec![[0, 8192]]);
-        assert_eq!(Kind::PartialCopy.code(), 4);
-    }
 }

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use p2pdma::p2pmem::pool_test::{self, PoolTestError, PoolTestReport, PoolTestRequest};
 use p2pdma::report::mem as report;
-use p2pdma::sysfs::SysfsRoot;
 use p2pdma::Bdf;
 use serde::Serialize;
 
@@ -77,17 +76,17 @@ pub fn run(cmd: MemCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
 }
 
 fn info(args: InfoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
-    let root = SysfsRoot::new(&globals.sysfs);
-    let pools = report::pools(&root, args.provider)?;
+    let root = &globals.sysfs;
+    let pools = report::pools(root, args.provider)?;
     if args.json {
         output::print_json(&pools, false)?;
     } else if args.prometheus {
         write!(output::stdout(), "{}", report::prometheus_text(&pools))?;
     } else {
-        write!(output::stdout(), "{}", report::pools_table(&root, &pools))?;
+        write!(output::stdout(), "{}", report::pools_table(root, &pools))?;
     }
     if !globals.quiet {
-        if let Ok(tree) = globals.read_tree(&root) {
+        if let Ok(tree) = globals.read_tree(root) {
             crate::cmd::print_host_notes(&tree);
         }
     }
@@ -106,9 +105,9 @@ struct TestOutput {
 }
 
 fn test(args: TestArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
-    let root = SysfsRoot::new(&globals.sysfs);
+    let root = &globals.sysfs;
     let report = pool_test::run(
-        &root,
+        root,
         &PoolTestRequest {
             provider: args.provider,
             size: args.size,

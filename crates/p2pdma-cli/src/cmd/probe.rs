@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use p2pdma::probe::{self, Outcome, ProbeError, ProbeReport};
-use p2pdma::sysfs::SysfsRoot;
 use p2pdma::Bdf;
 use serde::Serialize;
 
@@ -47,12 +46,12 @@ struct ProbeOutput {
 /// the kernel refused P2P, 1 when the read failed otherwise, delivered nothing, or the
 /// probe cannot be set up.
 pub fn probe(args: ProbeArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
-    let root = SysfsRoot::new(&globals.sysfs);
-    let tree = globals.read_tree(&root).ok();
+    let root = &globals.sysfs;
+    let tree = globals.read_tree(root).ok();
     let (verdict_p2p, kernel_release) =
-        probe::verdict(&root, tree.as_ref(), args.provider, &args.client);
+        probe::verdict(root, tree.as_ref(), args.provider, &args.client);
     let report = probe::run(
-        &root,
+        root,
         args.provider,
         &args.client,
         verdict_p2p,

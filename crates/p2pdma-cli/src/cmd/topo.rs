@@ -5,14 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use p2pdma::kernel_rules::RuleChoice;
 use p2pdma::pci::PciTree;
 use p2pdma::report::topo as report;
-use p2pdma::resolve::{resolve_with, Target};
+use p2pdma::resolve::resolve_pci;
 use p2pdma::snapshot::SnapshotOptions;
 use p2pdma::sysfs::SysfsRoot;
 use p2pdma::topology::Topology;
-use p2pdma::Bdf;
 use serde::Serialize;
 
 use crate::exit::Kind;
@@ -73,27 +71,12 @@ pub struct SnapshotArgs {
     no_serials: bool,
 }
 
-fn load(globals: &Globals) -> anyhow::Result<(SysfsRoot, PciTree)> {
-    let root = SysfsRoot::new(&globals.sysfs);
+fn load(globals: &Globals) -> anyhow::Result<(&SysfsRoot, PciTree)> {
+    let root = &globals.sysfs;
     let tree = globals
-        .read_tree(&root)
+        .read_tree(root)
         .with_context(|| format!("reading the PCI tree from {}", root.path().display()))?;
     Ok((root, tree))
-}
-
-/// Resolves a user-given name to a PCI function, or says why it is none.
-fn resolve_pci(root: &SysfsRoot, tree: &PciTree, name: &str) -> anyhow::Result<(Target, Bdf)> {
-    let rules = RuleChoice::for_release(tree.host.kernel_release.as_deref());
-    let target = resolve_with(root, name, &rules).with_context(|| format!("resolving '{name}'"))?;
-    let Some(bdf) = target.bdf else {
-        bail!(
-            "'{name}' is not a PCI device (the kernel refuses P2P for it: \"not a PCI device\"); name an NVMe namespace or a PCI address"
-        );
-    };
-    if tree.function(bdf).is_none() {
-        bail!("'{name}' resolves to {bdf}, which is not in the PCI tree");
-    }
-    Ok((target, bdf))
 }
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
@@ -105,11 +88,11 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     let (root, tree) = load(globals)?;
     let topo = Topology::new(&tree);
     if let Some(names) = &args.explain {
-        let (pt, provider) = resolve_pci(&root, &tree, &names[0])?;
-        let (ct, client) = resolve_pci(&root, &tree, &names[1])?;
+        let (pt, provider) = resolve_pci(root, &tree, &names[0])?;
+        let (ct, client) = resolve_pci(root, &tree, &names[1])?;
         let verdict = topo.verdict(provider, client);
-        let ok = verdict.is_p2p()
-            && (ct.kind == p2pdma::resolve::TargetKind::PciFunction || ct.p2p_queue);
+        let explained = report::Explain::new(&pt, &ct, &verdict);
+        let ok = explained.p2p;
         let printed = (|| -> anyhow::Result<()> {
             if args.dot || args.svg {
                 let picture = if args.dot {
@@ -119,12 +102,7 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
                 };
                 output::stdout().write_all(picture.as_bytes())?;
             } else if args.json {
-                print_json(&report::Explain {
-                    provider: &pt,
-                    client: &ct,
-                    verdict: &verdict,
-                    p2p: ok,
-                })?;
+                print_json(&explained)?;
             } else {
                 write!(
                     output::stdout(),
@@ -145,7 +123,7 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     if let Some(names) = &args.choose {
         let mut clients = Vec::new();
         for name in names {
-            clients.push(resolve_pci(&root, &tree, name)?.1);
+            clients.push(resolve_pci(root, &tree, name)?.1);
         }
         let choice = topo.choose_provider(&clients)?;
         if args.json {
@@ -161,7 +139,7 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         } else {
             let mut v = Vec::new();
             for name in names {
-                v.push(resolve_pci(&root, &tree, name)?.1);
+                v.push(resolve_pci(root, &tree, name)?.1);
             }
             v
         };
@@ -184,7 +162,7 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if args.pairs {
-        let pairs = report::pairs(&root, &tree, &topo)?;
+        let pairs = report::pairs(root, &tree, &topo)?;
         if args.json {
             // One document on one line, so guest scripts can mix it with other output.
             output::print_json(&pairs, false)?;
@@ -211,9 +189,9 @@ pub fn run(args: TopoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
 
 /// Runs `p2pdma snapshot`.
 pub fn snapshot(args: SnapshotArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
-    let root = SysfsRoot::new(&globals.sysfs);
+    let root = &globals.sysfs;
     let summary = p2pdma::snapshot::take(
-        &root,
+        root,
         &args.out,
         SnapshotOptions {
             no_serials: args.no_serials,
@@ -243,18 +221,8 @@ pub fn snapshot(args: SnapshotArgs, globals: &Globals) -> anyhow::Result<ExitCod
     if !globals.quiet {
         crate::cmd::print_host_notes(&taken);
     }
-    let unknown: Vec<String> = taken
-        .iter()
-        .filter(|f| f.acs.redirects().is_none())
-        .map(|f| f.bdf.to_string())
-        .collect();
-    if !unknown.is_empty() {
-        eprintln!(
-            "p2pdma: warning: the ACS state of {} function(s) ({}{}) could not be read (config space beyond 64 bytes needs root): take the snapshot as root for certain verdicts",
-            unknown.len(),
-            unknown.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
-            if unknown.len() > 3 { ", ..." } else { "" }
-        );
+    if let Some(warning) = p2pdma::snapshot::acs_unknown_warning(&taken) {
+        eprintln!("p2pdma: warning: {warning}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use p2pdma::sysfs::SysfsRoot;
 use p2pdma::Bdf;
 use p2pdma_vfio::copy::{CopySpec, Session, Step};
 use p2pdma_vfio::driver::{CmbInfo, Controller, PAGE};
@@ -60,7 +59,7 @@ pub fn run(cmd: VfioCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
         VfioCommand::Attach(a) => {
             let mut done = Vec::new();
             for bdf in &a.bdfs {
-                done.push(bind::attach(&SysfsRoot::new(&globals.sysfs), *bdf)?);
+                done.push(bind::attach(&globals.sysfs, *bdf)?);
             }
             if a.json {
                 output::print_json(&done, false)?;
@@ -78,7 +77,7 @@ pub fn run(cmd: VfioCommand, globals: &Globals) -> anyhow::Result<ExitCode> {
         VfioCommand::Detach(a) => {
             let mut done = Vec::new();
             for bdf in &a.bdfs {
-                done.push(bind::detach(&SysfsRoot::new(&globals.sysfs), *bdf)?);
+                done.push(bind::detach(&globals.sysfs, *bdf)?);
             }
             if a.json {
                 output::print_json(&done, false)?;
@@ -123,12 +122,7 @@ struct Info {
 
 fn info(a: InfoArgs, globals: &Globals) -> anyhow::Result<()> {
     let container = Container::open()?;
-    let mut c = Controller::open(
-        &container,
-        &SysfsRoot::new(&globals.sysfs),
-        a.bdf,
-        HOST_IOVA,
-    )?;
+    let mut c = Controller::open(&container, &globals.sysfs, a.bdf, HOST_IOVA)?;
     let mut namespaces = Vec::new();
     for nsid in c.active_namespaces()? {
         let id = c.namespace(nsid)?;
@@ -140,7 +134,7 @@ fn info(a: InfoArgs, globals: &Globals) -> anyhow::Result<()> {
     }
     let info = Info {
         bdf: a.bdf.to_string(),
-        iommu_group: iommu_group(&SysfsRoot::new(&globals.sysfs), a.bdf),
+        iommu_group: iommu_group(&globals.sysfs, a.bdf),
         controller: c.identify().clone(),
         max_transfer_bytes: c.max_transfer(),
         namespaces,
@@ -255,7 +249,7 @@ pub fn copy(args: &CopyArgs, provider_bar: u32, globals: &Globals) -> anyhow::Re
     let container = Container::open()?;
     let mut controllers = vec![Controller::open(
         &container,
-        &SysfsRoot::new(&globals.sysfs),
+        &globals.sysfs,
         src_bdf,
         HOST_IOVA,
     )?];
@@ -264,7 +258,7 @@ pub fn copy(args: &CopyArgs, provider_bar: u32, globals: &Globals) -> anyhow::Re
     } else {
         controllers.push(Controller::open(
             &container,
-            &SysfsRoot::new(&globals.sysfs),
+            &globals.sysfs,
             dst_bdf,
             HOST_IOVA + 0x100_0000,
         )?);
@@ -324,7 +318,7 @@ pub fn copy(args: &CopyArgs, provider_bar: u32, globals: &Globals) -> anyhow::Re
             cmb = Some(info);
             (pool, mapping, "cmb")
         } else {
-            let dev = Device::open(&container, &SysfsRoot::new(&globals.sysfs), provider)?;
+            let dev = Device::open(&container, &globals.sysfs, provider)?;
             let bar = dev.map_bar(provider_bar)?;
             let len = bar.len() as u64;
             let mapping = IommuMapping::new(&container, bar, POOL_IOVA)?;

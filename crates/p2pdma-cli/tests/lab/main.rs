@@ -30,3 +30,6 @@ mod bench;
 
 // Debian's stock kernel (`--flavour stock`), fetched instead of built.
 mod stock;
+
+// NVMe native multipath on the stock kernel: the head disk's P2PDMA per release.
+mod multipath;

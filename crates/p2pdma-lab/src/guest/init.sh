@@ -17,8 +17,19 @@ exec 3>/dev/ttyS3
 
 # A distribution kernel (`--flavour stock`) has NVMe, ext4, vfio-pci and the lab's RAM
 # provider as modules: /lab/modules lists them in dependency order, with parameters.
+# The kernel applies `module.param=value` from its command line only to built-in code;
+# for a loadable module modprobe does it, and insmod does not, so do it here: the command
+# line's settings come last and win (`nvme.sgl_threshold=0`, a topology's
+# `nvme_core.multipath=Y`), as they would on a built kernel.
 if [ -s /lab/modules ]; then
     while read -r module parameters; do
+        name=${module##*/}
+        name=${name%.ko}
+        for word in $(cat /proc/cmdline); do
+            case "$word" in
+                "$name".*=*) parameters="$parameters ${word#"$name".}" ;;
+            esac
+        done
         insmod "$module" $parameters || echo "@@warning insmod $module $parameters failed" >&3
     done < /lab/modules
 fi

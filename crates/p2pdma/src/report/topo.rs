@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::display::HumanBytes;
 use crate::host::KernelP2pdma;
 use crate::pci::{PciFunction, PciTree};
-use crate::resolve::{resolve_with, Target};
+use crate::resolve::{resolve_with, Target, TargetKind};
 use crate::sysfs::SysfsRoot;
 use crate::topology::{Cell, MapType, ProviderChoice, Reason, Topology, Verdict};
 use crate::Bdf;
@@ -20,7 +20,7 @@ use crate::Bdf;
 use super::ReportError;
 
 /// `p2pdma topo --explain --json`: both ends as resolved, the verdict, and whether P2P
-/// works (the verdict and, for a block device or file, its queue).
+/// works (the verdict and, for a block device or file, its queue; see [`Explain::new`]).
 #[derive(Debug, Serialize)]
 pub struct Explain<'a> {
     /// The provider as the user named it.
@@ -31,6 +31,21 @@ pub struct Explain<'a> {
     pub verdict: &'a Verdict,
     /// Whether P2P works end to end.
     pub p2p: bool,
+}
+
+impl<'a> Explain<'a> {
+    /// The explanation of `verdict` between two resolved names: P2P works when the
+    /// verdict allows it and the client is a PCI function or has a queue that can target
+    /// p2pmem.
+    pub fn new(provider: &'a Target, client: &'a Target, verdict: &'a Verdict) -> Self {
+        let p2p = verdict.is_p2p() && (client.kind == TargetKind::PciFunction || client.p2p_queue);
+        Explain {
+            provider,
+            client,
+            verdict,
+            p2p,
+        }
+    }
 }
 
 /// `p2pdma topo --matrix --json`.
@@ -665,7 +680,7 @@ pub fn svg(tree: &PciTree, v: Option<&Verdict>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Snapshot tests: each view of two lab fixtures against the text kept in
     //! `report/snapshots/` (`P2PDMA_BLESS=1 cargo test -p p2pdma report::` rewrites them
     //! after a deliberate change; review the diff).
@@ -680,7 +695,7 @@ mod tests {
         )
     }
 
-    fn snapshot(name: &str, actual: &str) {
+    pub(crate) fn snapshot(name: &str, actual: &str) {
         let path: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("src/report/snapshots")
             .join(name);
@@ -722,6 +737,27 @@ mod tests {
         snapshot("switch.explain.svg", &svg(&tree, Some(&v)));
         let pairs = pairs(&root, &tree, &Topology::new(&tree)).unwrap();
         snapshot("switch.pairs.txt", &pairs_text(&pairs));
+    }
+
+    #[test]
+    fn p2p_works_when_the_verdict_allows_it_and_the_clients_queue_can_target_p2pmem() {
+        let (root, tree, _, _) = tree_and_matrix("switch");
+        let (pt, mut ct, v) = explained(&root, &tree, "/dev/nvme0n1", "/dev/nvme1n1");
+        assert!(v.is_p2p() && ct.p2p_queue);
+        assert!(Explain::new(&pt, &ct, &v).p2p);
+        ct.p2p_queue = false;
+        assert!(
+            !Explain::new(&pt, &ct, &v).p2p,
+            "a queue without P2PDMA refuses"
+        );
+        ct.kind = TargetKind::PciFunction;
+        assert!(
+            Explain::new(&pt, &ct, &v).p2p,
+            "a PCI function has no queue"
+        );
+        let (mroot, mtree, _, _) = tree_and_matrix("mixed");
+        let (pt, ct, v) = explained(&mroot, &mtree, "/dev/nvme0n1", "/dev/nvme1n1");
+        assert!(ct.p2p_queue && !Explain::new(&pt, &ct, &v).p2p);
     }
 
     #[test]
