@@ -186,32 +186,7 @@ sync
     assert_eq!(run.line("DETACH")[0], "0");
     // On the host: written ranges equal the source; past the last written or uncertain
     // byte, the destination is still zero.
-    let (do_, len) = (0u64, 64u64 << 20);
-    let src = read_range(&run.disk("nvme-a"), do_, len);
-    let dst = read_range(&run.disk("nvme-b"), do_, len);
-    let mut end = do_;
-    for r in err["error"]["written"].as_array().unwrap() {
-        let (s, e) = (r[0].as_u64().unwrap(), r[1].as_u64().unwrap());
-        assert!(s >= do_ && e <= do_ + len);
-        let (a, b) = ((s - do_) as usize, (e - do_) as usize);
-        assert!(
-            src[a..b] == dst[a..b],
-            "written range [{s}, {e}) differs from the source"
-        );
-        end = end.max(e);
-    }
-    for r in err["error"]["uncertain"].as_array().unwrap() {
-        end = end.max(r[1].as_u64().unwrap());
-    }
-    assert!(
-        end < do_ + len,
-        "the unbind came after the copy finished: make it longer"
-    );
-    let tail = &dst[(end - do_) as usize..];
-    assert!(
-        tail.iter().all(|&b| b == 0),
-        "bytes written beyond the reported ranges"
-    );
+    assert_images_match_the_report(&run, &err, 0, 64 << 20);
     run.assert_kernel_log_clean();
 }
 
@@ -304,29 +279,7 @@ sync
         "the other controller still works"
     );
     assert_eq!(run.line("DETACH")[0], "0");
-    let len = 64u64 << 20;
-    let src = read_range(&run.disk("nvme-a"), 0, len);
-    let dst = read_range(&run.disk("nvme-b"), 0, len);
-    let mut end = 0;
-    for r in err["error"]["written"].as_array().unwrap() {
-        let (s, e) = (
-            r[0].as_u64().unwrap() as usize,
-            r[1].as_u64().unwrap() as usize,
-        );
-        assert!(src[s..e] == dst[s..e], "written range [{s}, {e}) differs");
-        end = end.max(e);
-    }
-    for r in err["error"]["uncertain"].as_array().unwrap() {
-        end = end.max(r[1].as_u64().unwrap() as usize);
-    }
-    assert!(
-        end < len as usize,
-        "the removal came after the copy finished"
-    );
-    assert!(
-        dst[end..].iter().all(|&b| b == 0),
-        "bytes beyond the reported ranges"
-    );
+    assert_images_match_the_report(&run, &err, 0, 64 << 20);
     run.assert_kernel_log_clean();
 }
 
@@ -378,7 +331,7 @@ fn assert_images_match_the_report(
     }
     assert!(
         end < len as usize,
-        "the copy finished before the fault: make it longer"
+        "the copy finished before the unbind or removal: make it longer"
     );
     assert!(
         dst[end..].iter().all(|&b| b == 0),
