@@ -481,10 +481,10 @@ echo "MD5 $(md5 $A 0 $LEN) $(md5 $B 0 $LEN) $(md5 $C 0 $LEN) $(zeros $LEN)"
 /// exits 4 with the exact written range and the cut-off Write as uncertain; the host
 /// images hold nothing beyond; with the throttle raised, the other controller works.
 ///
-/// Through a CMB instead, QEMU 10.0.2 crashed (SIGSEGV, or an assertion in
-/// qemu_mutex_lock) after the controllers were disabled with a throttled Write in flight
-/// that reads the other controller's CMB through bounce buffers; the RAM BAR is plain
-/// memory to QEMU, and that run is clean.
+/// Through a CMB instead (the Write reads the other controller's CMB through QEMU's bounce
+/// buffers), the revocation went the same way but QEMU 10.0.2 died afterwards, twice out
+/// of two, once the throttle was changed (SIGABRT in qemu_mutex_lock, then SIGSEGV;
+/// RELIABILITY.md); the RAM BAR is plain memory to QEMU, and that run is clean.
 #[test]
 #[ignore = "lab: boots a QEMU guest (no-p2pdma kernel); run with --include-ignored"]
 fn a_command_outliving_the_drain_deadline_is_cut_off_by_disabling_the_controller() {
