@@ -163,4 +163,14 @@ impl Qmp {
     pub fn device_del(&mut self, id: &str) -> Result<(), QmpError> {
         self.execute("device_del", json!({ "id": id })).map(drop)
     }
+
+    /// Limits the block I/O of guest device `id` (its drive) to `bytes_per_sec`, reads
+    /// and writes together (`block_set_io_throttle`; 0 lifts the limit).
+    pub fn throttle(&mut self, id: &str, bytes_per_sec: u64) -> Result<(), QmpError> {
+        let args = json!({
+            "id": id, "bps": bytes_per_sec, "bps_rd": 0, "bps_wr": 0,
+            "iops": 0, "iops_rd": 0, "iops_wr": 0,
+        });
+        self.execute("block_set_io_throttle", args).map(drop)
+    }
 }

@@ -744,6 +744,11 @@ impl Topology {
         items
     }
 
+    /// The ids of the NVMe controllers (whose drives a `throttle` fault can slow down).
+    pub fn nvme_ids(&self) -> Vec<&str> {
+        self.spec.nvme.iter().map(|n| n.id.as_str()).collect()
+    }
+
     /// The controllers of `subsystem`, with their index in the topology, in order.
     fn subsystem_members<'a>(
         &'a self,
@@ -758,10 +763,8 @@ impl Topology {
 
     /// The ids of the devices `device_del` can remove: NVMe controllers and RAM providers.
     pub fn removable_ids(&self) -> Vec<&str> {
-        self.spec
-            .nvme
-            .iter()
-            .map(|n| n.id.as_str())
+        self.nvme_ids()
+            .into_iter()
             .chain(self.spec.ram.iter().map(|r| r.id.as_str()))
             .collect()
     }

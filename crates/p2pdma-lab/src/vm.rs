@@ -164,9 +164,32 @@ pub enum FaultAction {
     /// QMP `device_del`: the hot-unplug path (pciehp attention button; the driver is
     /// unbound, then the device disappears from the bus).
     DeviceDel(String),
+    /// QMP `block_set_io_throttle` on an NVMe controller's drive: from then on its
+    /// requests (reads and writes together) move at most this many bytes per second, so a
+    /// command can stay in flight for seconds, as on a slow or failing disk; 0 lifts the
+    /// limit. QEMU lets a request start while its bucket (a tenth of a second's worth)
+    /// is not full, then holds the next until the level drains: with 4096 B/s a 128 KiB
+    /// write waits about 32 s.
+    Throttle {
+        /// The NVMe controller's id in the topology.
+        nvme: String,
+        /// The limit (0: none).
+        bytes_per_sec: u64,
+    },
 }
 
-/// One fault injection rule, written `device_del:ID@signal:NAME` or `device_del:ID@SECONDSs`.
+impl FaultAction {
+    /// The topology device id the action names.
+    pub fn device(&self) -> &str {
+        match self {
+            FaultAction::DeviceDel(id) => id,
+            FaultAction::Throttle { nvme, .. } => nvme,
+        }
+    }
+}
+
+/// One fault injection rule, written `ACTION@signal:NAME` or `ACTION@SECONDSs`, the action
+/// `device_del:ID` or `throttle:NVME_ID=BYTES_PER_SEC`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fault {
     /// What it does.
@@ -182,11 +205,18 @@ impl std::str::FromStr for Fault {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let usage = || {
-            format!("fault '{text}' is not ACTION@WHEN, e.g. device_del:nvme-b@signal:mapped or device_del:nvme-b@2.5s")
+            format!("fault '{text}' is not ACTION@WHEN, e.g. device_del:nvme-b@signal:mapped, device_del:nvme-b@2.5s or throttle:nvme-b=4096@signal:slow")
         };
         let (action, when) = text.split_once('@').ok_or_else(usage)?;
         let action = match action.split_once(':') {
             Some(("device_del", id)) if !id.is_empty() => FaultAction::DeviceDel(id.to_owned()),
+            Some(("throttle", limit)) => match limit.split_once('=') {
+                Some((id, rate)) if !id.is_empty() => FaultAction::Throttle {
+                    nvme: id.to_owned(),
+                    bytes_per_sec: rate.parse().map_err(|_| usage())?,
+                },
+                _ => return Err(usage()),
+            },
             _ => return Err(usage()),
         };
         let trigger = if let Some(name) = when.strip_prefix("signal:") {
@@ -513,14 +543,19 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, VmError> {
         });
     }
     let removable = req.topology.removable_ids();
+    let nvme_ids = req.topology.nvme_ids();
     for fault in &req.faults {
-        let FaultAction::DeviceDel(device) = &fault.action;
-        if !removable.contains(&device.as_str()) {
+        let known = match fault.action {
+            FaultAction::DeviceDel(_) => &removable,
+            FaultAction::Throttle { .. } => &nvme_ids,
+        };
+        let device = fault.action.device();
+        if !known.contains(&device) {
             return Err(VmError::UnknownFaultDevice {
                 fault: fault.text.clone(),
-                device: device.clone(),
+                device: device.to_owned(),
                 topology: req.topology.name.clone(),
-                known: removable.join(", "),
+                known: known.join(", "),
             });
         }
     }
@@ -862,8 +897,13 @@ fn supervise(
                     )?);
                 }
                 let session = qmp.as_mut().expect("connected above");
-                let FaultAction::DeviceDel(id) = &fault.action;
-                session.device_del(id)?;
+                match &fault.action {
+                    FaultAction::DeviceDel(id) => session.device_del(id)?,
+                    FaultAction::Throttle {
+                        nvme,
+                        bytes_per_sec,
+                    } => session.throttle(nvme, *bytes_per_sec)?,
+                }
                 fired.push((fault.text.clone(), booted.elapsed().as_secs_f64()));
                 if req.echo {
                     eprintln!(
@@ -1109,7 +1149,21 @@ mod tests {
         assert_eq!(f.trigger, Trigger::Signal("mapped".into()));
         let f: Fault = "device_del:nvme-a@2.5s".parse().unwrap();
         assert_eq!(f.trigger, Trigger::AfterBoot(Duration::from_millis(2500)));
+        let f: Fault = "throttle:nvme-b=4096@signal:slow".parse().unwrap();
+        assert_eq!(
+            f.action,
+            FaultAction::Throttle {
+                nvme: "nvme-b".into(),
+                bytes_per_sec: 4096
+            }
+        );
+        assert_eq!(f.action.device(), "nvme-b");
+        assert_eq!(f.trigger, Trigger::Signal("slow".into()));
         for bad in [
+            "throttle:nvme-b@1s",
+            "throttle:=4096@1s",
+            "throttle:nvme-b=fast@1s",
+            "throttle:nvme-b=-1@1s",
             "device_del:nvme-a",
             "reboot@1s",
             "device_del:@1s",

@@ -40,7 +40,7 @@ pub enum BindError {
         how: String,
     },
     /// Bound to a driver p2pdma does not take devices from.
-    #[error("refusing to attach {bdf}: it is bound to {driver}; p2pdma only takes devices from nvme or from no driver")]
+    #[error("refusing to attach {bdf}: it is bound to {driver}; p2pdma only takes devices from nvme or from no driver: if nothing uses it, unbind it first (echo {bdf} > /sys/bus/pci/drivers/{driver}/unbind)")]
     ForeignDriver {
         /// The device.
         bdf: Bdf,
@@ -293,6 +293,29 @@ mod tests {
         assert!(
             err.to_string().contains("no PCI device 0000:02:00.0"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_device_on_another_driver_is_refused_with_the_unbind_that_frees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let bdf: Bdf = "0000:03:00.0".parse().unwrap();
+        let sysfs = SysfsRoot::new(dir.path());
+        let drv = dir.path().join("bus/pci/drivers/p2pdma_ram");
+        fs::create_dir_all(&drv).unwrap();
+        fs::create_dir_all(sysfs.pci_device(bdf)).unwrap();
+        std::os::unix::fs::symlink(&drv, sysfs.pci_driver_link(bdf)).unwrap();
+        let err = attach(&sysfs, bdf).unwrap_err();
+        assert!(matches!(err, BindError::ForeignDriver { .. }), "{err}");
+        assert!(
+            err.to_string().ends_with(
+                "unbind it first (echo 0000:03:00.0 > /sys/bus/pci/drivers/p2pdma_ram/unbind)"
+            ),
+            "{err}"
+        );
+        assert!(
+            !sysfs.pci_driver_override(bdf).exists(),
+            "nothing written to the device"
         );
     }
 }

@@ -264,6 +264,7 @@ impl Controller {
 
     fn reset_and_enable(&mut self) -> Result<(), DriverError> {
         self.disable()?;
+        self.disable_cmb_memory_space();
         let base = self.host.iova();
         self.regs.write32(
             regs::AQA,

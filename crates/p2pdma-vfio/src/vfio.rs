@@ -55,6 +55,21 @@ pub enum VfioError {
         #[source]
         source: vfio_ioctls::VfioError,
     },
+    /// The device's IOMMU group holds a device bound to a driver that keeps the group from
+    /// VFIO: a type1 container takes a whole group, so every endpoint of it must be on
+    /// vfio-pci (or on no driver) first.
+    #[error("cannot open {bdf} through VFIO: its IOMMU group {group} is not viable while {}; VFIO takes a whole group: attach every endpoint of it first (`p2pdma vfio attach {}`); the group: {}", blocking_text(.members), attach_list(.members), members_text(.members))]
+    GroupNotViable {
+        /// The device.
+        bdf: Bdf,
+        /// Its IOMMU group.
+        group: u32,
+        /// Every device of the group, with its driver.
+        members: Vec<GroupMember>,
+        /// What VFIO said.
+        #[source]
+        source: vfio_ioctls::VfioError,
+    },
     /// A region (BAR) cannot be mapped.
     #[error("cannot mmap BAR {bar} of {bdf}: {why}")]
     Bar {
@@ -147,6 +162,93 @@ pub fn iommu_group(sysfs: &SysfsRoot, bdf: Bdf) -> Option<u32> {
         .and_then(|p| p.file_name()?.to_str()?.parse().ok())
 }
 
+/// One device of an IOMMU group: `/sys/bus/pci/devices/<bdf>/iommu_group/devices/*`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GroupMember {
+    /// The device.
+    pub bdf: Bdf,
+    /// Its driver (None: no driver).
+    pub driver: Option<String>,
+    /// A PCI-to-PCI bridge (class 0x0604: root and switch ports), whose port driver
+    /// (pcieport) manages its own DMA ownership and so does not keep VFIO from the group.
+    pub bridge: bool,
+}
+
+impl GroupMember {
+    /// Whether this member keeps VFIO from its group: an endpoint bound to a driver other
+    /// than vfio-pci or pci-stub (the kernel's DMA ownership claim fails for it).
+    pub fn blocks_vfio(&self) -> bool {
+        !self.bridge
+            && self
+                .driver
+                .as_deref()
+                .is_some_and(|d| d != "vfio-pci" && d != "pci-stub")
+    }
+}
+
+fn blocking_text(members: &[GroupMember]) -> String {
+    let blocking: Vec<String> = members
+        .iter()
+        .filter(|m| m.blocks_vfio())
+        .map(|m| {
+            format!(
+                "{} is bound to {}",
+                m.bdf,
+                m.driver.as_deref().unwrap_or("")
+            )
+        })
+        .collect();
+    if blocking.is_empty() {
+        "a member is in use (see dmesg)".into()
+    } else {
+        blocking.join(" and ")
+    }
+}
+
+fn attach_list(members: &[GroupMember]) -> String {
+    let endpoints: Vec<String> = members
+        .iter()
+        .filter(|m| !m.bridge)
+        .map(|m| m.bdf.to_string())
+        .collect();
+    endpoints.join(" ")
+}
+
+fn members_text(members: &[GroupMember]) -> String {
+    let all: Vec<String> = members
+        .iter()
+        .map(|m| {
+            format!(
+                "{} ({}{})",
+                m.bdf,
+                m.driver.as_deref().unwrap_or("no driver"),
+                if m.bridge { ", bridge" } else { "" }
+            )
+        })
+        .collect();
+    all.join(", ")
+}
+
+/// The devices of `bdf`'s IOMMU group, sorted, with their drivers
+/// (`/sys/bus/pci/devices/<bdf>/iommu_group/devices/`; empty without a group).
+pub fn group_members(sysfs: &SysfsRoot, bdf: Bdf) -> Vec<GroupMember> {
+    let Ok(entries) = fs::read_dir(sysfs.pci_iommu_group_link(bdf).join("devices")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<GroupMember> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<Bdf>().ok())
+        .map(|member| GroupMember {
+            bdf: member,
+            driver: driver_of(sysfs, member),
+            bridge: fs::read_to_string(sysfs.pci_device(member).join("class"))
+                .is_ok_and(|c| c.trim().starts_with("0x0604")),
+        })
+        .collect();
+    out.sort_by_key(|m| m.bdf);
+    out
+}
+
 /// A device opened through VFIO.
 pub struct Device {
     bdf: Bdf,
@@ -172,15 +274,15 @@ impl Device {
                 driver: driver.unwrap_or_else(|| "no driver".into()),
             });
         }
-        if iommu_group(sysfs, bdf).is_none() {
+        let Some(group) = iommu_group(sysfs, bdf) else {
             return Err(VfioError::NoGroup {
                 bdf,
                 path: sysfs.pci_iommu_group_link(bdf),
             });
-        }
+        };
         let ops: Arc<dyn VfioOps> = container.inner.clone();
-        let dev =
-            VfioDevice::new(&path, ops, false).map_err(|source| VfioError::Open { bdf, source })?;
+        let dev = VfioDevice::new(&path, ops, false)
+            .map_err(|source| open_error(sysfs, bdf, group, source))?;
         let device = Device {
             bdf,
             dev,
@@ -286,6 +388,27 @@ impl Device {
     /// Path of the device in sysfs.
     pub fn sysfs_path(sysfs: &SysfsRoot, bdf: Bdf) -> PathBuf {
         sysfs.pci_device(bdf)
+    }
+}
+
+/// Why opening `bdf` failed: a group member bound to another driver (the group is shared
+/// with it, e.g. controllers behind one switch without ACS), or something dmesg explains.
+fn open_error(
+    sysfs: &SysfsRoot,
+    bdf: Bdf,
+    group: u32,
+    source: vfio_ioctls::VfioError,
+) -> VfioError {
+    let members = group_members(sysfs, bdf);
+    if members.iter().any(GroupMember::blocks_vfio) {
+        VfioError::GroupNotViable {
+            bdf,
+            group,
+            members,
+            source,
+        }
+    } else {
+        VfioError::Open { bdf, source }
     }
 }
 
@@ -554,4 +677,93 @@ impl Drop for IommuMapping {
 /// Whether `/sys/bus/pci/devices/<bdf>` still exists.
 pub fn present(sysfs: &SysfsRoot, bdf: Bdf) -> bool {
     Path::new(&sysfs.pci_device(bdf)).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// A sysfs tree with IOMMU group 7 holding a switch's ports and two controllers (one
+    /// on vfio-pci, one still on nvme) and group 8 with one device on vfio-pci.
+    fn tree() -> (tempfile::TempDir, SysfsRoot) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = SysfsRoot::new(dir.path());
+        let groups = dir.path().join("kernel/iommu_groups");
+        let devices = [
+            ("0000:02:00.0", "0x060400", Some("pcieport"), 7),
+            ("0000:03:00.0", "0x060400", Some("pcieport"), 7),
+            ("0000:03:01.0", "0x060400", Some("pcieport"), 7),
+            ("0000:04:00.0", "0x010802", Some("vfio-pci"), 7),
+            ("0000:05:00.0", "0x010802", Some("nvme"), 7),
+            ("0000:06:00.0", "0x050000", Some("vfio-pci"), 8),
+        ];
+        for (name, class, driver, group) in devices {
+            let bdf: Bdf = name.parse().unwrap();
+            let dev = root.pci_device(bdf);
+            fs::create_dir_all(&dev).unwrap();
+            fs::write(dev.join("class"), format!("{class}\n")).unwrap();
+            if let Some(d) = driver {
+                let drv = dir.path().join("bus/pci/drivers").join(d);
+                fs::create_dir_all(&drv).unwrap();
+                symlink(&drv, root.pci_driver_link(bdf)).unwrap();
+            }
+            let g = groups.join(group.to_string());
+            fs::create_dir_all(g.join("devices")).unwrap();
+            symlink(&dev, g.join("devices").join(name)).unwrap();
+            symlink(&g, root.pci_iommu_group_link(bdf)).unwrap();
+        }
+        (dir, root)
+    }
+
+    #[test]
+    fn a_shared_group_names_every_member_and_the_endpoint_that_blocks_it() {
+        let (_dir, root) = tree();
+        let a: Bdf = "0000:04:00.0".parse().unwrap();
+        assert_eq!(iommu_group(&root, a), Some(7));
+        let members = group_members(&root, a);
+        let names: Vec<String> = members.iter().map(|m| m.bdf.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "0000:02:00.0",
+                "0000:03:00.0",
+                "0000:03:01.0",
+                "0000:04:00.0",
+                "0000:05:00.0"
+            ]
+        );
+        let blocking: Vec<String> = members
+            .iter()
+            .filter(|m| m.blocks_vfio())
+            .map(|m| m.bdf.to_string())
+            .collect();
+        assert_eq!(blocking, ["0000:05:00.0"], "ports on pcieport do not block");
+        let err = open_error(&root, a, 7, vfio_ioctls::VfioError::GroupViable);
+        let text = err.to_string();
+        assert!(
+            text.contains("IOMMU group 7 is not viable while 0000:05:00.0 is bound to nvme"),
+            "{text}"
+        );
+        assert!(
+            text.contains("`p2pdma vfio attach 0000:04:00.0 0000:05:00.0`"),
+            "{text}"
+        );
+        assert!(text.contains("0000:03:01.0 (pcieport, bridge)"), "{text}");
+        assert!(
+            std::error::Error::source(&err).is_some(),
+            "the cause is kept"
+        );
+    }
+
+    #[test]
+    fn a_group_without_a_foreign_driver_gives_the_plain_open_error() {
+        let (_dir, root) = tree();
+        let c: Bdf = "0000:06:00.0".parse().unwrap();
+        assert_eq!(group_members(&root, c).len(), 1);
+        let err = open_error(&root, c, 8, vfio_ioctls::VfioError::GroupViable);
+        assert!(matches!(err, VfioError::Open { .. }), "{err}");
+        let none: Bdf = "0000:09:00.0".parse().unwrap();
+        assert!(group_members(&root, none).is_empty());
+    }
 }

@@ -24,6 +24,18 @@ pub enum Flavour {
 }
 
 impl Flavour {
+    /// The flavour `P2PDMA_LAB_FLAVOUR` names (standard, debug or no-p2pdma), else
+    /// `default`: for suites whose kernel is a choice (`vfio::` runs on the no-P2PDMA
+    /// kernel, or with `P2PDMA_LAB_FLAVOUR=debug` on the debug kernel).
+    pub fn from_env_or(default: Flavour) -> Flavour {
+        match std::env::var("P2PDMA_LAB_FLAVOUR").as_deref() {
+            Ok("standard") => Flavour::Standard,
+            Ok("debug") => Flavour::Debug,
+            Ok("no-p2pdma") => Flavour::NoP2pdma,
+            _ => default,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Flavour::Standard => "standard",

@@ -155,8 +155,11 @@ pub struct RunArgs {
     /// Seconds the command may run.
     #[arg(long, default_value_t = 600)]
     pub(super) timeout: u64,
-    /// Inject a fault from the host: device_del:ID@signal:NAME (when the guest runs
-    /// `p2pdma lab guest signal NAME`) or device_del:ID@SECONDSs after boot.
+    /// Inject a fault from the host: ACTION@signal:NAME (when the guest runs
+    /// `p2pdma lab guest signal NAME`) or ACTION@SECONDSs after boot. ACTION is
+    /// device_del:ID (hot removal of an NVMe controller or RAM provider) or
+    /// throttle:NVME_ID=BYTES_PER_SEC (QEMU I/O throttling of that controller's drive,
+    /// so its commands stay in flight for seconds; 0 lifts it).
     #[arg(long = "fault", value_name = "FAULT")]
     pub(super) faults: Vec<Fault>,
     /// QEMU accelerator; auto uses KVM only where a probe boot shows it works.
