@@ -3,7 +3,7 @@
 # CONFIG_FAULT_INJECTION_DEBUG_FS, the suite's guest helpers as /root/lib.sh and
 # map_fail.c built static as /root/map_fail.
 . /root/lib.sh
-P=$(bdf rel-prov)
+P=$(bdf chk-prov)
 echo "POOL_START $(available $P)"
 F=/sys/kernel/debug/fail_page_alloc
 # Fail page allocations only in tasks that ask for it (/proc/self/make-it-fail), sleeping
@@ -18,5 +18,5 @@ for space in 0 1 2 3; do
 done
 dmesg | grep -A12 "FAULT_INJECTION: forcing a failure" | grep -E "p2pmem_alloc_mmap|vm_insert_page" | cut -c16- | sort | uniq -c
 timed_unbind UNBIND $P
-rebind rel-prov $P
+rebind chk-prov $P
 echo "POOL_END $(available $P)"

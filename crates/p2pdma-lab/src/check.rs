@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use p2pdma::display::error_chain;
+
 use crate::spec::{Catalog, SpecError, Topology};
 use crate::vm::{self, Accel, Fault, RunRequest};
 use conformance::Conformance;
@@ -78,19 +80,20 @@ pub struct CheckRequest {
     pub out_dir: PathBuf,
 }
 
-/// One topology's boot.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TopologyReport {
-    /// The topology.
-    pub name: String,
-    /// Seconds from starting QEMU to the guest being ready.
+/// How long one boot of `lab check` took. Its fields stand in each boot's JSON object
+/// (`#[serde(flatten)]`) after the topology's name.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BootTimes {
+    /// Seconds from starting QEMU to the guest being ready (0 when it did not boot).
     pub boot_seconds: f64,
-    /// Seconds of the whole run (boot, conformance, copy, power-off).
+    /// Seconds of the whole run (boot, the guest script, power-off).
     pub seconds: f64,
-    /// Conformance of every pair.
-    pub conformance: Conformance,
-    /// The verified copy (None with fewer than two namespaces).
-    pub copy: Option<CopyResult>,
+}
+
+/// What one boot of `lab check` left besides the guest's answers: the kernel log and the
+/// lab failure, if any. Its fields end each boot's JSON object (`#[serde(flatten)]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BootLog {
     /// What the kernel log showed.
     pub kernel_log: LogScan,
     /// The lab failure that stopped this boot (no boot, timeout, panic).
@@ -99,13 +102,30 @@ pub struct TopologyReport {
     pub serial_log: PathBuf,
 }
 
+/// One topology's boot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopologyReport {
+    /// The topology.
+    pub name: String,
+    /// How long the boot and the whole run took.
+    #[serde(flatten)]
+    pub times: BootTimes,
+    /// Conformance of every pair.
+    pub conformance: Conformance,
+    /// The verified copy (None with fewer than two namespaces).
+    pub copy: Option<CopyResult>,
+    /// The kernel log and the lab failure.
+    #[serde(flatten)]
+    pub log: BootLog,
+}
+
 impl TopologyReport {
     /// Whether everything in this boot passed.
     pub fn passed(&self) -> bool {
-        self.error.is_none()
+        self.log.error.is_none()
             && self.conformance.passed()
             && self.copy.as_ref().is_none_or(|c| c.verified)
-            && self.kernel_log.problems.is_empty()
+            && self.log.kernel_log.problems.is_empty()
     }
 }
 
@@ -114,18 +134,14 @@ impl TopologyReport {
 pub struct ScenarioBoot {
     /// The topology booted.
     pub topology: String,
-    /// Seconds from starting QEMU to the guest being ready.
-    pub boot_seconds: f64,
-    /// Seconds of the whole run.
-    pub seconds: f64,
+    /// How long the boot and the whole run took.
+    #[serde(flatten)]
+    pub times: BootTimes,
     /// Each scenario.
     pub scenarios: Vec<ScenarioResult>,
-    /// What the kernel log showed.
-    pub kernel_log: LogScan,
-    /// The lab failure that stopped the boot.
-    pub error: Option<String>,
-    /// The kernel console log.
-    pub serial_log: PathBuf,
+    /// The kernel log and the lab failure.
+    #[serde(flatten)]
+    pub log: BootLog,
 }
 
 /// The totals a reader looks at first.
@@ -185,25 +201,20 @@ impl Report {
         let copies = || self.topologies.iter().filter_map(|t| t.copy.as_ref());
         let scenarios = || self.teardown.iter().flat_map(|b| &b.scenarios);
         let warnings = self
-            .topologies
-            .iter()
-            .map(|t| t.kernel_log.problems.len())
-            .chain(self.teardown.iter().map(|b| b.kernel_log.problems.len()))
+            .boot_logs()
+            .map(|(_, log)| log.kernel_log.problems.len())
             .sum();
         let boots_failed = self
-            .topologies
-            .iter()
-            .map(|t| &t.error)
-            .chain(self.teardown.iter().map(|b| &b.error))
-            .filter(|e| e.is_some())
+            .boot_logs()
+            .filter(|(_, log)| log.error.is_some())
             .count();
         let passed = !self.topologies.is_empty()
             && self.topologies.iter().all(TopologyReport::passed)
             && self.teardown.as_ref().is_none_or(|b| {
-                b.error.is_none()
+                b.log.error.is_none()
                     && !b.scenarios.is_empty()
                     && b.scenarios.iter().all(|s| s.passed)
-                    && b.kernel_log.problems.is_empty()
+                    && b.log.kernel_log.problems.is_empty()
             });
         self.summary = Summary {
             pairs_agreeing: pairs().filter(|p| p.agrees).count(),
@@ -219,9 +230,17 @@ impl Report {
         self.timings.boot_seconds = self
             .topologies
             .iter()
-            .map(|t| t.boot_seconds)
-            .chain(self.teardown.iter().map(|b| b.boot_seconds))
+            .map(|t| t.times.boot_seconds)
+            .chain(self.teardown.iter().map(|b| b.times.boot_seconds))
             .sum();
+    }
+
+    /// Every boot's name and log: the topologies in order, then the teardown boot.
+    fn boot_logs(&self) -> impl Iterator<Item = (&String, &BootLog)> {
+        self.topologies
+            .iter()
+            .map(|t| (&t.name, &t.log))
+            .chain(self.teardown.iter().map(|b| (&b.topology, &b.log)))
     }
 
     /// The report as a table, for a terminal.
@@ -245,7 +264,7 @@ impl Report {
             "topology", "boot s", "total s", "pairs agree", "verified copy", "warnings"
         ));
         for t in &self.topologies {
-            let copy = match (&t.error, &t.copy) {
+            let copy = match (&t.log.error, &t.copy) {
                 (Some(_), _) => "-".to_owned(),
                 (None, None) => "(one namespace)".to_owned(),
                 (None, Some(c)) if c.verified => format!("ok ({})", c.mode),
@@ -254,11 +273,11 @@ impl Report {
             s.push_str(&format!(
                 "{:<16} {:>6.1} {:>7.1} {:>11} {:<24} {:>8}\n",
                 t.name,
-                t.boot_seconds,
-                t.seconds,
+                t.times.boot_seconds,
+                t.times.seconds,
                 format!("{}/{}", t.conformance.agreeing(), t.conformance.pairs.len()),
                 copy,
-                t.kernel_log.problems.len()
+                t.log.kernel_log.problems.len()
             ));
         }
         if let Some(b) = &self.teardown {
@@ -266,9 +285,9 @@ impl Report {
             s.push_str(&format!(
                 "teardown scenarios ({}, boot {:.1} s, total {:.1} s, {} kernel warnings)\n",
                 b.topology,
-                b.boot_seconds,
-                b.seconds,
-                b.kernel_log.problems.len()
+                b.times.boot_seconds,
+                b.times.seconds,
+                b.log.kernel_log.problems.len()
             ));
             for sc in &b.scenarios {
                 s.push_str(&format!(
@@ -278,13 +297,13 @@ impl Report {
                     sc.detail
                 ));
             }
-            if let Some(e) = &b.error {
+            if let Some(e) = &b.log.error {
                 s.push_str(&format!("  the boot failed: {e}\n"));
             }
         }
         let mut problems = Vec::new();
         for t in &self.topologies {
-            if let Some(e) = &t.error {
+            if let Some(e) = &t.log.error {
                 problems.push(format!("{}: the boot failed: {e}", t.name));
             }
             for p in t.conformance.pairs.iter().filter(|p| !p.agrees) {
@@ -303,18 +322,12 @@ impl Report {
                 problems.push(format!("{}: copy: {e}", t.name));
             }
         }
-        let logs = self
-            .topologies
-            .iter()
-            .map(|t| (&t.name, &t.kernel_log, &t.serial_log))
-            .chain(
-                self.teardown
-                    .iter()
-                    .map(|b| (&b.topology, &b.kernel_log, &b.serial_log)),
-            );
-        for (name, log, path) in logs {
-            for line in &log.problems {
-                problems.push(format!("{name}: kernel: {line} ({})", path.display()));
+        for (name, log) in self.boot_logs() {
+            for line in &log.kernel_log.problems {
+                problems.push(format!(
+                    "{name}: kernel: {line} ({})",
+                    log.serial_log.display()
+                ));
             }
         }
         if !problems.is_empty() {
@@ -373,15 +386,41 @@ fn kernel_release(stdout: &str) -> Option<String> {
         .map(|r| r.trim().to_owned())
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
+/// Boots `request` and times it; the guest's outcome (None when the lab failed: no boot,
+/// timeout, panic; the failure is in the log's `error`), how long it took, and the scan
+/// of its kernel log. Both kinds of boot of a check go through here.
+fn boot(request: &RunRequest) -> (Option<vm::RunOutcome>, BootTimes, BootLog) {
+    let t0 = Instant::now();
+    let outcome = vm::run(request);
+    let seconds = t0.elapsed().as_secs_f64();
+    let serial_log = request.out_dir.join("serial.log");
+    let kernel_log = kernel_log::scan(&std::fs::read_to_string(&serial_log).unwrap_or_default());
+    match outcome {
+        Ok(o) => {
+            let times = BootTimes {
+                boot_seconds: o.boot_seconds,
+                seconds,
+            };
+            let log = BootLog {
+                kernel_log,
+                error: None,
+                serial_log: o.serial_log.clone(),
+            };
+            (Some(o), times, log)
+        }
+        Err(e) => {
+            let times = BootTimes {
+                boot_seconds: 0.0,
+                seconds,
+            };
+            let log = BootLog {
+                kernel_log,
+                error: Some(error_chain(&e)),
+                serial_log,
+            };
+            (None, times, log)
+        }
     }
-    s
 }
 
 /// Runs the check: one boot per topology, then the teardown boot. `on_progress` hears
@@ -427,18 +466,13 @@ pub fn run(req: &CheckRequest, on_progress: &mut dyn FnMut(&str)) -> Result<Repo
                 req.kernel.image.clone(),
                 req.guest_binary.clone(),
                 script.clone(),
-                out_dir.clone(),
+                out_dir,
                 req.accel,
             )
         };
-        let t0 = Instant::now();
-        let outcome = vm::run(&request);
-        let seconds = t0.elapsed().as_secs_f64();
-        let serial_log = out_dir.join("serial.log");
-        let kernel_log =
-            kernel_log::scan(&std::fs::read_to_string(&serial_log).unwrap_or_default());
+        let (outcome, times, log) = boot(&request);
         let entry = match outcome {
-            Ok(o) => {
+            Some(o) => {
                 let stdout = String::from_utf8_lossy(&o.stdout);
                 if report.kernel.release.is_none() {
                     report.kernel.release = kernel_release(&stdout);
@@ -457,24 +491,18 @@ pub fn run(req: &CheckRequest, on_progress: &mut dyn FnMut(&str)) -> Result<Repo
                 }
                 TopologyReport {
                     name: topology.name.clone(),
-                    boot_seconds: o.boot_seconds,
-                    seconds,
+                    times,
                     conformance,
                     copy: copy::judge(&stdout),
-                    kernel_log,
-                    error: None,
-                    serial_log: o.serial_log,
+                    log,
                 }
             }
-            Err(e) => TopologyReport {
+            None => TopologyReport {
                 name: topology.name.clone(),
-                boot_seconds: 0.0,
-                seconds,
+                times,
                 conformance: Conformance::default(),
                 copy: None,
-                kernel_log,
-                error: Some(error_chain(&e)),
-                serial_log,
+                log,
             },
         };
         on_progress(&format!(
@@ -485,7 +513,7 @@ pub fn run(req: &CheckRequest, on_progress: &mut dyn FnMut(&str)) -> Result<Repo
             entry.conformance.agreeing(),
             entry.conformance.pairs.len(),
             if entry.passed() { "passed" } else { "FAILED" },
-            entry.seconds
+            entry.times.seconds
         ));
         report.topologies.push(entry);
     }
@@ -522,34 +550,18 @@ fn teardown(req: &CheckRequest) -> Result<ScenarioBoot, CheckError> {
             req.kernel.image.clone(),
             req.guest_binary.clone(),
             scenarios::GUEST_SCRIPT.to_owned(),
-            out_dir.clone(),
+            out_dir,
             req.accel,
         )
     };
-    let t0 = Instant::now();
-    let outcome = vm::run(&request);
-    let seconds = t0.elapsed().as_secs_f64();
-    let serial_log = out_dir.join("serial.log");
-    let kernel_log = kernel_log::scan(&std::fs::read_to_string(&serial_log).unwrap_or_default());
-    Ok(match outcome {
-        Ok(o) => ScenarioBoot {
-            topology: scenarios::TOPOLOGY_NAME.to_owned(),
-            boot_seconds: o.boot_seconds,
-            seconds,
-            scenarios: scenarios::judge(&String::from_utf8_lossy(&o.stdout)),
-            kernel_log,
-            error: None,
-            serial_log: o.serial_log,
-        },
-        Err(e) => ScenarioBoot {
-            topology: scenarios::TOPOLOGY_NAME.to_owned(),
-            boot_seconds: 0.0,
-            seconds,
-            scenarios: Vec::new(),
-            kernel_log,
-            error: Some(error_chain(&e)),
-            serial_log,
-        },
+    let (outcome, times, log) = boot(&request);
+    Ok(ScenarioBoot {
+        topology: scenarios::TOPOLOGY_NAME.to_owned(),
+        times,
+        scenarios: outcome.map_or_else(Vec::new, |o| {
+            scenarios::judge(&String::from_utf8_lossy(&o.stdout))
+        }),
+        log,
     })
 }
 
@@ -605,8 +617,10 @@ mod tests {
             },
             topologies: vec![TopologyReport {
                 name: "rootbus".into(),
-                boot_seconds: 3.25,
-                seconds: 20.0,
+                times: BootTimes {
+                    boot_seconds: 3.25,
+                    seconds: 20.0,
+                },
                 conformance: Conformance {
                     pairs: vec![
                         pair("/dev/nvme0n1", true, KernelAnswer::Allowed),
@@ -621,25 +635,31 @@ mod tests {
                     verified: true,
                     error: None,
                 }),
-                kernel_log: LogScan::default(),
-                error: None,
-                serial_log: "/run/rootbus/serial.log".into(),
+                log: BootLog {
+                    kernel_log: LogScan::default(),
+                    error: None,
+                    serial_log: "/run/rootbus/serial.log".into(),
+                },
             }],
             teardown: Some(ScenarioBoot {
                 topology: "check-teardown".into(),
-                boot_seconds: 4.0,
-                seconds: 50.0,
+                times: BootTimes {
+                    boot_seconds: 4.0,
+                    seconds: 50.0,
+                },
                 scenarios: vec![ScenarioResult {
                     name: "unbind-provider-mid-copy".into(),
                     passed: true,
                     detail: "unbind returned in 0.05 s".into(),
                 }],
-                kernel_log: LogScan {
-                    problems: vec!["[ 9.1] WARNING: CPU: 0 PID: 1 at mm/memremap.c:1".into()],
-                    set_aside: Vec::new(),
+                log: BootLog {
+                    kernel_log: LogScan {
+                        problems: vec!["[ 9.1] WARNING: CPU: 0 PID: 1 at mm/memremap.c:1".into()],
+                        set_aside: Vec::new(),
+                    },
+                    error: None,
+                    serial_log: "/run/check-teardown/serial.log".into(),
                 },
-                error: None,
-                serial_log: "/run/check-teardown/serial.log".into(),
             }),
             timings: Timings {
                 build_seconds: 0.5,
@@ -694,13 +714,40 @@ timings: kernel 0.5 s (cache hit; its cold build took 1676 s), boots 7.2 s over 
     fn everything_agreeing_and_clean_passes() {
         let mut r = report();
         r.topologies[0].conformance.pairs.truncate(1);
-        r.teardown.as_mut().unwrap().kernel_log.problems.clear();
+        r.teardown.as_mut().unwrap().log.kernel_log.problems.clear();
         r.summarise();
         assert!(r.summary.passed, "{}", r.table());
         assert!(r.table().contains("PASSED: pairs agreeing 1/1"));
-        r.topologies[0].error = Some("the guest did not boot".into());
+        r.topologies[0].log.error = Some("the guest did not boot".into());
         r.summarise();
         assert_eq!((r.summary.passed, r.summary.boots_failed), (false, 1));
+    }
+
+    /// `lab check --json` is read by scripts: each boot's keys, their order and their
+    /// values are pinned, and the report reads back as it was written.
+    #[test]
+    fn the_json_of_each_boot_keeps_its_keys_in_order_and_reads_back() {
+        let r = report();
+        assert_eq!(
+            serde_json::to_string(&r.topologies[0]).unwrap(),
+            concat!(
+                r#"{"name":"rootbus","boot_seconds":3.25,"seconds":20.0,"#,
+                r#""conformance":{"pairs":[{"provider":"0000:00:04.0","client":"/dev/nvme0n1","predicted_p2p":true,"map_type":"bus_addr","distance":2,"kernel":"allowed","kernel_result":"ok","errno":null,"error":null,"agrees":true},{"provider":"0000:00:04.0","client":"/dev/nvme1n1","predicted_p2p":true,"map_type":"bus_addr","distance":2,"kernel":"refused","kernel_result":"p2p-refused","errno":22,"error":"Invalid argument (os error 22)","agrees":false}],"acs_advice":[],"problems":[]},"#,
+                r#""copy":{"what":"/dev/nvme0n1 -> /dev/nvme1n1","mode":"bounce","verified":true,"error":null},"#,
+                r#""kernel_log":{"problems":[],"set_aside":[]},"error":null,"serial_log":"/run/rootbus/serial.log"}"#
+            )
+        );
+        assert_eq!(
+            serde_json::to_string(&r.teardown).unwrap(),
+            concat!(
+                r#"{"topology":"check-teardown","boot_seconds":4.0,"seconds":50.0,"#,
+                r#""scenarios":[{"name":"unbind-provider-mid-copy","passed":true,"detail":"unbind returned in 0.05 s"}],"#,
+                r#""kernel_log":{"problems":["[ 9.1] WARNING: CPU: 0 PID: 1 at mm/memremap.c:1"],"set_aside":[]},"error":null,"serial_log":"/run/check-teardown/serial.log"}"#
+            )
+        );
+        let text = serde_json::to_string(&r).unwrap();
+        let back: Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, r);
     }
 
     #[test]

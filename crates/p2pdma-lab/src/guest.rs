@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use p2pdma::display::error_chain;
 use p2pdma::p2pmem::{P2pmemError, Provider};
 use p2pdma::sysfs::SysfsRoot;
 use p2pdma::Bdf;
@@ -375,23 +376,10 @@ impl Counters {
     }
 }
 
-/// A small xorshift generator: the read offsets need to be spread, not unpredictable.
-pub fn next_random(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+/// The offset of a read of `size` bytes at a random one of `slots` slots: the read
+/// offsets need to be spread, not unpredictable.
+pub fn read_offset(rng: &mut fastrand::Rng, slots: u64, size: usize) -> u64 {
+    rng.u64(..slots) * size as u64
 }
 
 /// Small O_DIRECT reads from `file` into the provider's p2pmem from several threads, each
@@ -442,7 +430,7 @@ pub fn read_loop(sysfs: &SysfsRoot, args: &ReadLoop) -> Result<ReadLoopReport, G
                 })?;
             handles.push(scope.spawn(move || {
                 let seed = started.elapsed().as_nanos() as u64;
-                let mut rng = (seed ^ (thread as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
+                let mut rng = fastrand::Rng::with_seed(seed ^ thread as u64);
                 let mut check = vec![0u8; args.size];
                 let mut was_ready = false;
                 while !stop() {
@@ -469,7 +457,7 @@ pub fn read_loop(sysfs: &SysfsRoot, args: &ReadLoop) -> Result<ReadLoopReport, G
                                     bump(&counters.gone)
                                 }
                                 P2pmemError::PoolExhausted { .. } => bump(&counters.pool_empty),
-                                other => counters.unexpected(format!("allocate: {}", chain(&other))),
+                                other => counters.unexpected(format!("allocate: {}", error_chain(&other))),
                             }
                             std::thread::sleep(Duration::from_millis(5));
                             continue;
@@ -477,7 +465,7 @@ pub fn read_loop(sysfs: &SysfsRoot, args: &ReadLoop) -> Result<ReadLoopReport, G
                     };
                     // Read until the buffer is lost.
                     while !stop() {
-                        let offset = next_random(&mut rng) % slots * args.size as u64;
+                        let offset = read_offset(&mut rng, slots, args.size);
                         bump(&counters.started);
                         match buffer.pread(&file, offset, 0, args.size) {
                             Ok(n) if n == args.size => {}
@@ -494,7 +482,7 @@ pub fn read_loop(sysfs: &SysfsRoot, args: &ReadLoop) -> Result<ReadLoopReport, G
                                 break;
                             }
                             Err(e) => {
-                                counters.unexpected(format!("read at {offset}: {}", chain(&e)));
+                                counters.unexpected(format!("read at {offset}: {}", error_chain(&e)));
                                 break;
                             }
                         }
@@ -507,7 +495,7 @@ pub fn read_loop(sysfs: &SysfsRoot, args: &ReadLoop) -> Result<ReadLoopReport, G
                             Err(e) => {
                                 counters.unexpected(format!(
                                     "checking the read at {offset}: {}",
-                                    chain(&e)
+                                    error_chain(&e)
                                 ));
                                 break;
                             }
@@ -687,10 +675,18 @@ mod tests {
 
     #[test]
     fn read_offsets_spread_over_the_span() {
-        let mut state = 0x1234_5678_9abc_def1;
+        let mut rng = fastrand::Rng::with_seed(0x1234_5678_9abc_def1);
         let slots = 1024;
-        let hit: std::collections::HashSet<u64> =
-            (0..4096).map(|_| next_random(&mut state) % slots).collect();
+        let hit: std::collections::HashSet<u64> = (0..4096)
+            .map(|_| {
+                let offset = read_offset(&mut rng, slots, 4096);
+                assert!(
+                    offset < slots * 4096 && offset.is_multiple_of(4096),
+                    "{offset}"
+                );
+                offset / 4096
+            })
+            .collect();
         assert!(hit.len() > 900, "only {} of {slots} slots hit", hit.len());
     }
 

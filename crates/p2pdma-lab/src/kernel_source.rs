@@ -75,21 +75,27 @@ pub enum SourceError {
     },
 }
 
+/// The entry of `table` whose `name_of` is `name`; else the names there are, joined with
+/// ", ", for the error that says what exists.
+pub(crate) fn by_name<T: Copy>(
+    table: &[T],
+    name: &str,
+    name_of: fn(&T) -> &str,
+) -> Result<T, String> {
+    table
+        .iter()
+        .find(|r| name_of(r) == name)
+        .copied()
+        .ok_or_else(|| table.iter().map(name_of).collect::<Vec<_>>().join(", "))
+}
+
 impl LabRelease {
     /// The release called `name`.
     pub fn named(name: &str) -> Result<LabRelease, SourceError> {
-        LAB_RELEASES
-            .iter()
-            .find(|r| r.name == name)
-            .copied()
-            .ok_or_else(|| SourceError::UnknownRelease {
-                name: name.to_owned(),
-                known: LAB_RELEASES
-                    .iter()
-                    .map(|r| r.name)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
+        by_name(LAB_RELEASES, name, |r| r.name).map_err(|known| SourceError::UnknownRelease {
+            name: name.to_owned(),
+            known,
+        })
     }
 
     /// Where its source tarball is (whether or not it is there yet).
@@ -193,6 +199,21 @@ fn tempdir_in(dir: &Path) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_release_is_found_by_name_and_an_unknown_one_lists_the_known_ones() {
+        assert_eq!(LabRelease::named("7.2").unwrap().name, "7.2");
+        let err = LabRelease::named("5.4").unwrap_err().to_string();
+        let known: Vec<&str> = LAB_RELEASES.iter().map(|r| r.name).collect();
+        assert!(known.len() >= 2, "{known:?}");
+        assert!(
+            err.contains("'5.4'") && err.contains(&format!("choose one of {}", known.join(", "))),
+            "{err}"
+        );
+        let table = [("a", 1), ("b", 2)];
+        assert_eq!(by_name(&table, "b", |t| t.0), Ok(("b", 2)));
+        assert_eq!(by_name(&table, "c", |t| t.0), Err("a, b".to_owned()));
+    }
 
     #[test]
     fn the_default_release_comes_from_lab_setup_and_newer_ones_from_the_cache() {

@@ -34,6 +34,7 @@ use sha2::{Digest, Sha256};
 
 use crate::host::{PrivateApt, SetupError};
 use crate::kernel::{run_step, BuildEvent, KernelError, RAM_DRIVER_SOURCE};
+use crate::kernel_source::by_name;
 use crate::paths;
 
 pub use crate::initramfs::MODULES_LOAD;
@@ -174,18 +175,10 @@ pub struct StockKernel {
 impl StockRelease {
     /// The stock kernel of release `name`.
     pub fn named(name: &str) -> Result<StockRelease, StockError> {
-        STOCK_RELEASES
-            .iter()
-            .find(|r| r.name == name)
-            .copied()
-            .ok_or_else(|| StockError::UnknownRelease {
-                name: name.to_owned(),
-                known: STOCK_RELEASES
-                    .iter()
-                    .map(|r| r.name)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
+        by_name(STOCK_RELEASES, name, |r| r.name).map_err(|known| StockError::UnknownRelease {
+            name: name.to_owned(),
+            known,
+        })
     }
 
     fn apt(&self) -> Result<PrivateApt, StockError> {

@@ -5,14 +5,6 @@
 #[path = "../../../fuzz/harness.rs"]
 mod harness;
 
-/// xorshift64*: deterministic from the seed, so a crash can be replayed.
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-}
-
 fn main() {
     let mut args = std::env::args().skip(1);
     let iterations: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
@@ -20,12 +12,13 @@ fn main() {
         .next()
         .and_then(|a| a.parse().ok())
         .unwrap_or(0x9e37_79b9_7f4a_7c15);
-    let mut state = seed.max(1);
+    // Deterministic from the seed, so a crash can be replayed.
+    let mut rng = fastrand::Rng::with_seed(seed);
     let start = std::time::Instant::now();
     let mut accepted = 0u64;
     for i in 0..iterations {
-        let len = (next(&mut state) % 1024) as usize;
-        let data: Vec<u8> = (0..len).map(|_| next(&mut state) as u8).collect();
+        let mut data = vec![0u8; rng.usize(..1024)];
+        rng.fill(&mut data);
         let result = std::panic::catch_unwind(|| harness::run(&data));
         if matches!(result, Ok(true)) {
             accepted += 1;

@@ -55,7 +55,7 @@ use crate::Bdf;
 mod mapping;
 pub mod pool_test;
 
-use mapping::{MapError, Mapping, Revoked};
+use mapping::{Direction, MapError, Mapping, Revoked};
 
 /// What went wrong with a p2pmem provider or buffer.
 #[derive(Debug, thiserror::Error)]
@@ -502,9 +502,7 @@ impl P2pBuffer {
         offset: usize,
         len: usize,
     ) -> Result<usize, P2pmemError> {
-        self.check_range(offset, len)?;
-        let result = self.mapping.pread(file, file_offset, offset, len);
-        self.transfer_result("pread", result, file_offset, len)
+        self.transfer(Direction::Read, file, file_offset, offset, len)
     }
 
     /// Writes `len` bytes of the buffer at `offset` to `file` at `file_offset` with one
@@ -516,19 +514,24 @@ impl P2pBuffer {
         offset: usize,
         len: usize,
     ) -> Result<usize, P2pmemError> {
-        self.check_range(offset, len)?;
-        let result = self.mapping.pwrite(file, file_offset, offset, len);
-        self.transfer_result("pwrite", result, file_offset, len)
+        self.transfer(Direction::Write, file, file_offset, offset, len)
     }
 
-    fn transfer_result(
-        &self,
-        op: &'static str,
-        result: Result<io::Result<usize>, Revoked>,
+    /// One `pread` or `pwrite` through the mapping, its errors told as the buffer's.
+    fn transfer(
+        &mut self,
+        direction: Direction,
+        file: impl AsFd,
         file_offset: u64,
+        offset: usize,
         len: usize,
     ) -> Result<usize, P2pmemError> {
-        match result {
+        self.check_range(offset, len)?;
+        let op = direction.syscall();
+        match self
+            .mapping
+            .transfer(direction, file, file_offset, offset, len)
+        {
             Err(Revoked) => Err(self.revoked()),
             Ok(Ok(n)) => Ok(n),
             // A zapped mapping cannot be pinned: the kernel says EFAULT.

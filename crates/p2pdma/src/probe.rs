@@ -67,20 +67,11 @@ pub fn check_data(pattern: &[u8], device: &[u8], host: &[u8]) -> DataCheck {
     }
 }
 
-/// `len` bytes of a pattern from `seed` (splitmix64), none of them zero.
+/// `len` bytes of a pseudo-random pattern from `seed` (fastrand's wyrand), none of them
+/// zero.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        out.extend(z.to_le_bytes().map(|b| if b == 0 { 0xa5 } else { b }));
-    }
-    out.truncate(len);
-    out
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..len).map(|_| rng.u8(1..)).collect()
 }
 
 /// A seed no earlier run or disk content can predict (std's randomly keyed hasher).

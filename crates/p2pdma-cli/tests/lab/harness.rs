@@ -56,6 +56,12 @@ pub struct Lab {
 /// - `zeros LEN`: md5 of LEN zero bytes
 /// - `field NAME FILE`: a number or string field of a one-line JSON object
 /// - `one_line FILE`: the file on one line
+/// - `checked_copy SRC DST LEN DST_OFFSET ARGS...`: fills the first LEN bytes of SRC with
+///   random data, runs `p2pdma copy SRC DST --length LEN --dst-offset DST_OFFSET ARGS...`
+///   and prints `COPY rc md5(source) md5(destination range) md5(zeros) md5(destination
+///   range before) md5(bytes before DST_OFFSET, before) md5(the same, after)`, then the
+///   copy's stdout and stderr on `COPY_OUT` and `COPY_ERR` lines; [`LabRun::assert_checked_copy`]
+///   checks them
 pub const GUEST_LIB: &str = r#"
 ns() { p2pdma lab guest nvme "$1" | awk '{print $3}'; }
 bdf() { p2pdma lab guest nvme "$1" | awk '{print $1}'; }
@@ -64,6 +70,16 @@ fill() { dd if=/dev/urandom of="$1" bs=4096 seek=$(($2 / 4096)) count=$(($3 / 40
 zeros() { dd if=/dev/zero bs=4096 count=$(($1 / 4096)) 2>/dev/null | md5sum | cut -d' ' -f1; }
 field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^,\"}]*\).*/\1/p" "$2" | head -1; }
 one_line() { tr '\n' ' ' < "$1"; }
+checked_copy() {
+  local src=$1 dst=$2 len=$3 off=$4
+  shift 4
+  fill $src 0 $len
+  local before=$(md5 $dst $off $len) head=$(md5 $dst 0 $off)
+  p2pdma copy $src $dst --length $len --dst-offset $off "$@" > /tmp/checked-copy.out 2> /tmp/checked-copy.err
+  echo "COPY $? $(md5 $src 0 $len) $(md5 $dst $off $len) $(zeros $len) $before $head $(md5 $dst 0 $off)"
+  echo "COPY_OUT $(one_line /tmp/checked-copy.out)"
+  echo "COPY_ERR $(one_line /tmp/checked-copy.err)"
+}
 "#;
 
 /// The `p2pdma` binary under test, for what is not a guest run (`lab topologies`,
@@ -95,6 +111,15 @@ impl Lab {
             helpers: String::new(),
             env: Vec::new(),
         }
+    }
+
+    /// A run of `topology` on Debian's stock 7.2 kernel (`--flavour stock --release 7.2`).
+    pub fn stock(topology: &str) -> Lab {
+        // The stock kernel is chosen by flag; an image named by P2PDMA_LAB_KERNEL would
+        // conflict with it, and only release 7.2 has a stock kernel.
+        Lab::new(topology, Flavour::Standard)
+            .env_remove("P2PDMA_LAB_KERNEL")
+            .args(&["--flavour", "stock", "--release", "7.2"])
     }
 
     /// Also read topologies from this TOML text.
@@ -279,6 +304,32 @@ impl LabRun {
             self.stdout
         );
         found.into_iter().next().unwrap()
+    }
+
+    /// Asserts what the guest's `checked_copy` (see [`GUEST_LIB`]) printed: the copy
+    /// exited 0, the destination range has the source's md5, the source is not zeros (the
+    /// random fill happened), the destination range changed, and the bytes before
+    /// DST_OFFSET did not. Returns the copy's stdout, on one line.
+    pub fn assert_checked_copy(&self) -> String {
+        let copy = self.line("COPY");
+        // An empty stdout or stderr may come back as a line without the space after its key.
+        let text = |key| self.lines(key).concat().join(" ");
+        let output = || format!("stdout: {}\nstderr: {}", text("COPY_OUT"), text("COPY_ERR"));
+        assert_eq!(copy.len(), 7, "COPY line: {copy:?}");
+        assert_eq!(copy[0], "0", "the copy failed:\n{}", output());
+        assert_eq!(
+            copy[1],
+            copy[2],
+            "the guest's md5 of the destination range differs from the source's\n{}",
+            output()
+        );
+        assert_ne!(
+            copy[1], copy[3],
+            "the source range is zeros: the random fill did not happen"
+        );
+        assert_ne!(copy[4], copy[2], "the destination range did not change");
+        assert_eq!(copy[5], copy[6], "bytes before --dst-offset changed");
+        text("COPY_OUT")
     }
 
     /// Asserts the guest kernel logged no sign of a kernel bug during the run.

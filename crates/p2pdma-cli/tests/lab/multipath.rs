@@ -8,7 +8,7 @@
 //! The lab's built kernels have no CONFIG_NVME_MULTIPATH, so the 6.12 kernel's own refusal
 //! is not booted here; the 6.12 side is p2pdma's prediction from the same sysfs.
 
-use crate::harness::{json_after, Flavour, Lab};
+use crate::harness::{json_after, Lab};
 
 /// One subsystem (`ss0`, serial `mpab`: `mp-a` with a CMB, `mp-b`) and a lone controller `mpc` with a CMB,
 /// all behind one switch, so every path is P2P-reachable from `mpc`'s CMB.
@@ -45,21 +45,12 @@ echo "PATHS $PATHS $(readlink -f /sys/block/$HEAD)"
 C=$(ns mpc); PC=$(bdf mpc)
 echo "LONE $C $PC"
 LEN=4194304
-fill /dev/$HEAD 0 $LEN
-before=$(md5 $C 0 $LEN)
 p2pdma --kernel-release 6.12.117 copy /dev/$HEAD $C --provider $PC --length $LEN --bounce never --dry-run > /tmp/old.out 2>/tmp/old.err
 echo "OLD $?"
 echo "OLDERR $(tr '\n' ' ' < /tmp/old.err)"
-p2pdma copy /dev/$HEAD $C --provider $PC --length $LEN --bounce never --verify --json > /tmp/out.json 2>/tmp/err.txt
-echo "COPY $? $(md5 /dev/$HEAD 0 $LEN) $(md5 $C 0 $LEN) $(zeros $LEN) $before"
-echo "JSON $(tr '\n' ' ' < /tmp/out.json)"
-echo "ERR $(tr '\n' ' ' < /tmp/err.txt)"
+checked_copy /dev/$HEAD $C $LEN 0 --provider $PC --bounce never --verify --json
 "#;
-    let run = Lab::new("multipath", Flavour::Standard)
-        .topologies(MULTIPATH)
-        .env_remove("P2PDMA_LAB_KERNEL")
-        .args(&["--flavour", "stock", "--release", "7.2"])
-        .run(body);
+    let run = Lab::stock("multipath").topologies(MULTIPATH).run(body);
     run.assert_success();
     let head = run.line("HEAD");
     assert_eq!(
@@ -101,15 +92,7 @@ echo "ERR $(tr '\n' ' ' < /tmp/err.txt)"
         "{old_err}"
     );
     // The running kernel's rules (7.2) route it P2P, and the kernel carries it.
-    let copy = run.line("COPY");
-    assert_eq!(copy[0], "0", "copy failed: {}", run.line("ERR").join(" "));
-    assert_eq!(copy[1], copy[2], "destination differs from source");
-    assert_ne!(
-        copy[1], copy[3],
-        "the source is zeros: the fill did not happen"
-    );
-    assert_ne!(copy[4], copy[2], "the destination did not change");
-    let j = json_after(&run.line("JSON").join(" "));
+    let j = json_after(&run.assert_checked_copy());
     assert_eq!(j["mode"], "p2p", "{j}");
     assert_eq!(j["verified"], true, "{j}");
     assert_eq!(

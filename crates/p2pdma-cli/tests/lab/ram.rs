@@ -42,13 +42,7 @@ echo "MEM $(p2pdma mem info --json)"
 echo "TREE $(p2pdma topo | grep " $R ")"
 echo "MATRIX $(p2pdma topo --matrix --json | tr -d '\n')"
 p2pdma probe --provider $R $A --json > /tmp/probe.json; echo "PROBE $? $(one_line /tmp/probe.json)"
-LEN=16777216; DO=4194304
-fill $A 0 $LEN
-before=$(md5 $B 0 $DO)
-p2pdma copy $A $B --provider $R --length $LEN --dst-offset $DO --verify --json > /tmp/out.json 2>/tmp/err.txt
-echo "COPY $? $(md5 $A 0 $LEN) $(md5 $B $DO $LEN) $(zeros $LEN) $before $(md5 $B 0 $DO)"
-echo "JSON $(one_line /tmp/out.json)"
-echo "ERR $(one_line /tmp/err.txt)"
+checked_copy $A $B 16777216 4194304 --provider $R --verify --json
 p2pdma copy $A $B --length 1M --dry-run --json > /tmp/auto.json; echo "AUTO $? $(one_line /tmp/auto.json)"
 "#;
     let run = fast(Flavour::Standard).run(body);
@@ -106,15 +100,7 @@ p2pdma copy $A $B --length 1M --dry-run --json > /tmp/auto.json; echo "AUTO $? $
     assert_eq!(probe["matches_host_read"], true, "{probe}");
 
     // The copy through the RAM provider.
-    let copy = run.line("COPY");
-    assert_eq!(copy[0], "0", "copy failed: {}", run.line("ERR").join(" "));
-    assert_eq!(copy[1], copy[2], "the guest's md5 of the ranges differ");
-    assert_ne!(
-        copy[1], copy[3],
-        "the source range is zeros, not random data"
-    );
-    assert_eq!(copy[4], copy[5], "bytes before --dst-offset changed");
-    let summary = run.json("JSON");
+    let summary = json_after(&run.assert_checked_copy());
     assert_eq!(summary["mode"], "p2p", "{summary}");
     assert_eq!(summary["provider"], ram, "{summary}");
     assert_eq!(summary["bytes"], 16 << 20, "{summary}");

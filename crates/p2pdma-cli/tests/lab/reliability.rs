@@ -16,27 +16,9 @@
 //! debug kernel (`debug::NAME`: KASAN, lockdep, DEBUG_VM, hung tasks panic), which
 //! `lab run` builds on first use. RELIABILITY.md has the measured cost and the results.
 
-use crate::harness::{json_after, kernel_log_problems, read_range, Flavour, Lab, LabRun};
+use p2pdma_lab::check::scenarios::{TOPOLOGY, TOPOLOGY_NAME};
 
-/// A switch with three controllers: the copy's source and destination, and a third one
-/// whose CMB carries the data, so the provider can go away while both disks stay (and
-/// the other way round).
-const TOPOLOGY: &str = r#"
-[reliability]
-description = "source, destination and a third controller whose CMB carries the copy, behind one switch"
-bridge = [
-  { id = "rp1", kind = "root-port", parent = "pcie.0", addr = "1", speed = "8", width = 4 },
-  { id = "up1", kind = "switch-upstream", parent = "rp1" },
-  { id = "dn1", kind = "switch-downstream", parent = "up1" },
-  { id = "dn2", kind = "switch-downstream", parent = "up1" },
-  { id = "dn3", kind = "switch-downstream", parent = "up1" },
-]
-nvme = [
-  { id = "nvme-src", serial = "rel-src", parent = "dn1", cmb_mib = 16, disk_mib = 256 },
-  { id = "nvme-dst", serial = "rel-dst", parent = "dn2", cmb_mib = 16, disk_mib = 256 },
-  { id = "nvme-prov", serial = "rel-prov", parent = "dn3", cmb_mib = 16 },
-]
-"#;
+use crate::harness::{json_after, kernel_log_problems, read_range, Flavour, Lab, LabRun};
 
 /// Guest shell helpers, installed in /root/lib.sh after the harness's own and sourced by
 /// every script (and by commands that `p2pdma mem test --while-mapped` runs). `fill DEV
@@ -87,7 +69,11 @@ rebind() {
 "#;
 
 fn lab(flavour: Flavour) -> Lab {
-    Lab::new("reliability", flavour)
+    // `lab check`'s teardown topology: a switch with three controllers, the copy's
+    // source and destination (`chk-src`, `chk-dst`) and a third one (`chk-prov`) whose CMB
+    // carries the data, so the provider can go away while both disks stay (and the other
+    // way round).
+    Lab::new(TOPOLOGY_NAME, flavour)
         .topologies(TOPOLOGY)
         .helpers(GUEST_LIB)
 }
@@ -208,11 +194,11 @@ fn check_destination_image(
     landed
 }
 
-/// Starts `p2pdma copy` of LEN bytes from rel-src to rel-dst through rel-prov's CMB in the
+/// Starts `p2pdma copy` of LEN bytes from chk-src to chk-dst through chk-prov's CMB in the
 /// background and waits until 4 MiB have reached the destination.
 fn copy_in_background(chunk: &str, queue_depth: u32) -> String {
     format!(
-        r#"S=$(ns rel-src); D=$(ns rel-dst); P=$(bdf rel-prov); DB=$(bdf rel-dst)
+        r#"S=$(ns chk-src); D=$(ns chk-dst); P=$(bdf chk-prov); DB=$(bdf chk-dst)
 echo "POOL_START $(available $P)"
 fill $S $LEN
 w0=$(sectors_written $D)
@@ -239,10 +225,10 @@ fn unbinding_the_provider_while_a_copy_is_in_flight_returns_and_loses_nothing(fl
         copy_in_background("1M", 4),
         r#"END=$(field contiguous_end /tmp/copy.json)
 echo "PREFIX $(md5 $S 0 $END) $(md5 $D 0 $END)"
-rebind rel-prov $P
+rebind chk-prov $P
 echo "POOL_REBOUND $(available $P)"
 timed_unbind UNBIND_IDLE $P
-rebind rel-prov $P
+rebind chk-prov $P
 echo "POOL_END $(available $P)"
 "#
     );
@@ -377,13 +363,13 @@ fn killing_a_process_with_io_in_flight_then_unbinding_returns_every_byte_to_the_
         r#"kill -9 $pid
 timed_unbind UNBIND $P
 wait $pid; echo "KILLED_RC $?"
-rebind rel-prov $P
+rebind chk-prov $P
 echo "POOL_REBOUND $(available $P)"
 p2pdma mem test $P --buffers 4 --size 1048576 --while-mapped 'kill -9 $PPID' > /dev/null 2>&1
 echo "MAPKILL_RC $?"
 echo "POOL_AFTER_MAPKILL $(available $P)"
 timed_unbind UNBIND_AFTER_MAPKILL $P
-rebind rel-prov $P
+rebind chk-prov $P
 echo "POOL_END $(available $P)"
 "#
     );
@@ -420,7 +406,7 @@ echo "POOL_END $(available $P)"
 fn twenty_map_unbind_rebind_cycles_leak_nothing(flavour: Flavour) {
     let cycles = 20;
     let body = format!(
-        r#"P=$(bdf rel-prov)
+        r#"P=$(bdf chk-prov)
 echo "POOL_START $(available $P)"
 i=1
 while [ $i -le {cycles} ]; do
@@ -428,7 +414,7 @@ while [ $i -le {cycles} ]; do
   rc=$?
   echo "CYCLE $i $rc $(grep '^UNBIND ' /tmp/mt.out | cut -d' ' -f2-)"
   echo "CYCLEJSON $i $(grep '^{{' /tmp/mt.out)"
-  rebind rel-prov $P
+  rebind chk-prov $P
   echo "CYCLEPOOL $i $(available $P)"
   i=$((i+1))
 done
@@ -488,7 +474,7 @@ echo "FINAL $(one_line /tmp/final.json)"
 fn mapping_while_the_provider_is_unbound_fails_cleanly_or_is_revoked(flavour: Flavour) {
     let rounds = 5;
     let body = format!(
-        r#"P=$(bdf rel-prov)
+        r#"P=$(bdf chk-prov)
 echo "POOL_START $(available $P)"
 rm -f /tmp/stop /tmp/rcs /tmp/errs
 ( while [ ! -e /tmp/stop ]; do
@@ -503,7 +489,7 @@ while [ $r -le {rounds} ]; do
   sleep 0.5
   timed_unbind UNBIND $P
   sleep 0.3
-  rebind rel-prov $P
+  rebind chk-prov $P
   r=$((r+1))
 done
 touch /tmp/stop; wait $loop
@@ -575,7 +561,7 @@ fn many_processes_exhausting_one_pool_fail_clearly_and_leak_nothing(flavour: Fla
     // 4 MiB per process: 32 MiB asked of a 16 MiB pool.
     let buffers = 4;
     let body = format!(
-        r#"P=$(bdf rel-prov)
+        r#"P=$(bdf chk-prov)
 echo "PROVIDER $P"
 echo "POOL_START $(available $P)"
 rm -f /tmp/held.* /tmp/ex.* /tmp/release
@@ -710,11 +696,11 @@ fn eight_concurrent_verified_copies_across_providers_all_land(flavour: Flavour) 
     ]);
     let mbr_small = mbr_printf(&[(2048, 8192), (10240, 32768), (43008, 32768)]);
     let body = format!(
-        r#"S=$(ns rel-src); D=$(ns rel-dst); X=$(ns rel-prov)
-PROVS="$(bdf rel-src) $(bdf rel-dst) $(bdf rel-prov)"
+        r#"S=$(ns chk-src); D=$(ns chk-dst); X=$(ns chk-prov)
+PROVS="$(bdf chk-src) $(bdf chk-dst) $(bdf chk-prov)"
 for p in $PROVS; do echo "POOL_START $p $(available $p)"; done
-# Partition 1 of rel-src and rel-dst: 64 MiB of random source data; partitions 2-4 of
-# those and 2-3 of rel-prov (16 MiB each, still zero): destinations.
+# Partition 1 of chk-src and chk-dst: 64 MiB of random source data; partitions 2-4 of
+# those and 2-3 of chk-prov (16 MiB each, still zero): destinations.
 {mbr_big} | dd of=$S bs=1 seek=446 conv=notrunc 2>/dev/null
 {mbr_big} | dd of=$D bs=1 seek=446 conv=notrunc 2>/dev/null
 {mbr_small} | dd of=$X bs=1 seek=446 conv=notrunc 2>/dev/null
@@ -726,7 +712,7 @@ fill ${{S}}p1 $((64 * 1048576)); fill ${{D}}p1 $((64 * 1048576))
 # copy i: source partition, destination partition, provider. Each provider is the third
 # controller, never the copy's own source or destination (see RELIABILITY.md: a
 # controller's own CMB as the buffer failed under this load in QEMU).
-PS=$(bdf rel-src); PD=$(bdf rel-dst); PX=$(bdf rel-prov)
+PS=$(bdf chk-src); PD=$(bdf chk-dst); PX=$(bdf chk-prov)
 set -- \
   ${{S}}p1 ${{D}}p2 $PX  ${{D}}p1 ${{S}}p2 $PX  ${{S}}p1 ${{D}}p3 $PX  ${{D}}p1 ${{S}}p3 $PX \
   ${{S}}p1 ${{X}}p2 $PD  ${{D}}p1 ${{X}}p3 $PS  ${{S}}p1 ${{D}}p4 $PX  ${{D}}p1 ${{S}}p4 $PX
@@ -832,7 +818,7 @@ fn o_direct_reads_racing_repeated_unbinds_hold_the_right_data(flavour: Flavour) 
     let cycles = 24;
     let threads = 4;
     let body = format!(
-        r#"S=$(ns rel-src); P=$(bdf rel-prov)
+        r#"S=$(ns chk-src); P=$(bdf chk-prov)
 echo "POOL_START $(available $P)"
 fill $S 4194304
 rm -f /tmp/stop /tmp/ready
@@ -844,7 +830,7 @@ t0=$(now)
 r=1
 while [ $r -le {cycles} ]; do
   timed_unbind UNBIND $P
-  rebind rel-prov $P
+  rebind chk-prov $P
   sleep 0.3
   r=$((r+1))
 done
@@ -941,7 +927,7 @@ fn mbr_printf(partitions: &[(u32, u32)]) -> String {
     format!("printf '{escaped}'")
 }
 
-/// The BDF `bdf rel-prov` printed, from the `PROVIDER` line every scenario script that
+/// The BDF `bdf chk-prov` printed, from the `PROVIDER` line every scenario script that
 /// needs it prints.
 fn run_provider(run: &LabRun) -> String {
     run.line("PROVIDER")[0].to_owned()

@@ -7,15 +7,7 @@
 //! The guest scripts print one `KEY field...` line per fact; the assertions are made here.
 //! A cheap pass of the other suites on the stock kernel: `P2PDMA_LAB_FLAVOUR=stock`.
 
-use crate::harness::{json_after, Flavour, Lab};
-
-fn stock(topology: &str) -> Lab {
-    // The stock kernel is chosen by flag; an image named by P2PDMA_LAB_KERNEL would
-    // conflict with it, and only release 7.2 has a stock kernel.
-    Lab::new(topology, Flavour::Standard)
-        .env_remove("P2PDMA_LAB_KERNEL")
-        .args(&["--flavour", "stock", "--release", "7.2"])
-}
+use crate::harness::{json_after, Lab};
 
 /// Taint bits (Documentation/admin-guide/tainted-kernels.rst): O, out-of-tree module
 /// loaded (4096); E, unsigned module loaded (8192).
@@ -31,15 +23,9 @@ echo "LOADED $(cut -d' ' -f1 /proc/modules | sort | tr '\n' ' ')"
 A=$(ns sw0); B=$(ns sw1); BA=$(bdf sw0); BB=$(bdf sw1)
 echo "BDFS $BA $BB"
 for d in $BA $BB; do echo "P2PMEM $d $(cat /sys/bus/pci/devices/$d/p2pmem/size) $(cat /sys/bus/pci/devices/$d/p2pmem/published)"; done
-LEN=4194304
-fill $A 0 $LEN
-before=$(md5 $B 0 $LEN)
-p2pdma copy $A $B --provider $BB --length $LEN --verify --json > /tmp/out.json 2>/tmp/err.txt
-echo "COPY $? $(md5 $A 0 $LEN) $(md5 $B 0 $LEN) $(zeros $LEN) $before"
-echo "JSON $(tr '\n' ' ' < /tmp/out.json)"
-echo "ERR $(tr '\n' ' ' < /tmp/err.txt)"
+checked_copy $A $B 4194304 0 --provider $BB --verify --json
 "#;
-    let run = stock("switch").run(body);
+    let run = Lab::stock("switch").run(body);
     run.assert_success();
     let uname = run.line("UNAME")[0].to_owned();
     assert!(
@@ -56,15 +42,7 @@ echo "ERR $(tr '\n' ' ' < /tmp/err.txt)"
         assert_eq!(fields[1], (16u64 << 20).to_string(), "CMB size: {fields:?}");
         assert_eq!(fields[2], "1", "CMB not published: {fields:?}");
     }
-    let copy = run.line("COPY");
-    assert_eq!(copy[0], "0", "copy failed: {}", run.line("ERR").join(" "));
-    assert_eq!(copy[1], copy[2], "destination differs from source");
-    assert_ne!(
-        copy[1], copy[3],
-        "the source is zeros: the fill did not happen"
-    );
-    assert_ne!(copy[4], copy[2], "the destination did not change");
-    let j = json_after(&run.line("JSON").join(" "));
+    let j = json_after(&run.assert_checked_copy());
     assert_eq!(j["verified"], true, "{j}");
     assert_eq!(
         j["provider"],
@@ -83,14 +61,9 @@ echo "RAM $R $(cat /sys/bus/pci/devices/$R/p2pmem/size 2>/dev/null)"
 echo "TAINTED $(cat /proc/sys/kernel/tainted) $(cat /sys/module/p2pdma_ram/taint)"
 dmesg | grep p2pdma_ram | sed 's/^\[[ 0-9.]*\] /DMESG /'
 A=$(ns fast0); B=$(ns fast1)
-LEN=16777216; DO=4194304
-fill $A 0 $LEN
-before=$(md5 $B $DO $LEN)
-p2pdma copy $A $B --provider $R --length $LEN --dst-offset $DO --verify > /tmp/out.txt 2>&1
-echo "COPY $? $(md5 $A 0 $LEN) $(md5 $B $DO $LEN) $(zeros $LEN) $before"
-echo "OUT $(tr '\n' ' ' < /tmp/out.txt)"
+checked_copy $A $B 16777216 4194304 --provider $R --verify
 "#;
-    let run = stock("fast").run(body);
+    let run = Lab::stock("fast").run(body);
     run.assert_success();
     let ram = run.line("RAM");
     assert_eq!(ram.len(), 2, "no device bound to p2pdma_ram: {ram:?}");
@@ -111,15 +84,7 @@ echo "OUT $(tr '\n' ' ' < /tmp/out.txt)"
     for line in expected {
         assert!(dmesg.iter().any(|l| l == line), "{line:?} not in {dmesg:?}");
     }
-    let copy = run.line("COPY");
-    assert_eq!(copy[0], "0", "copy failed: {}", run.line("OUT").join(" "));
-    assert_eq!(copy[1], copy[2], "destination differs from source");
-    assert_ne!(
-        copy[1], copy[3],
-        "the source is zeros: the fill did not happen"
-    );
-    assert_ne!(copy[4], copy[2], "the destination did not change");
-    let out = run.line("OUT").join(" ");
+    let out = run.assert_checked_copy();
     assert!(out.contains("verified"), "{out}");
     run.assert_kernel_log_clean();
 }

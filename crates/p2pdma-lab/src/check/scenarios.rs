@@ -15,7 +15,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The topology the scenarios boot (one switch, three controllers).
+/// The topology the scenarios boot (one switch, three controllers: `chk-src` and `chk-dst`
+/// with disks, and `chk-prov`, whose CMB carries the copy). The reliability lab suite
+/// (RELIABILITY.md) boots it too.
 pub const TOPOLOGY: &str = r#"
 [check-teardown]
 description = "source, destination and a third controller whose CMB carries the copy, behind one switch"

@@ -81,7 +81,8 @@ impl BlockOrder {
         match pattern {
             Pattern::Seq => BlockOrder { blocks, a: 1, c: 0 },
             Pattern::Rand => {
-                let mut a = (splitmix(seed) % blocks) | 1;
+                let mut rng = fastrand::Rng::with_seed(seed);
+                let mut a = rng.u64(..blocks) | 1;
                 while gcd(a, blocks) != 1 {
                     a = (a + 2) % blocks.max(2);
                     if a == 0 {
@@ -91,7 +92,7 @@ impl BlockOrder {
                 BlockOrder {
                     blocks,
                     a,
-                    c: splitmix(seed ^ 0x9e37_79b9) % blocks,
+                    c: rng.u64(..blocks),
                 }
             }
         }
@@ -102,13 +103,6 @@ impl BlockOrder {
         let i = (k % self.blocks) as u128;
         ((u128::from(self.a) * i + u128::from(self.c)) % u128::from(self.blocks)) as u64
     }
-}
-
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 fn gcd(mut a: u64, mut b: u64) -> u64 {
@@ -277,6 +271,15 @@ mod tests {
     use super::*;
     use crate::copy::HostBuffer;
 
+    fn open_direct(path: &std::path::Path, write: bool) -> std::fs::File {
+        OpenOptions::new()
+            .read(true)
+            .write(write)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .unwrap()
+    }
+
     #[test]
     fn random_order_visits_every_block_once_per_pass() {
         for blocks in [1u64, 2, 7, 64, 1000, 4096] {
@@ -309,11 +312,7 @@ mod tests {
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
             .collect();
         std::fs::write(&path, &data).unwrap();
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-            .unwrap();
+        let file = open_direct(&path, false);
         let spec = JobSpec {
             op: Op::Read,
             start: 256 << 10,
@@ -332,12 +331,7 @@ mod tests {
         // A write job of the buffer's (non-zero) pattern lands where the order says.
         let mut buf = HostBuffer::new(4096).unwrap();
         buf.as_mut_slice().fill(0xa5);
-        let wfile = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-            .unwrap();
+        let wfile = open_direct(&path, true);
         let wspec = JobSpec {
             op: Op::Write,
             start: 0,
@@ -359,11 +353,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("short");
         std::fs::write(&path, vec![7u8; 8192]).unwrap();
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-            .unwrap();
+        let file = open_direct(&path, false);
         let spec = JobSpec {
             op: Op::Read,
             start: 0,

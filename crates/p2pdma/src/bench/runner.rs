@@ -505,15 +505,8 @@ fn check_pool(provider: &Provider, req: &BenchRequest) -> Result<(), BenchError>
 
 /// A non-zero pattern, so written data cannot be mistaken for untouched zeros.
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x as u8) | 1
-        })
-        .collect()
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..len).map(|_| rng.u8(1..)).collect()
 }
 
 impl Ctx<'_> {

@@ -691,15 +691,9 @@ mod tests {
     use super::*;
 
     fn pattern(len: usize, seed: u64) -> Vec<u8> {
-        let mut state = seed | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
+        let mut data = vec![0; len];
+        fastrand::Rng::with_seed(seed).fill(&mut data);
+        data
     }
 
     fn facts(path: &Path, size: u64, ino: u64) -> EndpointFacts {
@@ -1206,43 +1200,26 @@ mod tests {
 
     #[test]
     fn errno_meanings() {
-        let e = |n| io::Error::from_raw_os_error(n);
-        assert_eq!(
-            FailureKind::classify(&e(libc::EREMOTEIO), true, true),
-            FailureKind::P2pRefused
-        );
-        assert_eq!(
-            FailureKind::classify(&e(libc::EINVAL), true, true),
-            FailureKind::P2pRefused
-        );
-        assert_eq!(
-            FailureKind::classify(&e(libc::EINVAL), false, true),
-            FailureKind::Other
-        );
-        assert_eq!(
-            FailureKind::classify(&e(libc::EFAULT), true, false),
-            FailureKind::ProviderGone
-        );
-        assert_eq!(
-            FailureKind::classify(&e(libc::ENODEV), true, true),
-            FailureKind::ProviderGone
-        );
-        assert_eq!(
-            FailureKind::classify(&e(libc::ENOMEM), true, true),
-            FailureKind::OutOfMemory
-        );
-        assert_eq!(
-            FailureKind::classify(&e(libc::ENOSPC), false, true),
-            FailureKind::NoSpace
-        );
-        assert_eq!(
-            FailureKind::classify(&e(libc::EIO), true, true),
-            FailureKind::DeviceError
-        );
-        assert_eq!(
-            FailureKind::classify(&e(libc::EACCES), true, true),
-            FailureKind::PermissionDenied
-        );
+        // (errno, through device memory, buffer still live, meaning)
+        let cases = [
+            (libc::EREMOTEIO, true, true, FailureKind::P2pRefused),
+            (libc::EINVAL, true, true, FailureKind::P2pRefused),
+            (libc::EINVAL, false, true, FailureKind::Other),
+            (libc::EFAULT, true, false, FailureKind::ProviderGone),
+            (libc::ENODEV, true, true, FailureKind::ProviderGone),
+            (libc::ENOMEM, true, true, FailureKind::OutOfMemory),
+            (libc::ENOSPC, false, true, FailureKind::NoSpace),
+            (libc::EIO, true, true, FailureKind::DeviceError),
+            (libc::EACCES, true, true, FailureKind::PermissionDenied),
+        ];
+        for (errno, p2p, live, meaning) in cases {
+            let e = io::Error::from_raw_os_error(errno);
+            assert_eq!(
+                FailureKind::classify(&e, p2p, live),
+                meaning,
+                "errno {errno}, p2p {p2p}, live {live}"
+            );
+        }
     }
 
     mod fake_backend {

@@ -111,7 +111,7 @@ pub(crate) struct FakeBackend {
     /// Fail every reap from this one on (counted from 0).
     fail_reap_from: Option<usize>,
     reaps: usize,
-    seed: u64,
+    rng: fastrand::Rng,
     room: usize,
     pushed: Vec<Pending>,
     device: Vec<Pending>,
@@ -128,7 +128,7 @@ impl FakeBackend {
             faults: HashMap::new(),
             fail_reap_from: None,
             reaps: 0,
-            seed: seed | 1,
+            rng: fastrand::Rng::with_seed(seed),
             room,
             pushed: Vec::new(),
             device: Vec::new(),
@@ -146,13 +146,6 @@ impl FakeBackend {
     pub(crate) fn fail_reaps_from(mut self, n: usize) -> Self {
         self.fail_reap_from = Some(n);
         self
-    }
-
-    fn random(&mut self) -> u64 {
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        self.seed
     }
 
     fn complete(&mut self, p: Pending) -> Completion {
@@ -234,9 +227,9 @@ impl IoBackend for FakeBackend {
             return Ok(());
         }
         // Complete a random number of the requests in flight, in random order.
-        let count = 1 + (self.random() as usize) % self.device.len();
+        let count = self.rng.usize(1..=self.device.len());
         for _ in 0..count {
-            let at = (self.random() as usize) % self.device.len();
+            let at = self.rng.usize(..self.device.len());
             let p = self.device.swap_remove(at);
             out.push(self.complete(p));
         }

@@ -711,14 +711,8 @@ pub(crate) mod multipath_tests {
                 F::nvme().nvme_controller("nvme1", "SER1", &["nvme1c1n1"]),
             )
             .unwrap();
-        let subsys = Path::new("devices/virtual/nvme-subsystem/nvme-subsys1");
-        b.block_device_at(&subsys.join("nvme1n1"), None).unwrap();
-        let ctrl = b.function_dir(mp).unwrap().join("nvme/nvme1");
-        std::os::unix::fs::symlink(
-            Path::new("../../../..").join(ctrl),
-            b.root().join(subsys).join("nvme1"),
-        )
-        .unwrap();
+        b.nvme_multipath_head("nvme-subsys1", "nvme1n1", mp, "nvme1")
+            .unwrap();
         dir
     }
 

@@ -388,27 +388,45 @@ mod tests {
             .unwrap()
     }
 
+    /// Files `a` and `b` in a temp dir, holding the given bytes, opened `O_DIRECT`.
+    struct Files {
+        _dir: tempfile::TempDir,
+        paths: [std::path::PathBuf; 2],
+        files: [std::fs::File; 2],
+    }
+
+    impl Files {
+        fn new(a: &[u8], b: &[u8]) -> Files {
+            let dir = tempfile::tempdir().unwrap();
+            let paths = [dir.path().join("a"), dir.path().join("b")];
+            std::fs::write(&paths[0], a).unwrap();
+            std::fs::write(&paths[1], b).unwrap();
+            let files = [open(&paths[0]), open(&paths[1])];
+            Files {
+                _dir: dir,
+                paths,
+                files,
+            }
+        }
+
+        fn endpoints(&self) -> (Endpoint<'_>, Endpoint<'_>) {
+            let end = |i: usize| Endpoint {
+                file: &self.files[i],
+                path: &self.paths[i],
+            };
+            (end(0), end(1))
+        }
+    }
+
     #[test]
     fn names_the_first_differing_offset_and_matches_equal_ranges() {
-        let dir = tempfile::tempdir().unwrap();
-        let a_path = dir.path().join("a");
-        let b_path = dir.path().join("b");
         let data: Vec<u8> = (0..(10u32 << 20)).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&a_path, &data).unwrap();
         let mut shifted = vec![0u8; 4096];
         shifted.extend_from_slice(&data);
         let flip = 4096 + (9 << 20) + 12345;
         shifted[flip] ^= 0x40;
-        std::fs::write(&b_path, &shifted).unwrap();
-        let (a, b) = (open(&a_path), open(&b_path));
-        let ea = Endpoint {
-            file: &a,
-            path: &a_path,
-        };
-        let eb = Endpoint {
-            file: &b,
-            path: &b_path,
-        };
+        let files = Files::new(&data, &shifted);
+        let (ea, eb) = files.endpoints();
 
         let same = verify(ea, eb, &plan(0, 4096, 9 << 20), &mut |_| {}).unwrap();
         assert!(same.matched());
@@ -430,33 +448,14 @@ mod tests {
     /// order, whatever order the reads complete in.
     #[test]
     fn reads_in_parallel_still_name_the_earliest_of_several_differences() {
-        let dir = tempfile::tempdir().unwrap();
-        let a_path = dir.path().join("a");
-        let b_path = dir.path().join("b");
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let data: Vec<u8> = (0..(12u32 << 20) + 8192)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
-        std::fs::write(&a_path, &data).unwrap();
+        let mut data = vec![0u8; (12 << 20) + 8192];
+        fastrand::Rng::with_seed(0x9e37_79b9_7f4a_7c15).fill(&mut data);
         let mut other = data.clone();
         for at in [(11 << 20) + 5, (7 << 20) + 4095, (3 << 20) + 17] {
             other[at] ^= 0x01;
         }
-        std::fs::write(&b_path, &other).unwrap();
-        let (a, b) = (open(&a_path), open(&b_path));
-        let ea = Endpoint {
-            file: &a,
-            path: &a_path,
-        };
-        let eb = Endpoint {
-            file: &b,
-            path: &b_path,
-        };
+        let files = Files::new(&data, &other);
+        let (ea, eb) = files.endpoints();
         let len = data.len() as u64;
         let mut p = plan(0, 0, len);
         p.queue_depth = 16;
@@ -479,15 +478,8 @@ mod tests {
         use crate::copy::engine::Op;
         use crate::copy::fake::{FakeBackend, FakeBuf, Fault};
 
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let data: Vec<u8> = (0..(6u32 << 20))
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let mut data = vec![0u8; 6 << 20];
+        fastrand::Rng::with_seed(0x2545_f491_4f6c_dd1d).fill(&mut data);
         let mut other = data.clone();
         other[(5 << 20) + 77] ^= 0x10;
         other[(2 << 20) + 4097] ^= 0x01;

@@ -25,6 +25,25 @@ pub(crate) enum MapError {
     Register(revoke::RevokeError),
 }
 
+/// Which way [`Mapping::transfer`] moves bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// `pread`: from the file into the mapping.
+    Read,
+    /// `pwrite`: from the mapping to the file.
+    Write,
+}
+
+impl Direction {
+    /// The system call's name, for errors.
+    pub(crate) fn syscall(self) -> &'static str {
+        match self {
+            Direction::Read => "pread",
+            Direction::Write => "pwrite",
+        }
+    }
+}
+
 /// A `MAP_SHARED` read-write mapping registered with the revocation handler.
 #[derive(Debug)]
 pub(crate) struct Mapping {
@@ -161,59 +180,31 @@ impl Mapping {
         Ok(unsafe { self.start.as_ptr().add(offset) })
     }
 
-    /// `pread(fd, mapping[offset..offset + len], file_offset)`: the kernel writes into
-    /// the mapping (with `O_DIRECT`, by DMA from the device). Bounds checked by the caller.
-    pub(crate) fn pread(
+    /// One synchronous transfer between `fd` at `file_offset` and `mapping[offset..offset
+    /// + len]`: `pread` (the kernel writes into the mapping; with `O_DIRECT`, by DMA from
+    /// the device) or `pwrite` (the kernel reads from it). Bounds checked by the caller.
+    pub(crate) fn transfer(
         &mut self,
+        direction: Direction,
         fd: impl AsFd,
         file_offset: u64,
         offset: usize,
         len: usize,
     ) -> Result<Result<usize, std::io::Error>, Revoked> {
-        let dst = self.io_ptr(offset)?;
+        let at = self.io_ptr(offset)?.cast::<c_void>();
         let Ok(file_offset) = i64::try_from(file_offset) else {
             return Ok(Err(std::io::Error::from_raw_os_error(libc::EINVAL)));
         };
-        // SAFETY: `[dst, dst + len)` is inside our mapping (checked by the caller) and
+        let fd = fd.as_fd().as_raw_fd();
+        // SAFETY: `[at, at + len)` is inside our mapping (checked by the caller) and
         // `&mut self` keeps the mapping alive and unaliased until the synchronous call
         // returns; the kernel validates the range itself and fails with EFAULT if it is
-        // not mapped.
+        // not mapped. `pwrite` only reads the range.
         let n = unsafe {
-            libc::pread64(
-                fd.as_fd().as_raw_fd(),
-                dst.cast::<c_void>(),
-                len,
-                file_offset,
-            )
-        };
-        Ok(if n < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        })
-    }
-
-    /// `pwrite(fd, mapping[offset..offset + len], file_offset)`: the kernel reads from the
-    /// mapping. Bounds checked by the caller.
-    pub(crate) fn pwrite(
-        &mut self,
-        fd: impl AsFd,
-        file_offset: u64,
-        offset: usize,
-        len: usize,
-    ) -> Result<Result<usize, std::io::Error>, Revoked> {
-        let src = self.io_ptr(offset)?;
-        let Ok(file_offset) = i64::try_from(file_offset) else {
-            return Ok(Err(std::io::Error::from_raw_os_error(libc::EINVAL)));
-        };
-        // SAFETY: as in `pread`; the kernel only reads the range.
-        let n = unsafe {
-            libc::pwrite64(
-                fd.as_fd().as_raw_fd(),
-                src.cast::<c_void>(),
-                len,
-                file_offset,
-            )
+            match direction {
+                Direction::Read => libc::pread64(fd, at, len, file_offset),
+                Direction::Write => libc::pwrite64(fd, at, len, file_offset),
+            }
         };
         Ok(if n < 0 {
             Err(std::io::Error::last_os_error())
@@ -394,11 +385,13 @@ mod tests {
         let (_file, mut m) = file_mapping(1);
         let mut other = tempfile::tempfile().unwrap();
         other.write_all(b"0123456789").unwrap();
-        assert_eq!(m.pread(&other, 2, 10, 5).unwrap().unwrap(), 5);
+        let read = m.transfer(Direction::Read, &other, 2, 10, 5);
+        assert_eq!(read.unwrap().unwrap(), 5);
         let mut buf = [0u8; 5];
         m.read_into(10, &mut buf).unwrap();
         assert_eq!(&buf, b"23456");
-        assert_eq!(m.pwrite(&other, 0, 10, 5).unwrap().unwrap(), 5);
+        let written = m.transfer(Direction::Write, &other, 0, 10, 5);
+        assert_eq!(written.unwrap().unwrap(), 5);
         let contents = std::fs::read(format!("/proc/self/fd/{}", other.as_raw_fd())).unwrap();
         assert_eq!(&contents, b"2345656789");
     }

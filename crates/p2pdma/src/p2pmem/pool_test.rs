@@ -354,12 +354,10 @@ fn check_accounting(report: &PoolTestReport) -> Vec<String> {
     failures
 }
 
-/// Word `index` of buffer `seed`'s pattern (splitmix64: every word differs).
+/// Word `index` of buffer `seed`'s pattern: the first output of a generator seeded with
+/// both (wyrand mixes its seed, so every word differs), which reads at any offset.
 fn pattern_word(seed: u64, index: u64) -> u64 {
-    let mut z = (seed << 40 ^ index).wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    fastrand::Rng::with_seed(seed << 40 ^ index).u64(..)
 }
 
 const CHUNK: usize = 64 * 1024;

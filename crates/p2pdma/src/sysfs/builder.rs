@@ -328,6 +328,27 @@ impl SysfsBuilder {
         Ok(devno)
     }
 
+    /// Writes NVMe multipath head disk `head` (`nvme1n1`) of subsystem `subsys`
+    /// (`nvme-subsys1`) under `devices/virtual/nvme-subsystem`, with the subsystem's link
+    /// to its one path, controller `ctrl` (`nvme1`) of function `bdf`, added with
+    /// [`FunctionSpec::nvme_controller`]. Returns the head's `MAJ:MIN`.
+    pub fn nvme_multipath_head(
+        &mut self,
+        subsys: &str,
+        head: &str,
+        bdf: Bdf,
+        ctrl: &str,
+    ) -> io::Result<String> {
+        let subsys = Path::new("devices/virtual/nvme-subsystem").join(subsys);
+        let devno = self.block_device_at(&subsys.join(head), None)?;
+        let function = self.function_dir(bdf).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("{bdf} was not added"))
+        })?;
+        let target = up(4).join(function).join("nvme").join(ctrl);
+        symlink(target, &self.root.join(subsys).join(ctrl))?;
+        Ok(devno)
+    }
+
     /// The directory (relative to the root) of an added function.
     pub fn function_dir(&self, bdf: Bdf) -> Option<&Path> {
         self.dirs.get(&bdf).map(PathBuf::as_path)
