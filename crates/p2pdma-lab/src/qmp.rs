@@ -147,6 +147,18 @@ impl Qmp {
         }
     }
 
+    /// Presses Alt+SysRq+`key` on the guest's PS/2 keyboard: with `t`, the guest kernel
+    /// prints every task's state and stack to its console.
+    pub fn sysrq(&mut self, key: char) -> Result<(), QmpError> {
+        let qcode = |data: String| json!({ "type": "qcode", "data": data });
+        let keys = [
+            qcode("alt".into()),
+            qcode("sysrq".into()),
+            qcode(key.to_string()),
+        ];
+        self.execute("send-key", json!({ "keys": keys })).map(drop)
+    }
+
     /// Asks QEMU to unplug device `id` (the guest is notified through pciehp).
     pub fn device_del(&mut self, id: &str) -> Result<(), QmpError> {
         self.execute("device_del", json!({ "id": id })).map(drop)

@@ -66,15 +66,19 @@ pub enum VmError {
         /// Its last lines.
         tail: String,
     },
-    /// The command ran past its deadline; QEMU was killed.
-    #[error("the guest command did not finish within {seconds} s and was killed; serial log {log}:\n{tail}")]
+    /// The command ran past its deadline; QEMU was killed, after the guest kernel was
+    /// asked (SysRq t) where every task sleeps.
+    #[error("the guest command did not finish within {seconds} s and was killed; serial log {log}:\n{tail}\n{tasks}")]
     CommandTimeout {
         /// The deadline.
         seconds: u64,
         /// The console log.
         log: PathBuf,
-        /// Its last lines.
+        /// Its last lines before the task dump.
         tail: String,
+        /// The guest's processes (and any kernel thread in D state) with their kernel
+        /// stacks, from the task dump, or why there is none.
+        tasks: String,
     },
     /// The guest kernel panicked.
     #[error("the guest kernel panicked: {line}; serial log {log}:\n{tail}")]
@@ -364,6 +368,79 @@ fn last_lines(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Asks the guest kernel for a task dump (SysRq t through QMP), waits until the console
+/// log stops growing (at most 20 s), and returns the stacks of the guest's processes, and
+/// of any kernel thread in D state, from what the dump added to `serial_log`; or a line
+/// saying why there is no dump.
+fn dump_tasks(qmp: &mut Option<Qmp>, socket: &Path, serial_log: &Path) -> String {
+    let size = || fs::metadata(serial_log).map_or(0, |m| m.len());
+    let before = size();
+    if qmp.is_none() {
+        match Qmp::connect(socket, Instant::now() + Duration::from_secs(5)) {
+            Ok(q) => *qmp = Some(q),
+            Err(e) => return format!("no task dump: {e}"),
+        }
+    }
+    let session = qmp.as_mut().expect("connected above");
+    if let Err(e) = session.sysrq('t') {
+        return format!("no task dump: {e}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = before;
+    let mut still_since = Instant::now();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = size();
+        if now != last {
+            (last, still_since) = (now, Instant::now());
+        } else if now > before && still_since.elapsed() >= Duration::from_secs(2) {
+            break;
+        }
+    }
+    let text = fs::read(serial_log).unwrap_or_default();
+    let added = text.get(before as usize..).unwrap_or_default();
+    let stacks = process_stacks(&String::from_utf8_lossy(added));
+    if stacks.is_empty() {
+        "no task dump: the guest printed none after SysRq t (a kernel without CONFIG_MAGIC_SYSRQ, or a guest too busy to answer)".to_owned()
+    } else {
+        format!("where the guest's processes were sleeping (SysRq t; the whole dump is in the serial log):\n{stacks}")
+    }
+}
+
+/// From a SysRq t dump on the console: the `task:` lines and stacks of processes (not
+/// kernel threads, whose parent is kthreadd, pid 2), and of kernel threads in D state.
+fn process_stacks(dump: &str) -> String {
+    let mut out = Vec::new();
+    let mut keep = false;
+    for line in dump.lines() {
+        // "[  111.048160] task:p2pdma  state:S ... pid:533 ... ppid:75 ..."
+        let message = match line.find("] ") {
+            Some(i) if line.starts_with('[') => &line[i + 2..],
+            _ => line,
+        };
+        if let Some(header) = message.strip_prefix("task:") {
+            let field = |name: &str| {
+                header
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .map(str::to_owned)
+            };
+            let kernel_thread = field("ppid:").as_deref() == Some("2")
+                || matches!(field("pid:").as_deref(), Some("2") | Some("0"));
+            keep = !kernel_thread || field("state:").as_deref() == Some("D");
+        } else if !(message.starts_with(' ')
+            || message.starts_with("Call Trace:")
+            || message.starts_with("Workqueue:"))
+        {
+            keep = false;
+        }
+        if keep {
+            out.push(message);
+        }
+    }
+    out.join("\n")
+}
+
 fn panic_line(path: &Path) -> Option<String> {
     let text = fs::read(path).ok()?;
     let text = String::from_utf8_lossy(&text);
@@ -494,6 +571,9 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, VmError> {
         // kernel panics with "IO-APIC + timer doesn't work!" before userspace (seen at load
         // average 17-20); the emulated timer is fine, only the check's deadline is not.
         "no_timer_check".to_owned(),
+        // SysRq t (the task dump taken when a command times out) on every kernel: a
+        // distribution kernel's default mask leaves the dumps out.
+        "sysrq_always_enabled".to_owned(),
     ];
     cmdline.extend(req.topology.kernel_args());
     cmdline.extend(req.kernel_args.iter().cloned());
@@ -828,11 +908,14 @@ fn supervise(
             Some(booted)
                 if control.status.is_none() && now.duration_since(booted) > req.command_timeout =>
             {
+                let tail = tail();
+                let tasks = dump_tasks(&mut qmp, qmp_socket, &serial_log);
                 return Err(VmError::CommandTimeout {
                     seconds: req.command_timeout.as_secs(),
                     log: serial_log.clone(),
-                    tail: tail(),
-                })
+                    tail,
+                    tasks,
+                });
             }
             _ => {}
         }
@@ -1048,6 +1131,67 @@ mod tests {
         assert_eq!(c.status, Some(3));
         assert_eq!(c.fetched, [("/tmp/x".to_owned(), b"tar bytes".to_vec())]);
         assert!(c.done);
+    }
+
+    /// From a task dump (captured from a 7.2 guest where a copy sat in io_uring_enter),
+    /// the processes and their stacks are kept; idle kernel threads and the scheduler
+    /// statistics that follow the dump are not; a kernel thread in D state is.
+    #[test]
+    fn the_task_dump_keeps_processes_and_blocked_kernel_threads() {
+        let dump = "\
+[  110.748617] sysrq: Show State
+[  110.749226] task:init            state:S stack:0     pid:1     tgid:1     ppid:0      task_flags:0x400000 flags:0x00080000
+[  110.760769] Call Trace:
+[  110.761189]  <TASK>
+[  110.761917]  ? kernel_wait4+0xca/0x10a
+[  110.762355]  </TASK>
+[  110.762479] task:kthreadd        state:S stack:0     pid:2     tgid:2     ppid:0      task_flags:0x208040 flags:0x00080000
+[  110.762710] Call Trace:
+[  110.763007]  ? kthreadd+0x5b/0xfb
+[  111.045293] task:kworker/1:1H    state:I stack:0     pid:93    tgid:93    ppid:2      task_flags:0x4208060 flags:0x00080000
+[  111.045518] Workqueue:  0x0 (kblockd)
+[  111.045608] Call Trace:
+[  111.045861]  ? worker_thread+0x175/0x1ad
+[  111.046537]  </TASK>
+[  111.046585] task:kworker/0:2     state:D stack:0     pid:105   tgid:105   ppid:2      task_flags:0x4208060 flags:0x00080000
+[  111.046943] Workqueue: events nvme_reset_work
+[  111.047028] Call Trace:
+[  111.047375]  ? blk_mq_freeze_queue_wait+0x1/0x2
+[  111.048004]  </TASK>
+[  111.048160] task:p2pdma          state:S stack:0     pid:533   tgid:533   ppid:75     task_flags:0x400100 flags:0x00080000
+[  111.048382] Call Trace:
+[  111.048437]  <TASK>
+[  111.048661]  ? io_cqring_wait+0x3ca/0x503
+[  111.048830]  ? __x64_sys_io_uring_enter+0x5d2/0x5fd
+[  111.049114]  </TASK>
+[  111.049319] Sched Debug Version: v0.11, 7.2.13 #1
+[  111.049484] ktime                                   : 111068.573711
+[  111.050756]   .nr_running                    : 0
+";
+        let kept = process_stacks(dump);
+        for wanted in [
+            "task:init ",
+            "kernel_wait4",
+            "task:p2pdma ",
+            "io_cqring_wait",
+            "__x64_sys_io_uring_enter",
+            "task:kworker/0:2 ",
+            "blk_mq_freeze_queue_wait",
+        ] {
+            assert!(kept.contains(wanted), "{wanted} missing from:\n{kept}");
+        }
+        for unwanted in [
+            "kthreadd",
+            "kworker/1:1H",
+            "worker_thread",
+            "Sched Debug",
+            ".nr_running",
+            "sysrq: Show State",
+            "[  111.",
+        ] {
+            assert!(!kept.contains(unwanted), "{unwanted} kept in:\n{kept}");
+        }
+        assert_eq!(process_stacks("no dump here\n"), "");
     }
 
     #[test]

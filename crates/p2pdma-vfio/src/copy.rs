@@ -194,13 +194,15 @@ impl Session {
                 Ok(_) => written.push((spec.offset, spec.offset + spec.length)),
                 Err(
                     EngineError::Stopped { written: w, .. }
-                    | EngineError::RingFailed { written: w, .. },
+                    | EngineError::RingFailed { written: w, .. }
+                    | EngineError::Stalled { written: w, .. },
                 ) if watch.reason.is_some() => {
                     written.extend(w.ranges.ranges().iter().map(|r| (r.start, r.end)));
                 }
                 Err(e) => {
                     if let EngineError::Stopped { written: w, .. }
-                    | EngineError::RingFailed { written: w, .. } = &e
+                    | EngineError::RingFailed { written: w, .. }
+                    | EngineError::Stalled { written: w, .. } = &e
                     {
                         written.extend(w.ranges.ranges().iter().map(|r| (r.start, r.end)));
                     }

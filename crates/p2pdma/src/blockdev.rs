@@ -133,6 +133,25 @@ pub struct MountEntry {
 }
 
 impl BlockDevice {
+    /// The largest request the block layer passes on whole, in bytes: the soft limit
+    /// `<root>/class/block/<disk>/queue/max_sectors_kb` (a partition's is its disk's), or
+    /// [`BlockDevice::max_hw_sectors_kb`] when that cannot be read. An O_DIRECT request
+    /// larger than this is split, which io_uring's non-blocking first attempt does not do
+    /// (it hands the request to a worker thread instead).
+    pub fn max_request_bytes(&self, sysfs: &SysfsRoot) -> u64 {
+        let dir = sysfs.class_block(&self.name);
+        let queue = if self.partition_start_bytes.is_some() {
+            dir.join("../queue")
+        } else {
+            dir.join("queue")
+        };
+        let soft = std::fs::read_to_string(queue.join("max_sectors_kb"))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        soft.unwrap_or(u64::from(self.max_hw_sectors_kb))
+            .saturating_mul(1024)
+    }
+
     /// Reads the facts of block device `name` (`nvme0n1`, `nvme0n1p1`) under the sysfs
     /// root `sysfs` (normally `/sys`), from `<root>/class/block/<name>/`.
     pub fn read(sysfs: &SysfsRoot, name: &str) -> Result<BlockDevice, BlockdevError> {
@@ -448,6 +467,19 @@ garbage line without separator
             vec![("nvme0n1p1".to_owned(), "dm-0".to_owned())]
         );
         assert_eq!(disk.partition_start_bytes, None);
+        let sysfs = SysfsRoot::new(root.path());
+        assert_eq!(
+            disk.max_request_bytes(&sysfs),
+            128 << 10,
+            "without max_sectors_kb, the hardware limit"
+        );
+        write(
+            &root.path().join("class/block/nvme0n1/queue/max_sectors_kb"),
+            "64\n",
+        );
+        assert_eq!(disk.max_request_bytes(&sysfs), 64 << 10);
+        let part = BlockDevice::read(&sysfs, "nvme0n1p1").unwrap();
+        assert_eq!(part.max_request_bytes(&sysfs), 64 << 10, "the disk's queue");
     }
 
     #[test]

@@ -111,6 +111,13 @@ pub struct CopyArgs {
     /// the provider to copy through.
     #[arg(long, value_name = "N", default_value_t = 2, requires = "provider")]
     pub provider_bar: u32,
+    /// Give up when no read or write completes for this many seconds: the copy (or the
+    /// verification) fails naming the requests in flight, with the written ranges. The
+    /// default is well above the NVMe driver's own 30 s command timeout, so it only fires
+    /// when a request was lost for good. (--via vfio has its own command deadlines.)
+    #[arg(long, value_name = "SECONDS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub io_timeout: u64,
 }
 
 /// One half of a copy, for `--only`.
@@ -149,6 +156,7 @@ pub fn run(args: CopyArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         verify: args.verify,
         sysfs: globals.sysfs.clone(),
         kernel_release: globals.kernel_release.clone(),
+        io_timeout: std::time::Duration::from_secs(args.io_timeout),
     };
 
     if args.dry_run {

@@ -358,6 +358,17 @@ fn a_hanging_command_is_killed_at_its_deadline() {
     assert_eq!(out.status, Some(125));
     let err = &out.stderr;
     assert!(err.contains("did not finish within 3 s"), "{err}");
+    // Before QEMU is killed the guest kernel says where every process sleeps: the
+    // command, asleep in nanosleep.
+    assert!(
+        err.contains("where the guest's processes were sleeping"),
+        "{err}"
+    );
+    let sleep = err
+        .split("task:")
+        .find(|t| t.starts_with("sleep "))
+        .unwrap_or_else(|| panic!("no stack of the sleeping command: {err}"));
+    assert!(sleep.contains("nanosleep"), "{sleep}");
     assert!(started.elapsed().as_secs() < 120, "the lab itself hung");
 }
 

@@ -196,10 +196,10 @@ pub fn run_job<R: IoRegion>(
             break;
         }
         completions.clear();
-        if let Err(source) = ring.submit_and_wait(&mut completions) {
+        if let Err(e) = ring.submit_and_wait(&mut completions) {
             return Err(BenchError::RingFailed {
                 path: path.to_owned(),
-                source,
+                source: e.into(),
             });
         }
         let now = Instant::now();

@@ -877,7 +877,10 @@ fn copy_passes<R: IoRegion>(
                 if let EngineError::Stopped { written, .. } = &source {
                     bytes += written.ranges.total();
                 }
-                if matches!(source, EngineError::RingFailed { .. }) {
+                if matches!(
+                    source,
+                    EngineError::RingFailed { .. } | EngineError::Stalled { .. }
+                ) {
                     // Requests may still be in flight into these buffers: never free them.
                     std::mem::forget(buffers);
                 }

@@ -29,7 +29,7 @@ use serde::Serialize;
 
 pub use super::backend::IoRegion;
 use super::backend::{DmaBuffer, IoBackend, Target};
-use super::pipeline::Pipeline;
+use super::pipeline::{Pipeline, ReapError, DEFAULT_IO_TIMEOUT};
 use super::plan::{Chunk, CopyPlan, HumanBytes, RangeSet};
 use super::uring::UringBackend;
 
@@ -193,6 +193,76 @@ impl fmt::Display for Written {
     }
 }
 
+/// A request that was in flight when the copy stopped waiting for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StuckRequest {
+    /// Read or write.
+    pub op: Op,
+    /// The file or device.
+    pub path: PathBuf,
+    /// Byte offset in that file or device.
+    pub offset: u64,
+    /// Bytes asked for.
+    pub len: u64,
+}
+
+impl StuckRequest {
+    /// The request `request` of a pipeline over `names` (source, destination).
+    pub fn of(request: &super::backend::IoRequest, names: [&Path; 2]) -> StuckRequest {
+        StuckRequest {
+            op: request.op,
+            path: names[request.target as usize].to_owned(),
+            offset: request.offset,
+            len: u64::from(request.len),
+        }
+    }
+}
+
+impl fmt::Display for StuckRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} of {} bytes at offset {} of {}",
+            self.op,
+            self.len,
+            self.offset,
+            self.path.display()
+        )
+    }
+}
+
+/// A list of stuck requests, comma-separated.
+pub(crate) struct StuckList<'a>(pub(crate) &'a [StuckRequest]);
+
+impl fmt::Display for StuckList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{r}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What writes still in flight mean for the written-range report.
+fn pending_writes_note(in_flight: &[StuckRequest]) -> String {
+    let writes: Vec<String> = in_flight
+        .iter()
+        .filter(|r| r.op == Op::Write)
+        .map(|r| format!("{}..{}", r.offset, r.offset + r.len))
+        .collect();
+    if writes.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", except the range(s) of the writes still in flight, which may yet land: {}",
+            writes.join(", ")
+        )
+    }
+}
+
 /// Why the engine stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -230,6 +300,18 @@ pub enum EngineError {
         /// The backend's error.
         #[source]
         source: io::Error,
+    },
+    /// No request completed within the I/O timeout: the device, its driver or the kernel
+    /// lost them. Nothing more was submitted; the requests may still complete later, so the
+    /// buffers were leaked rather than freed under the device's feet.
+    #[error("no I/O completed for {:.1} s with {} request(s) in flight: {}; the copy was abandoned ({written}{}; buffers leaked to stay safe); check the kernel log (dmesg) for NVMe timeouts or resets, and if the device is only slow, allow more time with --io-timeout", .waited.as_secs_f64(), .in_flight.len(), StuckList(.in_flight), pending_writes_note(.in_flight))]
+    Stalled {
+        /// How long the last wait lasted without any completion.
+        waited: Duration,
+        /// The requests that never completed.
+        in_flight: Vec<StuckRequest>,
+        /// What reached the destination (completed writes only).
+        written: Written,
     },
     /// The backend itself (for io_uring, `io_uring_enter`) failed with requests in flight.
     /// The buffers were leaked rather than freed under the device's feet.
@@ -390,7 +472,32 @@ pub fn run_one_way<R: IoRegion>(
     buffers: Vec<R>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<EngineReport, EngineError> {
-    run_with_ring(direction, src, dst, plan, buffers, progress, None)
+    run_with_ring(
+        direction,
+        src,
+        dst,
+        plan,
+        buffers,
+        progress,
+        None,
+        DEFAULT_IO_TIMEOUT,
+    )
+}
+
+/// [`run_one_way`] whose waits give up after `io_timeout` without any completion
+/// ([`EngineError::Stalled`]).
+pub fn run_one_way_within(
+    direction: Direction,
+    src: Endpoint<'_>,
+    dst: Endpoint<'_>,
+    plan: &CopyPlan,
+    buffers: Vec<impl IoRegion>,
+    io_timeout: Duration,
+    progress: &mut dyn FnMut(u64),
+) -> Result<EngineReport, EngineError> {
+    run_with_ring(
+        direction, src, dst, plan, buffers, progress, None, io_timeout,
+    )
 }
 
 /// Buffers the engine uses at most for `direction` at `plan`'s depth.
@@ -401,7 +508,8 @@ pub fn buffers_wanted(direction: Direction, plan: &CopyPlan) -> usize {
 }
 
 /// [`run_one_way`] with the ring's submission queue size chosen by the caller (tests use a
-/// queue smaller than the requests in flight).
+/// queue smaller than the requests in flight) and the I/O timeout.
+#[allow(clippy::too_many_arguments)]
 fn run_with_ring<R: IoRegion>(
     direction: Direction,
     src: Endpoint<'_>,
@@ -410,6 +518,7 @@ fn run_with_ring<R: IoRegion>(
     buffers: Vec<R>,
     progress: &mut dyn FnMut(u64),
     sq_entries: Option<u32>,
+    io_timeout: Duration,
 ) -> Result<EngineReport, EngineError> {
     let slots = slots_for(direction, plan, &buffers)?;
     let entries = sq_entries.unwrap_or((slots as u32).next_power_of_two());
@@ -419,12 +528,13 @@ fn run_with_ring<R: IoRegion>(
         Direction::ReadOnly => None,
         Direction::Copy | Direction::WriteOnly => preallocate(dst.file, plan),
     };
-    let result = run_pipeline(
+    let result = run_pipeline_within(
         direction,
         backend,
         [src.path, dst.path],
         plan,
         buffers,
+        io_timeout,
         progress,
     );
     if let (Err(EngineError::Stopped { written, .. }), Some(old_len)) = (&result, grown_from) {
@@ -470,12 +580,35 @@ pub fn run_pipeline<B: IoBackend>(
     buffers: Vec<B::Buffer>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<EngineReport, EngineError> {
+    run_pipeline_within(
+        direction,
+        backend,
+        names,
+        plan,
+        buffers,
+        DEFAULT_IO_TIMEOUT,
+        progress,
+    )
+}
+
+/// [`run_pipeline`] whose waits give up after `io_timeout` without any completion
+/// ([`EngineError::Stalled`], naming the requests in flight).
+pub fn run_pipeline_within<B: IoBackend>(
+    direction: Direction,
+    backend: B,
+    names: [&Path; 2],
+    plan: &CopyPlan,
+    buffers: Vec<B::Buffer>,
+    io_timeout: Duration,
+    progress: &mut dyn FnMut(u64),
+) -> Result<EngineReport, EngineError> {
     let depth = plan.queue_depth.max(1) as usize;
     let slots = slots_for(direction, plan, &buffers)?;
     let mut buffers = buffers;
     buffers.truncate(slots);
-    let mut pipeline =
-        Pipeline::new(backend, buffers).map_err(|source| EngineError::Register { source })?;
+    let mut pipeline = Pipeline::new(backend, buffers)
+        .map_err(|source| EngineError::Register { source })?
+        .with_io_timeout(io_timeout);
 
     let mut written = Written {
         path: names[1].to_owned(),
@@ -547,15 +680,32 @@ pub fn run_pipeline<B: IoBackend>(
             break;
         }
         completions.clear();
-        if let Err(source) = pipeline.submit_and_wait(&mut completions) {
-            let in_flight = pipeline.in_flight();
-            // Whatever is still queued never reaches the device.
-            pipeline.stop();
-            return Err(EngineError::RingFailed {
-                in_flight,
-                written,
-                source,
-            });
+        match pipeline.submit_and_wait(&mut completions) {
+            Ok(()) => {}
+            Err(ReapError::Backend(source)) => {
+                let in_flight = pipeline.in_flight();
+                // Whatever is still queued never reaches the device.
+                pipeline.stop();
+                return Err(EngineError::RingFailed {
+                    in_flight,
+                    written,
+                    source,
+                });
+            }
+            Err(ReapError::Stalled(stall)) => {
+                // Whatever is still queued never reaches the device; dropping the pipeline
+                // leaks the buffers the stuck requests name.
+                pipeline.stop();
+                return Err(EngineError::Stalled {
+                    waited: stall.waited,
+                    in_flight: stall
+                        .requests
+                        .iter()
+                        .map(|r| StuckRequest::of(r, names))
+                        .collect(),
+                    written,
+                });
+            }
         }
         for completion in completions.drain(..) {
             let slot = completion.tag as usize;
@@ -1084,6 +1234,7 @@ mod tests {
             buffers,
             &mut |_| {},
             Some(1),
+            DEFAULT_IO_TIMEOUT,
         )
         .unwrap();
         assert_eq!(
@@ -1198,6 +1349,150 @@ mod tests {
         }
     }
 
+    /// Offset 0 on both sides, `len` bytes in chunks of `chunk`, depth 1 (two slots).
+    fn raw_plan(len: u64, chunk: u64) -> CopyPlan {
+        CopyPlan {
+            src_offset: 0,
+            dst_offset: 0,
+            length: len,
+            chunk_size: chunk,
+            queue_depth: 1,
+            block_size: 512,
+            grows_destination: false,
+        }
+    }
+
+    fn host_buffers(n: usize, len: usize) -> Vec<HostBuffer> {
+        (0..n).map(|_| HostBuffer::new(len).unwrap()).collect()
+    }
+
+    /// The hang seen once in a CI rehearsal on Linux 7.2 (a copy asleep in io_uring_enter
+    /// for 600 s): with real io_uring, a read that never completes (an empty pipe whose
+    /// writer stays open) now fails the copy after the I/O timeout, naming the read,
+    /// instead of leaving the process asleep for good.
+    #[test]
+    fn a_read_that_never_completes_fails_after_the_io_timeout_naming_it() {
+        let (reader, _writer) = std::io::pipe().unwrap();
+        let src = File::from(std::os::fd::OwnedFd::from(reader));
+        let dir = tempfile::tempdir().unwrap();
+        let dst_path = dir.path().join("dst");
+        std::fs::write(&dst_path, pattern(8192, 5)).unwrap();
+        let dst = OpenOptions::new().write(true).open(&dst_path).unwrap();
+        let src_path = Path::new("/the/source/pipe");
+        let timeout = Duration::from_millis(200);
+        let err = run_one_way_within(
+            Direction::Copy,
+            Endpoint {
+                file: &src,
+                path: src_path,
+            },
+            Endpoint {
+                file: &dst,
+                path: &dst_path,
+            },
+            &raw_plan(8192, 4096),
+            host_buffers(2, 4096),
+            timeout,
+            &mut |_| panic!("nothing was written"),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        let EngineError::Stalled {
+            waited,
+            in_flight,
+            written,
+        } = err
+        else {
+            panic!("expected Stalled, got {err:?}");
+        };
+        assert!(waited >= timeout, "gave up after {waited:?}");
+        assert_eq!(
+            in_flight,
+            vec![StuckRequest {
+                op: Op::Read,
+                path: src_path.to_owned(),
+                offset: 0,
+                len: 4096,
+            }]
+        );
+        assert_eq!(written.ranges.total(), 0);
+        assert!(
+            text.contains("read of 4096 bytes at offset 0 of /the/source/pipe"),
+            "{text}"
+        );
+        assert!(text.contains("--io-timeout"), "{text}");
+        assert!(
+            !text.contains("may yet land"),
+            "no write was in flight: {text}"
+        );
+        assert_eq!(std::fs::read(&dst_path).unwrap(), pattern(8192, 5));
+    }
+
+    /// With real io_uring, a write that never completes (a one-page pipe nobody reads,
+    /// already filled by the first chunk) stops the copy after the I/O timeout; the
+    /// written-range report holds exactly the write that completed, the stuck write is
+    /// named, and what the destination took is the source's first chunk.
+    #[test]
+    fn a_write_that_never_completes_stops_the_copy_with_the_exact_written_range() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+
+        let dir = tempfile::tempdir().unwrap();
+        let src_path = dir.path().join("src");
+        let data = pattern(16384, 77);
+        std::fs::write(&src_path, &data).unwrap();
+        let src = File::open(&src_path).unwrap();
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        // SAFETY: F_SETPIPE_SZ on a pipe this test owns; no memory is passed.
+        let size = unsafe { libc::fcntl(writer.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+        assert_eq!(size, 4096, "a one-page pipe");
+        let dst = File::from(std::os::fd::OwnedFd::from(writer));
+        let dst_path = Path::new("/the/destination/pipe");
+        let err = run_one_way_within(
+            Direction::Copy,
+            Endpoint {
+                file: &src,
+                path: &src_path,
+            },
+            Endpoint {
+                file: &dst,
+                path: dst_path,
+            },
+            &raw_plan(16384, 4096),
+            host_buffers(2, 4096),
+            Duration::from_millis(200),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        let EngineError::Stalled {
+            in_flight, written, ..
+        } = err
+        else {
+            panic!("expected Stalled, got {err:?}");
+        };
+        let mut first_chunk = RangeSet::default();
+        first_chunk.insert(0..4096);
+        assert_eq!(written.ranges, first_chunk);
+        assert_eq!(
+            in_flight,
+            vec![StuckRequest {
+                op: Op::Write,
+                path: dst_path.to_owned(),
+                offset: 4096,
+                len: 4096,
+            }]
+        );
+        assert!(
+            text.contains("4 KiB of /the/destination/pipe written"),
+            "{text}"
+        );
+        assert!(text.contains("may yet land: 4096..8192"), "{text}");
+        let mut landed = vec![0u8; 4096];
+        reader.read_exact(&mut landed).unwrap();
+        assert_eq!(landed, data[..4096]);
+    }
+
     #[test]
     fn errno_meanings() {
         // (errno, through device memory, buffer still live, meaning)
@@ -1260,6 +1555,17 @@ mod tests {
             device: bool,
             setup: impl FnOnce(FakeBackend) -> FakeBackend,
         ) -> Run {
+            go_within(plan, seed, buffers, device, DEFAULT_IO_TIMEOUT, setup)
+        }
+
+        fn go_within(
+            plan: &CopyPlan,
+            seed: u64,
+            buffers: usize,
+            device: bool,
+            io_timeout: Duration,
+            setup: impl FnOnce(FakeBackend) -> FakeBackend,
+        ) -> Run {
             let src = pattern(SRC_LEN, seed + 100);
             let dst_before = pattern(SRC_LEN, seed + 200);
             let backend = setup(FakeBackend::new(src.clone(), dst_before.clone(), seed, 64));
@@ -1270,10 +1576,18 @@ mod tests {
                 .collect();
             let names = [Path::new("/fake/src"), Path::new("/fake/dst")];
             let mut last = 0;
-            let result = run_pipeline(Direction::Copy, backend, names, plan, bufs, &mut |n| {
-                assert!(n > last, "progress only grows");
-                last = n;
-            });
+            let result = run_pipeline_within(
+                Direction::Copy,
+                backend,
+                names,
+                plan,
+                bufs,
+                io_timeout,
+                &mut |n| {
+                    assert!(n > last, "progress only grows");
+                    last = n;
+                },
+            );
             let log = log.lock().unwrap();
             let files = files.lock().unwrap().clone();
             Run {
@@ -1443,6 +1757,73 @@ mod tests {
             };
             assert!(in_flight > 0);
             assert_eq!(run.drops, 0, "no buffer may be freed with I/O in flight");
+        }
+
+        /// A request that never completes (a lost completion) no longer means a process
+        /// asleep for good: after the I/O timeout the copy stops, names the request, reports
+        /// exactly the writes that completed (and the stuck write's range as unknown), and
+        /// leaks the buffers, since the request may still complete into one.
+        #[test]
+        fn a_request_that_never_completes_stalls_the_copy_naming_it_and_leaks_the_buffers() {
+            let plan = fake_plan(16 * 32768, 32768, 4);
+            let stuck_at = 4096 + 5 * 32768;
+            let timeout = Duration::from_millis(30);
+            for seed in 1..8 {
+                let run = go_within(&plan, seed, 8, false, timeout, |b| {
+                    b.fault(Op::Write, stuck_at, Fault::Never)
+                });
+                let Err(err) = run.result else {
+                    panic!("seed {seed}: a copy with a lost write succeeded");
+                };
+                let text = err.to_string();
+                let EngineError::Stalled {
+                    waited,
+                    in_flight,
+                    written,
+                } = err
+                else {
+                    panic!("seed {seed}: expected Stalled, got {err:?}");
+                };
+                assert!(waited >= timeout, "seed {seed}: gave up after {waited:?}");
+                assert_eq!(
+                    in_flight,
+                    vec![StuckRequest {
+                        op: Op::Write,
+                        path: "/fake/dst".into(),
+                        offset: stuck_at,
+                        len: 32768,
+                    }],
+                    "seed {seed}"
+                );
+                let mut expected = RangeSet::default();
+                for e in &run.events {
+                    if let Event::Completed(r, Ok(n)) = e {
+                        if r.op == Op::Write {
+                            expected.insert(r.offset..r.offset + *n as u64);
+                        }
+                    }
+                }
+                assert_eq!(written.ranges, expected, "seed {seed}");
+                assert_eq!(
+                    written.ranges.total(),
+                    plan.length - 32768,
+                    "seed {seed}: every other chunk landed"
+                );
+                assert!(
+                    text.contains(&format!(
+                        "write of 32768 bytes at offset {stuck_at} of /fake/dst"
+                    )),
+                    "{text}"
+                );
+                assert!(
+                    text.contains(&format!("may yet land: {stuck_at}..{}", stuck_at + 32768)),
+                    "{text}"
+                );
+                assert_eq!(
+                    run.drops, 0,
+                    "seed {seed}: a buffer was freed under a lost request"
+                );
+            }
         }
 
         /// A backend that never takes a request, even with nothing in flight, is an

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use super::backend::{Completion, DmaBuffer, IoBackend, IoRequest, Reap, Target};
 use super::engine::Op;
@@ -76,6 +77,8 @@ pub(crate) enum Fault {
     /// The buffer's memory goes away (its provider was unbound): EFAULT, and the buffer
     /// reads as not live from now on.
     Revoke,
+    /// The request never completes (a completion the device or kernel lost).
+    Never,
 }
 
 /// One event the fake saw.
@@ -146,6 +149,15 @@ impl FakeBackend {
     pub(crate) fn fail_reaps_from(mut self, n: usize) -> Self {
         self.fail_reap_from = Some(n);
         self
+    }
+
+    /// The request was faulted with [`Fault::Never`].
+    fn never_completes(&self, p: &Pending) -> bool {
+        let r = &p.request;
+        matches!(
+            self.faults.get(&(r.op as usize, r.offset)),
+            Some(Fault::Never)
+        )
     }
 
     fn complete(&mut self, p: Pending) -> Completion {
@@ -226,10 +238,21 @@ impl IoBackend for FakeBackend {
         if self.device.is_empty() || wait == Reap::NoWait {
             return Ok(());
         }
-        // Complete a random number of the requests in flight, in random order.
+        if self.device.iter().all(|p| self.never_completes(p)) {
+            if let Reap::Until(deadline) = wait {
+                // Nothing will ever complete: sleep to the deadline, as a ring would.
+                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+            }
+            return Ok(());
+        }
+        // Complete a random number of the requests in flight, in random order (a request
+        // faulted with `Never` stays where it is when picked).
         let count = self.rng.usize(1..=self.device.len());
         for _ in 0..count {
             let at = self.rng.usize(..self.device.len());
+            if self.never_completes(&self.device[at]) {
+                continue;
+            }
             let p = self.device.swap_remove(at);
             out.push(self.complete(p));
         }

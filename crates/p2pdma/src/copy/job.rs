@@ -48,6 +48,9 @@ pub struct CopyJob {
     pub sysfs: SysfsRoot,
     /// Judge the pair by this kernel release's rules instead of the running kernel's.
     pub kernel_release: Option<String>,
+    /// Give up when no request completes for this long (the copy and the verification
+    /// each fail with a `Stalled` error naming the requests in flight).
+    pub io_timeout: Duration,
 }
 
 /// A checked copy: everything [`run`] needs, decided before anything is touched.
@@ -355,12 +358,24 @@ pub fn execute(
     observer.phase_started(Phase::Copy, plan.length);
     let mut progress = |n| observer.progress(n);
     let result = match buffers {
-        Buffers::Device(b) => {
-            engine::run_one_way(direction, src_end, dst_end, &plan, b, &mut progress)
-        }
-        Buffers::Host(b) => {
-            engine::run_one_way(direction, src_end, dst_end, &plan, b, &mut progress)
-        }
+        Buffers::Device(b) => engine::run_one_way_within(
+            direction,
+            src_end,
+            dst_end,
+            &plan,
+            b,
+            job.io_timeout,
+            &mut progress,
+        ),
+        Buffers::Host(b) => engine::run_one_way_within(
+            direction,
+            src_end,
+            dst_end,
+            &plan,
+            b,
+            job.io_timeout,
+            &mut progress,
+        ),
     };
     observer.phase_ended(Phase::Copy);
     let report = match result {
@@ -393,7 +408,22 @@ pub fn execute(
     let verification = if job.verify {
         observer.phase_started(Phase::Verify, plan.length);
         let started = Instant::now();
-        let v = verify::verify(src_end, dst_end, &plan, &mut |n| observer.progress(n));
+        // Reads both devices take whole stay on the submitting thread (see
+        // VerifyShape::within).
+        let max_request = [&prepared.src, &prepared.dst]
+            .iter()
+            .filter_map(|side| side.block_device.as_ref())
+            .map(|d| d.max_request_bytes(&job.sysfs))
+            .filter(|&bytes| bytes > 0)
+            .min();
+        let v = verify::verify_within(
+            src_end,
+            dst_end,
+            &plan,
+            max_request,
+            job.io_timeout,
+            &mut |n| observer.progress(n),
+        );
         observer.phase_ended(Phase::Verify);
         Some((v?, started.elapsed()))
     } else {
@@ -489,9 +519,11 @@ fn advice(err: &EngineError, route: &Route, plan: &CopyPlan, dst_kind: EndpointK
         EngineError::Ring { .. } => {
             "io_uring is unavailable (Linux >= 5.6 with io_uring enabled; check /proc/sys/kernel/io_uring_disabled)".into()
         }
+        // The stall's own text says what to check and how to allow more time.
         EngineError::BadBuffers { .. }
         | EngineError::Register { .. }
-        | EngineError::RingFailed { .. } => String::new(),
+        | EngineError::RingFailed { .. }
+        | EngineError::Stalled { .. } => String::new(),
     }
 }
 
@@ -666,6 +698,7 @@ mod tests {
             verify: true,
             sysfs: SysfsRoot::new(dir.path().join("no-sysfs")),
             kernel_release: None,
+            io_timeout: crate::copy::pipeline::DEFAULT_IO_TIMEOUT,
         };
         let err = run(&job, &mut ()).unwrap_err();
         assert!(matches!(err, CopyError::Plan(_)), "{err:?}");

@@ -6,14 +6,59 @@
 //! request names it. Once [`Pipeline::stop`] was called nothing queued is ever submitted,
 //! not even by the drain on drop: a stopped pipeline only waits for what the device
 //! already took. Dropping it reaps every request the device took before the buffers go;
-//! if that is impossible (the backend failed) the buffers are leaked.
+//! if that is impossible (the backend failed, or the requests never complete) the buffers
+//! are leaked.
+//!
+//! Every wait is bounded: [`Pipeline::submit_and_wait`] gives up when no completion arrives
+//! for the pipeline's I/O timeout ([`DEFAULT_IO_TIMEOUT`] unless set), returning
+//! [`ReapError::Stalled`] with the requests still in flight, so a request that never
+//! completes (a lost completion, a device that stopped answering without the driver
+//! noticing) becomes an error naming it instead of a process asleep in `io_uring_enter`.
 #![allow(unsafe_code)]
 
 use std::collections::VecDeque;
 use std::io;
+use std::time::{Duration, Instant};
 
 use super::backend::{Completion, DmaBuffer, IoBackend, IoRequest, Reap, Target};
 use super::engine::Op;
+
+/// How long a wait may go without any completion before the pipeline gives up: well above
+/// the Linux NVMe driver's 30 s I/O timeout (after which the driver aborts, resets and
+/// retries the command itself, and logs it), so only a request the kernel lost for good
+/// reaches it.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// No completion arrived for `waited` while `requests` were in flight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stall {
+    /// How long the last wait lasted without any completion.
+    pub waited: Duration,
+    /// The requests handed to the backend and not completed, in slot order.
+    pub requests: Vec<IoRequest>,
+}
+
+/// Why [`Pipeline::reap`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReapError {
+    /// The backend itself failed (for io_uring, `io_uring_enter`): what was in flight may
+    /// still be running.
+    #[error("the I/O backend failed")]
+    Backend(#[source] io::Error),
+    /// Nothing completed within the I/O timeout. The requests stay in flight: the
+    /// pipeline never waits for them again and leaks its buffers when dropped.
+    #[error("no I/O request completed within {:.1} s ({} in flight)", .0.waited.as_secs_f64(), .0.requests.len())]
+    Stalled(Stall),
+}
+
+impl From<ReapError> for io::Error {
+    fn from(e: ReapError) -> io::Error {
+        match e {
+            ReapError::Backend(e) => e,
+            stalled @ ReapError::Stalled(_) => io::Error::new(io::ErrorKind::TimedOut, stalled),
+        }
+    }
+}
 
 /// A backend, its buffers, and the requests between them.
 pub struct Pipeline<B: IoBackend> {
@@ -21,13 +66,17 @@ pub struct Pipeline<B: IoBackend> {
     // first.
     backend: B,
     buffers: Option<Vec<B::Buffer>>,
-    /// The direction of the request queued or in flight on each slot.
-    busy: Vec<Option<Op>>,
+    /// The request queued or in flight on each slot.
+    busy: Vec<Option<IoRequest>>,
     /// Queued requests the backend has not taken yet.
     backlog: VecDeque<IoRequest>,
     stopped: bool,
     /// Requests handed to the backend (and not taken back), by direction.
     submitted: [u64; 2],
+    /// A blocking wait gives up after this long without a completion.
+    io_timeout: Duration,
+    /// A wait timed out: requests may never complete, so drop does not wait for them.
+    stalled: bool,
 }
 
 impl<B: IoBackend> Pipeline<B> {
@@ -44,7 +93,16 @@ impl<B: IoBackend> Pipeline<B> {
             backlog: VecDeque::new(),
             stopped: false,
             submitted: [0; 2],
+            io_timeout: DEFAULT_IO_TIMEOUT,
+            stalled: false,
         })
+    }
+
+    /// The same pipeline, whose blocking waits give up after `io_timeout` without a
+    /// completion ([`ReapError::Stalled`]).
+    pub fn with_io_timeout(mut self, io_timeout: Duration) -> Self {
+        self.io_timeout = io_timeout;
+        self
     }
 
     fn buffers(&self) -> &[B::Buffer] {
@@ -120,8 +178,7 @@ impl<B: IoBackend> Pipeline<B> {
             self.busy[slot].is_none(),
             "slot {slot} already has a request"
         );
-        self.busy[slot] = Some(op);
-        self.backlog.push_back(IoRequest {
+        let request = IoRequest {
             op,
             target,
             buffer: slot,
@@ -129,7 +186,9 @@ impl<B: IoBackend> Pipeline<B> {
             len,
             offset,
             tag: slot as u64,
-        });
+        };
+        self.busy[slot] = Some(request);
+        self.backlog.push_back(request);
     }
 
     /// Moves queued requests to the backend while it has room.
@@ -157,29 +216,65 @@ impl<B: IoBackend> Pipeline<B> {
 
     /// Hands everything queued to the backend (unless stopped) and waits for at least one
     /// completion if anything is in flight; appends the reaped completions to `out`. The
-    /// slots of the completions are free again.
-    pub fn submit_and_wait(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
+    /// slots of the completions are free again. Gives up with [`ReapError::Stalled`] when
+    /// nothing completes within the I/O timeout.
+    pub fn submit_and_wait(&mut self, out: &mut Vec<Completion>) -> Result<(), ReapError> {
         self.reap(Reap::Wait, out)
     }
 
-    /// [`Pipeline::submit_and_wait`] with the wait chosen by the caller.
-    pub fn reap(&mut self, wait: Reap, out: &mut Vec<Completion>) -> io::Result<()> {
+    /// [`Pipeline::submit_and_wait`] with the wait chosen by the caller. `Reap::Wait` is
+    /// bounded by the I/O timeout; `Reap::Until` by its own deadline (returning no
+    /// completions when it passes is not an error).
+    pub fn reap(&mut self, wait: Reap, out: &mut Vec<Completion>) -> Result<(), ReapError> {
         if !self.stopped {
             self.fill();
             let in_backend = self.busy.iter().filter(|b| b.is_some()).count() - self.backlog.len();
             if in_backend == 0 && !self.backlog.is_empty() {
                 // Nothing would ever make room: fail instead of spinning.
-                return Err(io::Error::other(
+                return Err(ReapError::Backend(io::Error::other(
                     "the I/O backend took no request while it had none pushed or in flight",
-                ));
+                )));
             }
         }
         let before = out.len();
-        self.backend.reap(wait, out)?;
+        if wait == Reap::Wait {
+            // The backend never waits unbounded: a lost completion must not put the
+            // process to sleep for good.
+            let started = Instant::now();
+            let deadline = started + self.io_timeout;
+            loop {
+                self.backend
+                    .reap(Reap::Until(deadline), out)
+                    .map_err(ReapError::Backend)?;
+                if out.len() > before || self.backend.in_flight() == 0 {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    self.stalled = true;
+                    return Err(ReapError::Stalled(Stall {
+                        waited: started.elapsed(),
+                        requests: self.in_flight_requests(),
+                    }));
+                }
+            }
+        } else {
+            self.backend.reap(wait, out).map_err(ReapError::Backend)?;
+        }
         for c in &out[before..] {
             self.busy[c.tag as usize] = None;
         }
         Ok(())
+    }
+
+    /// The requests handed to the backend whose completions were not reaped, in slot
+    /// order.
+    pub fn in_flight_requests(&self) -> Vec<IoRequest> {
+        self.busy
+            .iter()
+            .enumerate()
+            .filter(|(slot, _)| !self.backlog.iter().any(|r| r.buffer == *slot))
+            .filter_map(|(_, r)| *r)
+            .collect()
     }
 
     /// Never submit anything again. Returns the slots of the requests that were queued
@@ -189,8 +284,8 @@ impl<B: IoBackend> Pipeline<B> {
         let mut dropped: Vec<usize> = self.backlog.drain(..).map(|r| r.buffer).collect();
         for tag in self.backend.discard_unsubmitted() {
             let slot = tag as usize;
-            if let Some(op) = self.busy[slot] {
-                self.submitted[op as usize] -= 1;
+            if let Some(request) = self.busy[slot] {
+                self.submitted[request.op as usize] -= 1;
             }
             dropped.push(slot);
         }
@@ -200,11 +295,22 @@ impl<B: IoBackend> Pipeline<B> {
         dropped
     }
 
-    /// Stops and waits for every request the device took.
-    fn drain(&mut self) -> io::Result<()> {
+    /// Stops and waits for every request the device took, each wait bounded by the I/O
+    /// timeout. After a stall it only takes what already completed: the rest may never
+    /// complete.
+    fn drain(&mut self) -> Result<(), ReapError> {
         self.stop();
         let mut sink = Vec::new();
+        if self.stalled {
+            self.reap(Reap::NoWait, &mut sink)?;
+        }
         while self.backend.in_flight() > 0 {
+            if self.stalled {
+                return Err(ReapError::Stalled(Stall {
+                    waited: Duration::ZERO,
+                    requests: self.in_flight_requests(),
+                }));
+            }
             sink.clear();
             self.reap(Reap::Wait, &mut sink)?;
         }
@@ -227,7 +333,8 @@ impl<B: IoBackend> std::fmt::Debug for Pipeline<B> {
 impl<B: IoBackend> Drop for Pipeline<B> {
     fn drop(&mut self) {
         if self.drain().is_err() {
-            // The device may still be writing into these buffers: never free them.
+            // The device may still be writing into these buffers (or a request was lost
+            // and may yet complete): never free them.
             std::mem::forget(self.buffers.take());
         }
     }

@@ -9,14 +9,15 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Serialize;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::backend::{DmaBuffer, IoBackend, Target};
-use super::engine::{Endpoint, Op};
+use super::engine::{Endpoint, Op, StuckList, StuckRequest};
 use super::host_buffer::{HostBuffer, HostBufferError};
-use super::pipeline::Pipeline;
+use super::pipeline::{Pipeline, ReapError, DEFAULT_IO_TIMEOUT};
 use super::plan::CopyPlan;
 use super::uring::UringBackend;
 
@@ -55,6 +56,15 @@ pub enum VerifyError {
         /// Its error.
         #[source]
         source: io::Error,
+    },
+    /// No re-read completed within the I/O timeout: the device, its driver or the kernel
+    /// lost them (the buffers were leaked rather than freed under the device's feet).
+    #[error("no re-read for verification completed for {:.1} s with {} read(s) in flight: {}; check the kernel log (dmesg) for NVMe timeouts or resets, and if the device is only slow, allow more time with --io-timeout", .waited.as_secs_f64(), .in_flight.len(), StuckList(.in_flight))]
+    Stalled {
+        /// How long the last wait lasted without any completion.
+        waited: Duration,
+        /// The reads that never completed.
+        in_flight: Vec<StuckRequest>,
     },
     /// A re-read failed.
     #[error("re-reading {len} bytes at offset {offset} of {} for verification failed", path.display())]
@@ -126,14 +136,30 @@ pub struct VerifyShape {
 impl VerifyShape {
     /// The shape for `plan`; `None` for an empty range.
     pub fn of(plan: &CopyPlan) -> Option<VerifyShape> {
+        VerifyShape::within(plan, None)
+    }
+
+    /// The shape for `plan` with reads of at most `max_request` bytes (the largest request
+    /// both devices take whole, `queue/max_sectors_kb`), when known; `None` for an empty
+    /// range.
+    ///
+    /// A larger O_DIRECT read has to be split by the block layer, which io_uring's first,
+    /// non-blocking attempt may not do (EAGAIN), so every such read is handed to an io-wq
+    /// worker thread. On Linux 7.2 under load a batch of reads handed over that way was
+    /// seen to vanish (no worker thread, nothing reaching the block layer, no completion),
+    /// several times in a few hundred verifications, leaving `p2pdma` asleep until the I/O
+    /// timeout. Reads the devices take whole complete from the submitting thread.
+    pub fn within(plan: &CopyPlan, max_request: Option<u64>) -> Option<VerifyShape> {
         if plan.length == 0 {
             return None;
         }
         let block = plan.block_size.max(1);
+        let largest = max_request.map_or(u64::MAX, |m| (m / block * block).max(block));
         let step = plan
             .chunk_size
             .clamp(VERIFY_MIN_STEP, VERIFY_MAX_STEP)
             .next_multiple_of(block)
+            .min(largest)
             .min(plan.length.next_multiple_of(block));
         let chunks = plan.length.div_ceil(step);
         // Chunks a side may read ahead of the comparison: twice the depth, so one side
@@ -172,7 +198,21 @@ pub fn verify(
     plan: &CopyPlan,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Verification, VerifyError> {
-    let Some(shape) = VerifyShape::of(plan) else {
+    verify_within(src, dst, plan, None, DEFAULT_IO_TIMEOUT, progress)
+}
+
+/// [`verify`] with reads of at most `max_request` bytes (see [`VerifyShape::within`]),
+/// whose waits give up after `io_timeout` without any completion
+/// ([`VerifyError::Stalled`]).
+pub fn verify_within(
+    src: Endpoint<'_>,
+    dst: Endpoint<'_>,
+    plan: &CopyPlan,
+    max_request: Option<u64>,
+    io_timeout: Duration,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Verification, VerifyError> {
+    let Some(shape) = VerifyShape::within(plan, max_request) else {
         return Ok(empty());
     };
     let buffers = (0..2 * shape.pairs)
@@ -188,6 +228,7 @@ pub fn verify(
         [src.path, dst.path],
         plan,
         &shape,
+        io_timeout,
         progress,
     )
     .map_err(|e| match e {
@@ -205,13 +246,15 @@ fn empty() -> Verification {
 }
 
 /// [`verify`] over any backend: `buffers` are `2 * shape.pairs` buffers of at least
-/// `shape.step` bytes; `names` (source, destination) are used in messages.
+/// `shape.step` bytes; `names` (source, destination) are used in messages; a wait gives
+/// up after `io_timeout` without any completion.
 pub fn verify_through<B: IoBackend>(
     backend: B,
     buffers: Vec<B::Buffer>,
     names: [&Path; 2],
     plan: &CopyPlan,
     shape: &VerifyShape,
+    io_timeout: Duration,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Verification, VerifyError>
 where
@@ -241,8 +284,9 @@ where
             ),
         });
     }
-    let mut pipeline =
-        Pipeline::new(backend, buffers).map_err(|source| VerifyError::Backend { source })?;
+    let mut pipeline = Pipeline::new(backend, buffers)
+        .map_err(|source| VerifyError::Backend { source })?
+        .with_io_timeout(io_timeout);
     let starts = [plan.src_offset, plan.dst_offset];
     let read = |pipeline: &mut Pipeline<B>, pair: usize, side: usize, p: &Pending| {
         let done = p.done[side];
@@ -308,9 +352,21 @@ where
         }
 
         completions.clear();
-        pipeline
-            .submit_and_wait(&mut completions)
-            .map_err(|source| VerifyError::Backend { source })?;
+        match pipeline.submit_and_wait(&mut completions) {
+            Ok(()) => {}
+            Err(ReapError::Backend(source)) => return Err(VerifyError::Backend { source }),
+            Err(ReapError::Stalled(stall)) => {
+                // Dropping the pipeline leaks the buffers the stuck reads name.
+                return Err(VerifyError::Stalled {
+                    waited: stall.waited,
+                    in_flight: stall
+                        .requests
+                        .iter()
+                        .map(|r| StuckRequest::of(r, names))
+                        .collect(),
+                });
+            }
+        }
         for completion in completions.drain(..) {
             let slot = completion.tag as usize;
             let (pair, side) = (slot / 2, slot % 2);
@@ -502,6 +558,7 @@ mod tests {
                 [Path::new("a"), Path::new("b")],
                 &p,
                 &shape,
+                DEFAULT_IO_TIMEOUT,
                 &mut |_| {},
             )
             .unwrap();
@@ -509,6 +566,62 @@ mod tests {
             assert_eq!(v.src_digest, xxhash_rust::xxh3::xxh3_128(&data));
             assert_eq!(v.dst_digest, xxhash_rust::xxh3::xxh3_128(&other));
         }
+    }
+
+    /// Reads are no larger than the largest request both devices take whole (rounded
+    /// down to the block size, at least one block), so none needs the block layer's split;
+    /// without a limit the shape is what it was.
+    #[test]
+    fn reads_stay_within_the_largest_request_the_devices_take() {
+        let mut p = plan(0, 0, 4 << 20);
+        p.queue_depth = 4;
+        let whole = VerifyShape::of(&p).unwrap();
+        assert_eq!((whole.step, whole.chunks), (1 << 20, 4));
+        assert_eq!(VerifyShape::within(&p, None), Some(whole));
+        let half = VerifyShape::within(&p, Some(512 << 10)).unwrap();
+        assert_eq!((half.step, half.chunks), (512 << 10, 8));
+        assert!(half.pairs >= half.depth && half.depth == 4);
+        let odd = VerifyShape::within(&p, Some(300_000)).unwrap();
+        assert_eq!(odd.step, 73 * 4096, "rounded down to the block size");
+        assert_eq!(VerifyShape::within(&p, Some(100)).unwrap().step, 4096);
+    }
+
+    /// Smaller reads compare the same bytes: the same digests and the same first
+    /// difference as reads of a whole chunk.
+    #[test]
+    fn small_reads_find_the_same_first_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let data: Vec<u8> = (0..(3u32 << 20))
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let mut other = data.clone();
+        other[(2 << 20) + 8195] ^= 0x40;
+        std::fs::write(&a, &data).unwrap();
+        std::fs::write(&b, &other).unwrap();
+        let (fa, fb) = (open(&a), open(&b));
+        let (ea, eb) = (
+            Endpoint {
+                file: &fa,
+                path: &a,
+            },
+            Endpoint {
+                file: &fb,
+                path: &b,
+            },
+        );
+        let p = plan(0, 0, 3 << 20);
+        let whole = verify(ea, eb, &p, &mut |_| {}).unwrap();
+        let small = verify_within(ea, eb, &p, Some(8192), DEFAULT_IO_TIMEOUT, &mut |_| {}).unwrap();
+        assert_eq!(small, whole);
+        assert_eq!(small.first_difference, Some((2 << 20) + 8195));
+        assert_eq!(small.src_digest, xxhash_rust::xxh3::xxh3_128(&data));
     }
 
     #[test]

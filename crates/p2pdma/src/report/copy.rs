@@ -377,9 +377,9 @@ pub struct FailureSummary {
 /// about it.
 pub fn failure_summary(err: &EngineError, route: &Route) -> (Kind, FailureSummary) {
     let written = match err {
-        EngineError::Stopped { written, .. } | EngineError::RingFailed { written, .. } => {
-            Some(written)
-        }
+        EngineError::Stopped { written, .. }
+        | EngineError::RingFailed { written, .. }
+        | EngineError::Stalled { written, .. } => Some(written),
         _ => None,
     };
     let failure_kind = match err {
