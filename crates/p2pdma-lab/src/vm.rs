@@ -643,6 +643,9 @@ pub fn run(req: &RunRequest) -> Result<RunOutcome, VmError> {
     if !req.keep_disks {
         let _ = fs::remove_dir_all(&disks_dir);
     }
+    // The initramfs (busybox, the static p2pdma binary, modules: ~45 MB) is rebuilt for
+    // every boot; the run directory keeps the logs, not a copy of it per run.
+    let _ = fs::remove_file(&initrd);
     outcome
 }
 
