@@ -28,6 +28,8 @@ pub mod p2p_buffer;
 pub mod pipeline;
 pub mod plan;
 pub mod route;
+#[cfg(test)]
+pub(crate) mod test_files;
 pub mod uring;
 pub mod verify;
 

@@ -440,6 +440,12 @@ fill $S 0 67108864
 dd if=/dev/zero of=$D bs=1M count=64 2>/dev/null
 p2pdma copy $S $D --provider $P --chunk-size 16k --queue-depth 1 --json > /tmp/out.json 2>/tmp/err.txt &
 pid=$!
+# Unbind once the copy has mapped its p2pmem buffers and had a second to write (a fixed
+# sleep alone came too early once, at load 20, before the copy had even started).
+waited=0
+while ! grep -q p2pmem/allocate /proc/$pid/maps 2>/dev/null && [ $waited -lt 600 ]; do
+  sleep 0.1; waited=$((waited + 1))
+done
 sleep 1
 p2pdma lab guest unbind cas-b0
 wait $pid; rc=$?

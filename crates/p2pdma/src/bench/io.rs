@@ -265,20 +265,10 @@ pub fn run_job<R: IoRegion>(
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
-    use std::fs::OpenOptions;
-    use std::os::unix::fs::OpenOptionsExt;
 
     use super::*;
+    use crate::copy::test_files::open_direct;
     use crate::copy::HostBuffer;
-
-    fn open_direct(path: &std::path::Path, write: bool) -> std::fs::File {
-        OpenOptions::new()
-            .read(true)
-            .write(write)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .unwrap()
-    }
 
     #[test]
     fn random_order_visits_every_block_once_per_pass() {

@@ -207,14 +207,17 @@ pub struct StuckRequest {
 }
 
 impl StuckRequest {
-    /// The request `request` of a pipeline over `names` (source, destination).
-    pub fn of(request: &super::backend::IoRequest, names: [&Path; 2]) -> StuckRequest {
-        StuckRequest {
-            op: request.op,
-            path: names[request.target as usize].to_owned(),
-            offset: request.offset,
-            len: u64::from(request.len),
-        }
+    /// The requests `requests` of a pipeline over `names` (source, destination).
+    pub fn all(requests: &[super::backend::IoRequest], names: [&Path; 2]) -> Vec<StuckRequest> {
+        requests
+            .iter()
+            .map(|r| StuckRequest {
+                op: r.op,
+                path: names[r.target as usize].to_owned(),
+                offset: r.offset,
+                len: u64::from(r.len),
+            })
+            .collect()
     }
 }
 
@@ -698,11 +701,7 @@ pub fn run_pipeline_within<B: IoBackend>(
                 pipeline.stop();
                 return Err(EngineError::Stalled {
                     waited: stall.waited,
-                    in_flight: stall
-                        .requests
-                        .iter()
-                        .map(|r| StuckRequest::of(r, names))
-                        .collect(),
+                    in_flight: StuckRequest::all(&stall.requests, names),
                     written,
                 });
             }
@@ -832,12 +831,9 @@ pub fn run_pipeline_within<B: IoBackend>(
 
 #[cfg(test)]
 mod tests {
-    use std::fs::OpenOptions;
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-
     use super::super::host_buffer::HostBuffer;
     use super::super::plan::{validate, CopyRequest, EndpointFacts, EndpointKind, StorageId};
+    use super::super::test_files::{open_direct, SrcDst};
     use super::*;
 
     fn pattern(len: usize, seed: u64) -> Vec<u8> {
@@ -860,31 +856,13 @@ mod tests {
         }
     }
 
-    fn open_direct(path: &Path, write: bool) -> File {
-        OpenOptions::new()
-            .read(true)
-            .write(write)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .unwrap()
-    }
-
     /// Real io_uring, real O_DIRECT on the host's filesystem, host buffers.
     #[test]
     fn copies_ranges_between_files_with_offsets_and_a_short_last_chunk() {
-        let dir = tempfile::tempdir().unwrap();
-        let src_path = dir.path().join("src");
-        let dst_path = dir.path().join("dst");
         let data = pattern(3 << 20, 7);
-        std::fs::File::create(&src_path)
-            .unwrap()
-            .write_all(&data)
-            .unwrap();
         let old = pattern(3 << 20, 99);
-        std::fs::File::create(&dst_path)
-            .unwrap()
-            .write_all(&old)
-            .unwrap();
+        let files = SrcDst::new(&data, &old);
+        let (src_path, dst_path) = (&files.src_path, &files.dst_path);
 
         let req = CopyRequest {
             src_offset: 8192,
@@ -895,38 +873,24 @@ mod tests {
             force: false,
         };
         let plan = validate(
-            &facts(&src_path, data.len() as u64, 1),
-            &facts(&dst_path, old.len() as u64, 2),
+            &facts(src_path, data.len() as u64, 1),
+            &facts(dst_path, old.len() as u64, 2),
             &req,
         )
         .unwrap();
-        let src = open_direct(&src_path, false);
-        let dst = open_direct(&dst_path, true);
         let buffers: Vec<HostBuffer> = (0..3)
             .map(|_| HostBuffer::new(256 << 10).unwrap())
             .collect();
         let mut seen = Vec::new();
-        let report = run(
-            Endpoint {
-                file: &src,
-                path: &src_path,
-            },
-            Endpoint {
-                file: &dst,
-                path: &dst_path,
-            },
-            &plan,
-            buffers,
-            &mut |n| seen.push(n),
-        )
-        .unwrap();
+        let (src, dst) = files.endpoints();
+        let report = run(src, dst, &plan, buffers, &mut |n| seen.push(n)).unwrap();
         assert_eq!(report.bytes, plan.length);
         assert_eq!(report.reads, 5);
         assert_eq!(report.writes, 5);
         assert_eq!(seen.last(), Some(&plan.length));
         assert!(seen.windows(2).all(|w| w[0] < w[1]));
 
-        let after = std::fs::read(&dst_path).unwrap();
+        let after = std::fs::read(dst_path).unwrap();
         let len = plan.length as usize;
         assert_eq!(
             &after[..4096],
@@ -1055,16 +1019,13 @@ mod tests {
 
     #[test]
     fn one_way_runs_only_read_or_only_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let src_path = dir.path().join("src");
-        let dst_path = dir.path().join("dst");
         let data = pattern(1 << 20, 11);
         let old = pattern(1 << 20, 12);
-        std::fs::write(&src_path, &data).unwrap();
-        std::fs::write(&dst_path, &old).unwrap();
+        let files = SrcDst::new(&data, &old);
+        let dst_path = &files.dst_path;
         let plan = validate(
-            &facts(&src_path, 1 << 20, 1),
-            &facts(&dst_path, 1 << 20, 2),
+            &facts(&files.src_path, 1 << 20, 1),
+            &facts(dst_path, 1 << 20, 2),
             &CopyRequest {
                 src_offset: 0,
                 dst_offset: 0,
@@ -1075,18 +1036,7 @@ mod tests {
             },
         )
         .unwrap();
-        let src = open_direct(&src_path, false);
-        let dst = open_direct(&dst_path, true);
-        let ends = (
-            Endpoint {
-                file: &src,
-                path: &src_path,
-            },
-            Endpoint {
-                file: &dst,
-                path: &dst_path,
-            },
-        );
+        let ends = files.endpoints();
         let buffers = || -> Vec<HostBuffer> {
             (0..2)
                 .map(|_| HostBuffer::new(128 << 10).unwrap())
@@ -1103,7 +1053,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!((read.bytes, read.reads, read.writes), (512 << 10, 4, 0));
-        assert_eq!(std::fs::read(&dst_path).unwrap(), old, "read-only wrote");
+        assert_eq!(std::fs::read(dst_path).unwrap(), old, "read-only wrote");
 
         let write = run_one_way(
             Direction::WriteOnly,
@@ -1115,13 +1065,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!((write.bytes, write.reads, write.writes), (512 << 10, 0, 4));
-        let after = std::fs::read(&dst_path).unwrap();
+        let after = std::fs::read(dst_path).unwrap();
         assert!(
             after[..512 << 10].iter().all(|b| *b == 0),
             "fresh host buffers are zeros"
         );
         assert_eq!(&after[512 << 10..], &old[512 << 10..]);
-        assert_eq!(std::fs::read(&src_path).unwrap(), data);
+        assert_eq!(std::fs::read(&files.src_path).unwrap(), data);
     }
 
     fn plan_for(
@@ -1201,35 +1151,24 @@ mod tests {
     /// hold wait in user space for room instead of tripping an assertion.
     #[test]
     fn a_full_submission_queue_holds_requests_back_until_there_is_room() {
-        let dir = tempfile::tempdir().unwrap();
-        let src_path = dir.path().join("src");
-        let dst_path = dir.path().join("dst");
         let data = pattern(2 << 20, 31);
-        std::fs::write(&src_path, &data).unwrap();
-        std::fs::write(&dst_path, pattern(2 << 20, 32)).unwrap();
+        let files = SrcDst::new(&data, &pattern(2 << 20, 32));
         let plan = plan_for(
-            (&src_path, 2 << 20),
-            (&dst_path, 2 << 20),
+            (&files.src_path, 2 << 20),
+            (&files.dst_path, 2 << 20),
             None,
             64 << 10,
             8,
         );
-        let src = open_direct(&src_path, false);
-        let dst = open_direct(&dst_path, true);
         let buffers: Vec<HostBuffer> = (0..16)
             .map(|_| HostBuffer::new(64 << 10).unwrap())
             .collect();
+        let (src, dst) = files.endpoints();
         // One submission entry (two completion entries) for up to 16 requests in flight.
         let report = run_with_ring(
             Direction::Copy,
-            Endpoint {
-                file: &src,
-                path: &src_path,
-            },
-            Endpoint {
-                file: &dst,
-                path: &dst_path,
-            },
+            src,
+            dst,
             &plan,
             buffers,
             &mut |_| {},
@@ -1241,7 +1180,7 @@ mod tests {
             (report.bytes, report.reads, report.writes),
             (2 << 20, 32, 32)
         );
-        assert_eq!(std::fs::read(&dst_path).unwrap(), data);
+        assert_eq!(std::fs::read(&files.dst_path).unwrap(), data);
     }
 
     #[test]
@@ -1377,7 +1316,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dst_path = dir.path().join("dst");
         std::fs::write(&dst_path, pattern(8192, 5)).unwrap();
-        let dst = OpenOptions::new().write(true).open(&dst_path).unwrap();
+        let dst = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&dst_path)
+            .unwrap();
         let src_path = Path::new("/the/source/pipe");
         let timeout = Duration::from_millis(200);
         let err = run_one_way_within(

@@ -359,11 +359,7 @@ where
                 // Dropping the pipeline leaks the buffers the stuck reads name.
                 return Err(VerifyError::Stalled {
                     waited: stall.waited,
-                    in_flight: stall
-                        .requests
-                        .iter()
-                        .map(|r| StuckRequest::of(r, names))
-                        .collect(),
+                    in_flight: StuckRequest::all(&stall.requests, names),
                 });
             }
         }
@@ -418,11 +414,10 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::fs::OpenOptions;
-    use std::os::unix::fs::OpenOptionsExt;
     use std::path::Path;
 
     use super::*;
+    use crate::copy::test_files::{open_direct, SrcDst};
 
     fn plan(src_offset: u64, dst_offset: u64, length: u64) -> CopyPlan {
         CopyPlan {
@@ -437,41 +432,7 @@ mod tests {
     }
 
     fn open(path: &Path) -> std::fs::File {
-        OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .unwrap()
-    }
-
-    /// Files `a` and `b` in a temp dir, holding the given bytes, opened `O_DIRECT`.
-    struct Files {
-        _dir: tempfile::TempDir,
-        paths: [std::path::PathBuf; 2],
-        files: [std::fs::File; 2],
-    }
-
-    impl Files {
-        fn new(a: &[u8], b: &[u8]) -> Files {
-            let dir = tempfile::tempdir().unwrap();
-            let paths = [dir.path().join("a"), dir.path().join("b")];
-            std::fs::write(&paths[0], a).unwrap();
-            std::fs::write(&paths[1], b).unwrap();
-            let files = [open(&paths[0]), open(&paths[1])];
-            Files {
-                _dir: dir,
-                paths,
-                files,
-            }
-        }
-
-        fn endpoints(&self) -> (Endpoint<'_>, Endpoint<'_>) {
-            let end = |i: usize| Endpoint {
-                file: &self.files[i],
-                path: &self.paths[i],
-            };
-            (end(0), end(1))
-        }
+        open_direct(path, false)
     }
 
     #[test]
@@ -481,7 +442,7 @@ mod tests {
         shifted.extend_from_slice(&data);
         let flip = 4096 + (9 << 20) + 12345;
         shifted[flip] ^= 0x40;
-        let files = Files::new(&data, &shifted);
+        let files = SrcDst::new(&data, &shifted);
         let (ea, eb) = files.endpoints();
 
         let same = verify(ea, eb, &plan(0, 4096, 9 << 20), &mut |_| {}).unwrap();
@@ -510,7 +471,7 @@ mod tests {
         for at in [(11 << 20) + 5, (7 << 20) + 4095, (3 << 20) + 17] {
             other[at] ^= 0x01;
         }
-        let files = Files::new(&data, &other);
+        let files = SrcDst::new(&data, &other);
         let (ea, eb) = files.endpoints();
         let len = data.len() as u64;
         let mut p = plan(0, 0, len);
