@@ -13,7 +13,8 @@
 //! - [`mem`]: p2pmem pools (`mem info`: table, JSON, Prometheus) and the `mem test`
 //!   report ([`crate::p2pmem::pool_test`] runs the test).
 //!
-//! [`crate::probe::text`] renders a probe beside the probe itself.
+//! - [`probe`]: `probe --json`'s error object ([`crate::probe::text`] renders the
+//!   sentence beside the probe itself).
 //!
 //! Renderers are pure functions of parsed structs; the few functions that read
 //! (`pairs`, `pools`) take a [`crate::sysfs::SysfsRoot`].
@@ -22,6 +23,7 @@ pub mod copy;
 pub mod error;
 pub mod host;
 pub mod mem;
+pub mod probe;
 pub mod topo;
 
 use crate::resolve::ResolveError;

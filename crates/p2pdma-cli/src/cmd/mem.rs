@@ -3,13 +3,12 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use p2pdma::p2pmem::pool_test::{self, PoolTestError, PoolTestReport, PoolTestRequest};
+use p2pdma::p2pmem::pool_test::{self, PoolTestError, PoolTestRequest};
+use p2pdma::report::error::WithError;
 use p2pdma::report::mem as report;
 use p2pdma::Bdf;
-use serde::Serialize;
 
-use crate::exit::Kind;
-use crate::output::{self, ErrorObject};
+use crate::output;
 use crate::Globals;
 
 /// The `mem` subcommands.
@@ -93,17 +92,6 @@ fn info(args: InfoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `mem test --json`: the library's report, plus the contract's error object when a
-/// check failed (kind `failure`, the failures joined in `message`), so a script finds
-/// `error` in every failed run's document.
-#[derive(Debug, Serialize)]
-struct TestOutput {
-    #[serde(flatten)]
-    report: PoolTestReport,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<ErrorObject>,
-}
-
 fn test(args: TestArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     let root = &globals.sysfs;
     let report = pool_test::run(
@@ -123,19 +111,10 @@ fn test(args: TestArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         PoolTestError::P2pmem(e) => anyhow::Error::new(e),
         e => anyhow::Error::new(e),
     })?;
-    let error = (!report.passed).then(|| ErrorObject {
-        kind: Kind::Failure,
-        message: format!(
-            "mem test of {} failed: {}",
-            report.provider,
-            report.failures.join("; ")
-        ),
-        exit_code: Kind::Failure.code(),
-        details: Default::default(),
-    });
+    let error = report::pool_test_error(&report);
     let passed = report.passed;
     let printed = if args.json {
-        output::print_json(&TestOutput { report, error }, false).map_err(Into::into)
+        output::print_json(&WithError { report, error }, false).map_err(Into::into)
     } else {
         write!(output::stdout(), "{}", report::pool_test_text(&report)).map_err(Into::into)
     };

@@ -5,12 +5,12 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use p2pdma::probe::{self, Outcome, ProbeError, ProbeReport};
+use p2pdma::probe::{self, ProbeError};
+use p2pdma::report::error::WithError;
+use p2pdma::report::probe::probe_error;
 use p2pdma::Bdf;
-use serde::Serialize;
 
-use crate::exit::Kind;
-use crate::output::{self, ErrorObject};
+use crate::output;
 use crate::Globals;
 
 /// Arguments of `p2pdma probe`.
@@ -29,17 +29,6 @@ pub struct ProbeArgs {
     /// Print one JSON object instead of a sentence.
     #[arg(long)]
     json: bool,
-}
-
-/// The probe's result, printed as JSON with `--json`: the library's report plus, unless
-/// `result` is `ok`, the contract's error object (kind `p2p_refused` or `failure`, the
-/// exit status, the reason in `message`).
-#[derive(Debug, Serialize)]
-struct ProbeOutput {
-    #[serde(flatten)]
-    report: ProbeReport,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<ErrorObject>,
 }
 
 /// Runs the probe. Exits 0 when the device's data arrived, 3 ([`Kind::P2pRefused`]) when
@@ -62,22 +51,13 @@ pub fn probe(args: ProbeArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         ProbeError::P2pmem(e) => anyhow::Error::new(e),
         e => anyhow::Error::new(e),
     })?;
-    let kind = match report.result {
-        Outcome::Ok => None,
-        Outcome::P2pRefused => Some(Kind::P2pRefused),
-        Outcome::Error | Outcome::Dropped | Outcome::Corrupted => Some(Kind::Failure),
-    };
-    let error = kind.map(|kind| ErrorObject {
-        kind,
-        message: report.reason.clone().unwrap_or_default(),
-        exit_code: kind.code(),
-        details: Default::default(),
-    });
+    let error = probe_error(&report);
+    let exit = error.as_ref().map_or(ExitCode::SUCCESS, |e| e.kind.exit());
     let printed = if args.json {
-        output::print_json(&ProbeOutput { report, error }, false).map_err(Into::into)
+        output::print_json(&WithError { report, error }, false).map_err(Into::into)
     } else {
         write!(output::stdout(), "{}", probe::text(&report)).map_err(Into::into)
     };
     output::unless_broken_pipe(printed)?;
-    Ok(kind.map_or(ExitCode::SUCCESS, Kind::exit))
+    Ok(exit)
 }

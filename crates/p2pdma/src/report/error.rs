@@ -105,6 +105,31 @@ pub struct ErrorObject {
     pub details: Map<String, Value>,
 }
 
+impl ErrorObject {
+    /// An error object of `kind` with its exit status and no details.
+    pub fn new(kind: Kind, message: String) -> ErrorObject {
+        ErrorObject {
+            kind,
+            message,
+            exit_code: kind.code(),
+            details: Map::new(),
+        }
+    }
+}
+
+/// A command's own report with, when it failed, the error object beside its fields:
+/// `{...report, "error": {...}}` (`probe --json`, a failed `mem test --json`), so a
+/// script finds `error` in every failed run's document.
+#[derive(Debug, Serialize)]
+pub struct WithError<T> {
+    /// The report's own fields.
+    #[serde(flatten)]
+    pub report: T,
+    /// The error object, when the command failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorObject>,
+}
+
 /// Multi-line causes (a guest's output, a kernel log excerpt) joined so the error stays
 /// one line.
 pub fn one_line(text: &str) -> String {
@@ -118,6 +143,27 @@ pub fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_carries_the_error_object_beside_its_fields_only_on_failure() {
+        #[derive(Serialize)]
+        struct Found {
+            bytes: u64,
+        }
+        let ok = WithError {
+            report: Found { bytes: 4096 },
+            error: None,
+        };
+        assert_eq!(serde_json::to_string(&ok).unwrap(), r#"{"bytes":4096}"#);
+        let refused = WithError {
+            report: Found { bytes: 0 },
+            error: Some(ErrorObject::new(Kind::P2pRefused, "refused".into())),
+        };
+        assert_eq!(
+            serde_json::to_string(&refused).unwrap(),
+            r#"{"bytes":0,"error":{"kind":"p2p_refused","message":"refused","exit_code":3}}"#
+        );
+    }
 
     #[test]
     fn multi_line_messages_become_one_line() {

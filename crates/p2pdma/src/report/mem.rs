@@ -1,10 +1,11 @@
 //! The `mem` views: p2pmem pools as a table, JSON or Prometheus text, and the
-//! [`PoolTestReport`] of `mem test` as sentences.
+//! [`PoolTestReport`] of `mem test` as sentences or, with [`pool_test_error`], JSON.
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::error::{ErrorObject, Kind};
 use crate::p2pmem::pool_test::PoolTestReport;
 use crate::p2pmem::{self, P2pmemError, Provider};
 use crate::sysfs::SysfsRoot;
@@ -189,6 +190,21 @@ pub fn pool_test_text(report: &PoolTestReport) -> String {
     out
 }
 
+/// The error object of a failed `mem test` (kind `failure`, the failures joined in
+/// `message`); `None` when it passed.
+pub fn pool_test_error(report: &PoolTestReport) -> Option<ErrorObject> {
+    (!report.passed).then(|| {
+        ErrorObject::new(
+            Kind::Failure,
+            format!(
+                "mem test of {} failed: {}",
+                report.provider,
+                report.failures.join("; ")
+            ),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,5 +305,18 @@ p2pdma_pool_published{bdf=\"0000:01:00.1\",driver=\"\"} 0
             "{text}"
         );
         assert!(text.ends_with("\nFAILED\n"), "{text}");
+        let error = pool_test_error(&report).unwrap();
+        assert_eq!(error.kind, Kind::Failure);
+        assert_eq!(error.exit_code, 1);
+        assert_eq!(
+            error.message,
+            "mem test of 0000:01:00.0 failed: buffer 0: read back differs at byte 8"
+        );
+        let passed = PoolTestReport {
+            passed: true,
+            failures: Vec::new(),
+            ..report
+        };
+        assert!(pool_test_error(&passed).is_none());
     }
 }
