@@ -34,10 +34,18 @@ pub struct CopyResult {
     pub verified: bool,
     /// Why not, when it did not.
     pub error: Option<String>,
+    /// The copy went P2P, the kernel allowed it, and its verification found the data
+    /// missing in a topology with QEMU's emulated IOMMU, which drops P2P DMA the kernel
+    /// allows (conformance accepts the same loss there): QEMU's limit, not the kernel's
+    /// failure, so the boot still passes. Never set outside an emulated IOMMU.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lost_behind_emulated_iommu: bool,
 }
 
 /// Judges the `COPY` lines; `None` when the topology has fewer than two namespaces.
-pub fn judge(stdout: &str) -> Option<CopyResult> {
+/// `emulated_iommu`: the topology has QEMU's IOMMU (see
+/// [`CopyResult::lost_behind_emulated_iommu`]).
+pub fn judge(stdout: &str, emulated_iommu: bool) -> Option<CopyResult> {
     let line = stdout.lines().find_map(|l| l.trim().strip_prefix("COPY "));
     let Some(line) = line else {
         return Some(CopyResult {
@@ -45,6 +53,7 @@ pub fn judge(stdout: &str) -> Option<CopyResult> {
             mode: String::new(),
             verified: false,
             error: Some("the guest printed no copy result (the script stopped early)".into()),
+            lost_behind_emulated_iommu: false,
         });
     };
     let f: Vec<&str> = line.split_whitespace().collect();
@@ -57,6 +66,7 @@ pub fn judge(stdout: &str) -> Option<CopyResult> {
             mode: String::new(),
             verified: false,
             error: Some(format!("unreadable copy result: {line}")),
+            lost_behind_emulated_iommu: false,
         });
     };
     let stderr = stdout
@@ -78,6 +88,9 @@ pub fn judge(stdout: &str) -> Option<CopyResult> {
         what: format!("{a} -> {b}"),
         mode: mode.to_owned(),
         verified: error.is_none(),
+        lost_behind_emulated_iommu: emulated_iommu
+            && mode == "p2p"
+            && rc == p2pdma::report::error::VERIFY_MISMATCH.to_string(),
         error,
     })
 }
@@ -88,23 +101,40 @@ mod tests {
 
     #[test]
     fn a_copy_is_verified_only_when_it_succeeded_and_the_digests_match() {
-        let ok = judge("COPY 0 /dev/nvme0n1 /dev/nvme1n1 ab12 ab12 p2p\nCOPY_ERR \n").unwrap();
+        let ok = judge(
+            "COPY 0 /dev/nvme0n1 /dev/nvme1n1 ab12 ab12 p2p\nCOPY_ERR \n",
+            false,
+        )
+        .unwrap();
         assert!(ok.verified);
         assert_eq!(
             (ok.what.as_str(), ok.mode.as_str()),
             ("/dev/nvme0n1 -> /dev/nvme1n1", "p2p")
         );
-        let differs = judge("COPY 0 /dev/nvme0n1 /dev/nvme1n1 ab12 ab13 p2p\n").unwrap();
+        let differs = judge("COPY 0 /dev/nvme0n1 /dev/nvme1n1 ab12 ab13 p2p\n", false).unwrap();
         assert!(!differs.verified);
         let failed = judge(
             "COPY 5 /dev/nvme0n1 /dev/nvme1n1 ab12 ab13 none\nCOPY_ERR p2pdma: verify: mismatch \n",
+            false,
         )
         .unwrap();
         assert_eq!(
             failed.error.as_deref(),
             Some("p2pdma copy exited 5: p2pdma: verify: mismatch")
         );
-        assert!(judge("COPY none\n").is_none());
-        assert!(!judge("").unwrap().verified);
+        assert!(judge("COPY none\n", false).is_none());
+        assert!(!judge("", false).unwrap().verified);
+    }
+
+    #[test]
+    fn p2p_data_lost_is_excused_only_behind_an_emulated_iommu_and_only_as_a_mismatch() {
+        let lost = "COPY 5 /dev/nvme0n1 /dev/nvme1n1 ab12 ab13 p2p\nCOPY_ERR mismatch\n";
+        let behind = judge(lost, true).unwrap();
+        assert!(!behind.verified && behind.lost_behind_emulated_iommu);
+        assert!(!judge(lost, false).unwrap().lost_behind_emulated_iommu);
+        let bounced = "COPY 5 /dev/nvme0n1 /dev/nvme1n1 ab12 ab13 bounce\n";
+        assert!(!judge(bounced, true).unwrap().lost_behind_emulated_iommu);
+        let other_error = "COPY 1 /dev/nvme0n1 /dev/nvme1n1 ab12 ab13 p2p\n";
+        assert!(!judge(other_error, true).unwrap().lost_behind_emulated_iommu);
     }
 }
