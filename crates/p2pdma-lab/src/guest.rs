@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use p2pdma::display::error_chain;
 use p2pdma::p2pmem::{P2pmemError, Provider};
+use p2pdma::resolve;
 use p2pdma::sysfs::SysfsRoot;
 use p2pdma::Bdf;
 use serde::Serialize;
@@ -156,33 +157,26 @@ pub fn nvme_by_serial(sysfs: &SysfsRoot, serial: &str) -> Result<NvmeController,
     })
 }
 
-/// Whether `name`, an entry of a controller's sysfs directory, is one of its namespaces: `nvme0n1` without native multipath; with it, the controller lists its path
-/// disks (`nvme0c0n1`, hidden, no /dev node) or, for a namespace no other controller
-/// shares, a disk named after its subsystem's instance (`nvme1n1` under `nvme2`).
+/// Whether `name`, an entry of a controller's sysfs directory, is one of its namespaces:
+/// `nvme0n1` without native multipath; with it, the controller lists its path disks
+/// (`nvme0c0n1`, hidden, no /dev node) or, for a namespace no other controller shares, a
+/// disk named after its subsystem's instance (`nvme1n1` under `nvme2`).
 fn is_namespace_name(name: &str) -> bool {
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let Some(rest) = name.strip_prefix("nvme") else {
-        return false;
-    };
-    let Some((head, nsid)) = rest.rsplit_once('n') else {
-        return false;
-    };
-    digits(nsid)
-        && match head.split_once('c') {
-            Some((subsystem, controller)) => digits(subsystem) && digits(controller),
-            None => digits(head),
-        }
+    let plain = name
+        .strip_prefix("nvme")
+        .and_then(|rest| rest.split_once('n'))
+        .is_some_and(|(instance, nsid)| digits(instance) && digits(nsid));
+    plain || resolve::is_multipath_path_device(name)
 }
 
 /// The disk with a /dev node for namespace disk `name`: a multipath path disk
 /// `nvme<X>c<Y>n<Z>` is hidden, and its head `nvme<X>n<Z>` is what opens.
 fn openable_disk(name: &str) -> String {
-    match name.split_once('c') {
-        Some((subsystem, rest)) => match rest.rsplit_once('n') {
-            Some((_, nsid)) => format!("{subsystem}n{nsid}"),
-            None => name.to_owned(),
-        },
-        None => name.to_owned(),
+    if resolve::is_multipath_path_device(name) {
+        resolve::multipath_head_of(name)
+    } else {
+        name.to_owned()
     }
 }
 

@@ -364,7 +364,7 @@ fn resolve_block(
 }
 
 /// `nvme<X>c<Y>n<Z>`: the per-controller path of a native-multipath namespace.
-fn is_multipath_path_device(disk: &str) -> bool {
+pub fn is_multipath_path_device(disk: &str) -> bool {
     let Some(rest) = disk.strip_prefix("nvme") else {
         return false;
     };
@@ -380,7 +380,7 @@ fn is_multipath_path_device(disk: &str) -> bool {
 
 /// `nvme<X>n<Z>`, the head disk of the path device `nvme<X>c<Y>n<Z>` (X is the
 /// subsystem's instance, Z the namespace head's).
-fn multipath_head_of(path_disk: &str) -> String {
+pub fn multipath_head_of(path_disk: &str) -> String {
     match path_disk.split_once('c') {
         Some((subsys, rest)) => match rest.split_once('n') {
             Some((_, ns)) => format!("{subsys}n{ns}"),
