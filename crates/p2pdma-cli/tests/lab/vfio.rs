@@ -103,13 +103,7 @@ echo "MD5 $(md5 $A 0 $LEN) $(md5 $B 0 $LEN) $(zeros $LEN)"
     assert_eq!(summary["bytes"], 8 << 20);
     assert_eq!(summary["verified"], true, "{summary}");
     assert_eq!(summary["src_digest"], summary["dst_digest"]);
-    assert_eq!(run.line("DETACH")[0], "0");
-    let md5 = run.line("MD5");
-    assert_eq!(md5[0], md5[1], "guest md5: the copied range differs");
-    assert_ne!(
-        md5[0], md5[2],
-        "the source range must hold random data, not zeros"
-    );
+    assert_detached_and_guest_md5_equal(&run, "copied");
     run.assert_kernel_log_clean();
 }
 
@@ -223,10 +217,7 @@ echo "MD5 $(md5 $A $DO $LEN) $(md5 $B $DO $LEN) $(zeros $LEN) $(md5 $B 0 $DO)"
     assert_eq!(summary["provider_kind"], "bar");
     assert_eq!(summary["bytes"], 16 << 20);
     assert_eq!(summary["verified"], true, "{summary}");
-    assert_eq!(run.line("DETACH")[0], "0");
-    let md5 = run.line("MD5");
-    assert_eq!(md5[0], md5[1], "guest md5: the copied range differs");
-    assert_ne!(md5[0], md5[2], "the source range must hold random data");
+    assert_detached_and_guest_md5_equal(&run, "copied");
     run.assert_kernel_log_clean();
 }
 
@@ -281,6 +272,18 @@ sync
     assert_eq!(run.line("DETACH")[0], "0");
     assert_images_match_the_report(&run, &err, 0, 64 << 20);
     run.assert_kernel_log_clean();
+}
+
+/// `vfio detach` succeeded (line `DETACH`), and the guest's md5 of the source and
+/// destination ranges (line `MD5 SRC DST ZEROS`) match while the source is not zeros.
+fn assert_detached_and_guest_md5_equal(run: &LabRun, what: &str) {
+    assert_eq!(run.line("DETACH")[0], "0");
+    let md5 = run.line("MD5");
+    assert_eq!(md5[0], md5[1], "guest md5: the {what} range differs");
+    assert_ne!(
+        md5[0], md5[2],
+        "the source range must hold random data, not zeros"
+    );
 }
 
 /// The host's disk images agree with a partial copy's report (`error.written`,
@@ -713,10 +716,7 @@ fn check_bench_run(run: &LabRun, size: u64, kernel_mode: &str) {
     let fio = run.line("FIO");
     assert_eq!(fio[0], "1", "--fio with --via vfio is bad input: {fio:?}");
     assert!(fio.join(" ").contains("--yardstick"), "{fio:?}");
-    assert_eq!(run.line("DETACH")[0], "0");
-    let md5 = run.line("MD5");
-    assert_eq!(md5[0], md5[1], "guest md5: the benchmarked range differs");
-    assert_ne!(md5[0], md5[2], "the source range must hold random data");
+    assert_detached_and_guest_md5_equal(run, "benchmarked");
     for l in &table {
         eprintln!("FIGURE {l}");
     }
@@ -796,9 +796,6 @@ echo "MD5 $(md5 $A 0 $LEN) $(md5 $B 0 $LEN) $(zeros $LEN)"
     assert_eq!(summary["provider"], run.line("DEVS")[0]);
     assert_eq!(summary["provider_kind"], "cmb");
     assert_eq!(summary["verified"], true, "{summary}");
-    assert_eq!(run.line("DETACH")[0], "0");
-    let md5 = run.line("MD5");
-    assert_eq!(md5[0], md5[1], "guest md5: the copied range differs");
-    assert_ne!(md5[0], md5[2], "the source range must hold random data");
+    assert_detached_and_guest_md5_equal(&run, "copied");
     run.assert_kernel_log_clean();
 }
